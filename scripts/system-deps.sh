@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the test suite drives for real (mosquitto), when
+# they are missing and we can (root with apt). Otherwise it fails and says what
+# to install: a missing service is never a silent skip.
+set -euo pipefail
+need=()
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+command -v mosquitto_sub >/dev/null 2>&1 || need+=(mosquitto-clients)
+[ ${#need[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "installing missing system packages: ${need[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"
+  # The package's own service is not ours to run; tests start private brokers.
+else
+  echo "error: the tests need these Debian packages: ${need[*]}" >&2
+  echo "       install them with: sudo apt-get install ${need[*]}" >&2
+  exit 1
+fi

@@ -1,0 +1,60 @@
+"""`edgewire`: one console command, three jobs.
+
+    edgewire gateway --config FILE | --check FILE
+    edgewire sim --devices N --rate R --qos Q [--broker URL] --duration S
+    edgewire demo [--port 8080]
+
+Each job's module is imported only when that job runs."""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edgewire", description="Edgewire: sensor data from devices to people and services.")
+    sub = p.add_subparsers(dest="job", required=True, metavar="{gateway,sim,demo}")
+
+    g = sub.add_parser("gateway", help="run the gateway service")
+    mode = g.add_mutually_exclusive_group()
+    mode.add_argument("--config", metavar="FILE", help="TOML configuration (defaults apply to every key left out)")
+    mode.add_argument("--check", metavar="FILE", help="validate a configuration file and exit (0 valid, 2 invalid)")
+    g.add_argument("--log-level", default=None, help="override [log] level: debug, info, warning, error")
+
+    s = sub.add_parser("sim", help="run a simulated device fleet built from the real firmware SDK")
+    s.add_argument("--devices", type=int, default=10, help="number of devices (default 10)")
+    s.add_argument("--rate", type=float, default=1.0, help="telemetry messages per second per device (default 1)")
+    s.add_argument("--qos", type=int, choices=(0, 1, 2), default=1, help="MQTT QoS for every stream (default 1)")
+    s.add_argument("--broker", metavar="URL", default=None,
+                   help="mqtt://host:port; without it the embedded amqtt broker is started on a free port")
+    s.add_argument("--duration", type=float, default=10.0, help="seconds to run (default 10)")
+    s.add_argument("--prefix", default="sim", help="device id prefix (default 'sim')")
+    s.add_argument("--seed", type=int, default=None, help="seed for the sensor models (default: random)")
+    s.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    d = sub.add_parser("demo", help="gateway, embedded broker and a simulated fleet, with the dashboard")
+    d.add_argument("--port", type=int, default=8080, help="HTTP port of the dashboard (default 8080)")
+    d.add_argument("--devices", type=int, default=5, help="simulated devices (default 5)")
+    d.add_argument("--mqtt-port", type=int, default=1883, help="embedded broker port; a free one is used when taken")
+    d.add_argument("--duration", type=float, default=None, help="stop after this many seconds (default: run until Ctrl-C)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.job == "gateway":
+        from edgewire.gateway.service import gateway_main
+
+        return gateway_main(args)
+    if args.job == "sim":
+        from edgewire.sim.cli import sim_main
+
+        return sim_main(args)
+    from edgewire.gateway.demo import demo_main
+
+    return demo_main(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

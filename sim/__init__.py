@@ -1,0 +1,1 @@
+"""The Edgewire fleet simulator: the real device SDK on simulated boards."""

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the test suite drives for real (mosquitto), when
+# Installs the Debian packages the test suite drives for real (mosquitto, and
+# chromium for the dashboard page), when
 # they are missing and we can (root with apt). Otherwise it fails and says what
 # to install: a missing service is never a silent skip.
 set -euo pipefail
 need=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v mosquitto_sub >/dev/null 2>&1 || need+=(mosquitto-clients)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "installing missing system packages: ${need[*]}"

@@ -201,7 +201,19 @@ def _value_ok(v):
 
 def decode_telemetry(payload, device_id=None):
     """-> dict(device, boot, seq, uptime, time, readings=[(stream, value, uptime, error)])."""
-    env = _envelope(payload)
+    return decode_telemetry_env(_envelope(payload), device_id)
+
+
+def decode_telemetry_env(env, device_id=None, stream_ok=valid_stream):
+    """decode_telemetry for an envelope some other msgpack decoder already
+    unpacked (the gateway's C fast path): the same rules, version included.
+    Whatever it accepts, decode_telemetry accepts too; on a refusal, run
+    decode_telemetry on the bytes for the canonical error kind. `stream_ok`
+    may be a memoized valid_stream (the gateway caches it)."""
+    if not isinstance(env, dict):
+        raise ProtocolError("malformed", "envelope is %s, not a map" % type(env).__name__)
+    if env.get("v") != VERSION:
+        raise ProtocolError("invalid", "protocol version %r, expected %d" % (env.get("v"), VERSION))
     d = _device(env, device_id)
     boot = _u32(env, "b", "boot id")
     seq = _u32(env, "s", "sequence")
@@ -217,7 +229,7 @@ def decode_telemetry(payload, device_id=None):
         if not isinstance(r, list) or len(r) not in (3, 4):
             raise ProtocolError("invalid", "reading %d is not [stream, value, uptime(, error)]" % i)
         name, value, rup = r[0], r[1], r[2]
-        if not valid_stream(name):
+        if not stream_ok(name):
             raise ProtocolError("invalid", "reading %d stream name %r is invalid" % (i, name))
         if not _value_ok(value):
             raise ProtocolError("invalid", "reading %d (%s) value %r is not a number, bool or short string" % (i, name, value))

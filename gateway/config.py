@@ -1,0 +1,294 @@
+"""Gateway configuration: one TOML file, validated into frozen dataclasses
+before any I/O. Every key has a default that works on a Raspberry Pi; an
+unknown key is an error that names it. docs/config.md lists every key.
+
+    cfg = load_config("gateway.toml")          # or parse_config(toml_text)
+    cfg = GatewayConfig(http=HttpConfig(port=0))  # in code: validated the same way
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+from urllib.parse import urlsplit
+
+from edgewire.gateway.errors import _MISSING as _MISSING_VALUE
+from edgewire.gateway.errors import ConfigError
+
+__all__ = [
+    "CommandsConfig",
+    "EmbeddedBrokerConfig",
+    "GatewayConfig",
+    "HttpConfig",
+    "HubConfig",
+    "LogConfig",
+    "MqttConfig",
+    "RegistryConfig",
+    "load_config",
+    "parse_config",
+]
+
+_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _int(section: str, key: str, value: object, lo: int, hi: int, extra: str = "") -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise ConfigError(section, key, value, f"expected an integer {lo}-{hi}{extra}")
+
+
+def _num(section: str, key: str, value: object, lo: float, hi: float, unit: str = "seconds") -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or not lo <= value <= hi:  # type: ignore[operator]
+        raise ConfigError(section, key, value, f"expected a number of {unit} {lo:g}-{hi:g}")
+
+
+def _bool(section: str, key: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(section, key, value, "expected true or false")
+
+
+def _str(section: str, key: str, value: object, max_len: int = 1024) -> None:
+    if not isinstance(value, str) or len(value) > max_len:
+        raise ConfigError(section, key, value, f"expected a string of at most {max_len} characters")
+
+
+@dataclass(frozen=True, slots=True)
+class MqttConfig:
+    """[mqtt]: the broker the gateway ingests from. An empty url starts the
+    embedded amqtt broker (see [embedded_broker])."""
+
+    url: str = ""
+    client_id: str = "edgewire-gateway"
+    username: str = ""
+    password_file: str = ""
+    keepalive: int = 30
+    clean_session: bool = False
+    connect_timeout: float = 10.0
+    reconnect_min: float = 0.5
+    reconnect_max: float = 30.0
+    max_packet: int = 65536
+    queue_limit: int = 20000
+
+    def __post_init__(self) -> None:
+        s = "mqtt"
+        _str(s, "url", self.url)
+        if self.url:
+            parse_mqtt_url(self.url)
+        _str(s, "client_id", self.client_id, 23 * 4)
+        if not self.client_id or not all(c.isascii() and (c.isalnum() or c in "-_") for c in self.client_id):
+            raise ConfigError(s, "client_id", self.client_id, "expected 1-92 of A-Z a-z 0-9 _ -, the same on every start")
+        _str(s, "username", self.username, 256)
+        _str(s, "password_file", self.password_file)
+        if self.password_file and not self.username:
+            raise ConfigError(s, "password_file", self.password_file, "needs a username too")
+        _int(s, "keepalive", self.keepalive, 5, 3600, " seconds")
+        _bool(s, "clean_session", self.clean_session)
+        _num(s, "connect_timeout", self.connect_timeout, 0.1, 300)
+        _num(s, "reconnect_min", self.reconnect_min, 0.01, 60)
+        _num(s, "reconnect_max", self.reconnect_max, 0.01, 3600)
+        if self.reconnect_max < self.reconnect_min:
+            raise ConfigError(s, "reconnect_max", self.reconnect_max,
+                              f"must be at least reconnect_min ({self.reconnect_min:g})")
+        _int(s, "max_packet", self.max_packet, 4200, 268435455, " bytes")
+        _int(s, "queue_limit", self.queue_limit, 100, 10_000_000, " messages")
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        return parse_mqtt_url(self.url)
+
+
+def parse_mqtt_url(url: str) -> tuple[str, int]:
+    """'mqtt://host:port' -> (host, port); port defaults to 1883."""
+    fix = "expected mqtt://host:port, e.g. mqtt://127.0.0.1:1883 (empty: embedded broker)"
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise ConfigError("mqtt", "url", url, fix) from None
+    if parts.scheme != "mqtt":
+        raise ConfigError("mqtt", "url", url, f"scheme {parts.scheme!r} is not supported; {fix}")
+    if not parts.hostname:
+        raise ConfigError("mqtt", "url", url, f"missing host; {fix}")
+    if parts.password is not None or parts.username is not None:
+        raise ConfigError("mqtt", "url", "<redacted>", "put credentials in username and password_file, not the url")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ConfigError("mqtt", "url", url, f"unexpected path or query; {fix}")
+    return parts.hostname, 1883 if port is None else port
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddedBrokerConfig:
+    """[embedded_broker]: used only when [mqtt] url is empty."""
+
+    host: str = "127.0.0.1"
+    port: int = 1883
+    allow_fallback: bool = True
+
+    def __post_init__(self) -> None:
+        _str("embedded_broker", "host", self.host, 255)
+        if not self.host:
+            raise ConfigError("embedded_broker", "host", self.host, "expected a host name or address")
+        _int("embedded_broker", "port", self.port, 0, 65535, " (0: any free port)")
+        _bool("embedded_broker", "allow_fallback", self.allow_fallback)
+
+
+@dataclass(frozen=True, slots=True)
+class HttpConfig:
+    """[http]: the REST, SSE and WebSocket server and the dashboard."""
+
+    host: str = "0.0.0.0"
+    port: int = 8080
+    heartbeat: float = 15.0
+    ws_batch: int = 2000
+    ws_max_message: int = 65536
+    dashboard: bool = True
+
+    def __post_init__(self) -> None:
+        _str("http", "host", self.host, 255)
+        if not self.host:
+            raise ConfigError("http", "host", self.host, "expected a host name or address, e.g. 0.0.0.0")
+        _int("http", "port", self.port, 0, 65535, " (0: any free port)")
+        _num("http", "heartbeat", self.heartbeat, 0.05, 3600)
+        _int("http", "ws_batch", self.ws_batch, 1, 100_000, " events")
+        _int("http", "ws_max_message", self.ws_max_message, 1024, 16 * 1024 * 1024, " bytes")
+        _bool("http", "dashboard", self.dashboard)
+
+
+@dataclass(frozen=True, slots=True)
+class HubConfig:
+    """[hub]: live fan-out. `ring` recent events are kept for resume; each live
+    client has a queue of `client_queue` events (overflow drops the oldest)."""
+
+    ring: int = 10000
+    client_queue: int = 10000
+    max_clients: int = 256
+
+    def __post_init__(self) -> None:
+        _int("hub", "ring", self.ring, 1, 10_000_000, " events")
+        _int("hub", "client_queue", self.client_queue, 1, 10_000_000, " events")
+        _int("hub", "max_clients", self.max_clients, 1, 100_000)
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryConfig:
+    """[registry]: devices, sessions, gaps and duplicates."""
+
+    max_devices: int = 10000
+    max_streams: int = 256
+    dedup_window: int = 4096
+    boots_kept: int = 4
+
+    def __post_init__(self) -> None:
+        _int("registry", "max_devices", self.max_devices, 1, 10_000_000)
+        _int("registry", "max_streams", self.max_streams, 1, 100_000, " per device")
+        _int("registry", "dedup_window", self.dedup_window, 8, 1 << 20, " sequence numbers")
+        _int("registry", "boots_kept", self.boots_kept, 1, 64, " per device")
+
+
+@dataclass(frozen=True, slots=True)
+class CommandsConfig:
+    """[commands]: commands to devices (QoS 1 on edgewire/v1/<id>/cmd)."""
+
+    timeout: float = 10.0
+    max_timeout: float = 300.0
+    max_pending: int = 256
+
+    def __post_init__(self) -> None:
+        _num("commands", "timeout", self.timeout, 0.01, 3600)
+        _num("commands", "max_timeout", self.max_timeout, 0.01, 3600)
+        if self.timeout > self.max_timeout:
+            raise ConfigError("commands", "timeout", self.timeout,
+                              f"must not exceed max_timeout ({self.max_timeout:g})")
+        _int("commands", "max_pending", self.max_pending, 1, 1_000_000)
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    """[log]: level, and how often a repeated refusal of one kind is logged."""
+
+    level: str = "info"
+    drop_log_interval: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.level not in _LEVELS:
+            raise ConfigError("log", "level", self.level, "expected one of " + ", ".join(_LEVELS))
+        _num("log", "drop_log_interval", self.drop_log_interval, 0.0, 86400)
+
+    @property
+    def level_number(self) -> int:
+        return int(getattr(logging, self.level.upper()))
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
+    embedded_broker: EmbeddedBrokerConfig = field(default_factory=EmbeddedBrokerConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    hub: HubConfig = field(default_factory=HubConfig)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
+    commands: CommandsConfig = field(default_factory=CommandsConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def replace(self, **sections: Any) -> GatewayConfig:
+        return dataclasses.replace(self, **sections)
+
+
+_SECTIONS: dict[str, type[Any]] = {
+    "mqtt": MqttConfig,
+    "embedded_broker": EmbeddedBrokerConfig,
+    "http": HttpConfig,
+    "hub": HubConfig,
+    "registry": RegistryConfig,
+    "commands": CommandsConfig,
+    "log": LogConfig,
+}
+
+
+def parse_config(text: str, *, source: str = "<config>") -> GatewayConfig:
+    """Validate TOML text into a GatewayConfig; raises ConfigError."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError("file", None, source, f"not valid TOML: {e}") from None
+    return config_from_mapping(data)
+
+
+def config_from_mapping(data: Mapping[str, Any]) -> GatewayConfig:
+    built: dict[str, Any] = {}
+    for name, table in data.items():
+        cls = _SECTIONS.get(name)
+        if cls is None:
+            raise ConfigError(name, None, _MISSING_VALUE, "unknown section (known: " + ", ".join(_SECTIONS) + ")")
+        if not isinstance(table, dict):
+            raise ConfigError(name, None, _MISSING_VALUE, "expected a table, e.g. [" + name + "]")
+        known = [f.name for f in dataclasses.fields(cls)]
+        for key in table:
+            if key not in known:
+                raise ConfigError(name, key, _MISSING_VALUE, "unknown key (known: " + ", ".join(known) + ")")
+        built[name] = cls(**table)
+    return GatewayConfig(**built)
+
+
+def load_config(path: str | Path) -> GatewayConfig:
+    """Read and validate a TOML file; raises ConfigError (also for I/O errors)."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError("file", None, str(p), f"cannot be read: {e}") from None
+    return parse_config(text, source=str(p))
+
+
+def read_password(cfg: MqttConfig) -> str | None:
+    """The MQTT password from password_file (never logged), or None."""
+    if not cfg.password_file:
+        return None
+    try:
+        return Path(cfg.password_file).read_text(encoding="utf-8").strip()
+    except OSError as e:
+        raise ConfigError("mqtt", "password_file", cfg.password_file, f"cannot be read: {e.strerror}") from None
+

@@ -1,0 +1,109 @@
+"""Payload conversion, apart from transport: topic + bytes -> typed values,
+validated by the one protocol implementation (edgewire.wire).
+
+Telemetry takes a fast path: the C msgpack decoder, then
+`wire.decode_telemetry_env` (the same rules). Whatever that refuses is decoded
+again by `wire.decode_telemetry` on the bytes, so the error kind is exactly the
+reference one. Topic parsing and stream-name checks are memoized in bounded
+caches; the rules stay in wire."""
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import msgpack
+
+from edgewire import wire
+from edgewire.wire import ProtocolError
+
+__all__ = ["Decoder", "ProtocolError", "Telemetry", "Status", "Result"]
+
+_CACHE_MAX = 65536
+
+
+class Telemetry(NamedTuple):
+    device: str
+    boot: int
+    seq: int
+    uptime: int
+    time: int | None
+    readings: list[tuple[str, Any, int, str | None]]
+
+
+class Status(NamedTuple):
+    device: str
+    boot: int
+    conn: int
+    online: bool
+    uptime: int | None
+    fw: str | None
+    hw: str | None
+    streams: dict[str, Any]
+    why: str | None
+
+
+class Result(NamedTuple):
+    device: str
+    id: str
+    ok: bool
+    value: Any
+    error: str | None
+
+
+class Decoder:
+    """Stateless apart from its bounded memo caches."""
+
+    __slots__ = ("_topics", "_streams")
+
+    def __init__(self) -> None:
+        self._topics: dict[bytes, tuple[str, str]] = {}
+        self._streams: dict[str, bool] = {}
+
+    def topic(self, topic: bytes) -> tuple[str, str]:
+        """-> (device, kind); ProtocolError('topic') otherwise."""
+        hit = self._topics.get(topic)
+        if hit is not None:
+            return hit
+        try:
+            text = topic.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ProtocolError("topic", f"topic {topic[:120]!r} is not UTF-8") from None
+        parsed = wire.parse_topic(text)
+        if len(self._topics) >= _CACHE_MAX:
+            self._topics.clear()
+        self._topics[topic] = parsed
+        return parsed
+
+    def _stream_ok(self, name: object) -> bool:
+        if type(name) is not str:
+            return bool(wire.valid_stream(name))
+        hit = self._streams.get(name)
+        if hit is None:
+            hit = bool(wire.valid_stream(name))
+            if len(self._streams) >= _CACHE_MAX:
+                self._streams.clear()
+            self._streams[name] = hit
+        return hit
+
+    def telemetry(self, payload: bytes, device: str) -> Telemetry:
+        if len(payload) <= wire.MAX_PAYLOAD:
+            try:
+                env = msgpack.unpackb(payload)
+                d = wire.decode_telemetry_env(env, device, self._stream_ok)
+                return Telemetry(d["device"], d["boot"], d["seq"], d["uptime"], d["time"], d["readings"])
+            except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError,
+                    RecursionError):
+                pass  # fall through to the reference decoder for the exact error
+        d = wire.decode_telemetry(payload, device)
+        # The reference decoder accepted what the fast path refused: trust the reference.
+        return Telemetry(d["device"], d["boot"], d["seq"], d["uptime"], d["time"], d["readings"])
+
+    @staticmethod
+    def status(payload: bytes, device: str) -> Status:
+        d = wire.decode_status(payload, device)
+        return Status(d["device"], d["boot"], d["conn"], d["online"], d["uptime"], d["fw"], d["hw"],
+                      d["streams"], d["why"])
+
+    @staticmethod
+    def result(payload: bytes, device: str) -> Result:
+        d = wire.decode_result(payload)
+        return Result(device, d["id"], d["ok"], d["value"], d["error"])

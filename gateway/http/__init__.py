@@ -1,0 +1,1 @@
+"""HTTP adapters: REST API, SSE and WebSocket push, and the dashboard (aiohttp)."""

@@ -1,0 +1,90 @@
+"""REST: devices, commands, health and stats."""
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from aiohttp import web
+
+from edgewire import wire
+from edgewire.gateway.errors import CommandBusy, CommandRejected, CommandTimeout, MqttError
+from edgewire.gateway.http.common import GATEWAY, error
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/api/v1/devices")
+async def devices(request: web.Request) -> web.Response:
+    reg = request.app[GATEWAY].core.registry
+    return web.json_response({"devices": [d.summary() for d in sorted(reg.devices.values(), key=lambda d: d.id)]})
+
+
+@routes.get("/api/v1/devices/{device}")
+async def device(request: web.Request) -> web.Response:
+    device_id = request.match_info["device"]
+    dev = request.app[GATEWAY].core.registry.get(device_id)
+    if dev is None:
+        return error(404, "unknown_device", f"no device {device_id[:80]!r} has been seen")
+    return web.json_response(dev.detail())
+
+
+def _timeout(request: web.Request) -> float | None:
+    raw = request.query.get("timeout")
+    if raw is None:
+        return None
+    try:
+        t = float(raw)
+    except ValueError:
+        raise CommandRejected(f"timeout {raw[:40]!r} is not a number of seconds") from None
+    if not math.isfinite(t):
+        raise CommandRejected(f"timeout {raw[:40]!r} is not a number of seconds")
+    return t
+
+
+@routes.post("/api/v1/devices/{device}/commands/{name}")
+async def command(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    device_id = request.match_info["device"]
+    name = request.match_info["name"]
+    commands = gw.core.commands
+    try:
+        timeout = _timeout(request)
+        raw = await request.read()
+        args: Any = None
+        if raw.strip():
+            try:
+                args = json.loads(raw)
+            except (ValueError, UnicodeDecodeError) as e:
+                raise CommandRejected(f"body is not JSON: {e}") from None
+        commands.check(device_id, name, args, timeout)
+        if gw.core.registry.get(device_id) is None:
+            return error(404, "unknown_device", f"no device {device_id!r} has been seen; nothing was sent")
+        result = await commands.send(device_id, name, args, timeout=timeout)
+    except CommandRejected as e:
+        return error(400, "bad_request", str(e))
+    except CommandBusy as e:
+        return error(503, "busy", str(e))
+    except CommandTimeout as e:
+        dev = gw.core.registry.get(device_id)
+        state = dev.summary()["state"] if dev is not None else "unknown"
+        return error(504, "timeout", f"{e}; the device is {state}", device=device_id, command=name,
+                     device_state=state)
+    except MqttError as e:
+        return error(503, "broker_unavailable", f"command not sent: {e}")
+    return web.json_response(result.as_dict())
+
+
+@routes.get("/healthz")
+async def healthz(request: web.Request) -> web.Response:
+    ok, body = request.app[GATEWAY].health()
+    return web.json_response(body, status=200 if ok else 503)
+
+
+@routes.get("/api/v1/stats")
+async def stats(request: web.Request) -> web.Response:
+    return web.json_response(request.app[GATEWAY].stats())
+
+
+def valid_device(device_id: str) -> bool:
+    return bool(wire.valid_id(device_id))

@@ -1,0 +1,86 @@
+"""GET /api/v1/stream: Server-Sent Events.
+
+Query: `filter=` (repeatable) over "<device>/<stream>" with MQTT wildcards, or
+`device=` and/or `stream=` (each may be '+'); default every reading. Each
+reading is `id: N` / `event: reading` / `data: {json}`. Resume with the
+Last-Event-ID header (or `?last_event_id=`): missed events first, none twice;
+if some are gone from the log an `event: gap` says how many. `event: dropped`
+reports this client's queue drops (it read too slowly). A comment line is sent
+every [http] heartbeat seconds."""
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+
+from edgewire.gateway.http.common import GATEWAY, error
+from edgewire.gateway.hub import HubFull, valid_filter
+
+log = logging.getLogger("edgewire.gateway.http.sse")
+
+MAX_EVENTS_PER_WRITE = 5000
+
+
+def filters_from_query(request: web.Request) -> list[str]:
+    filters = request.query.getall("filter", [])
+    device = request.query.get("device")
+    stream = request.query.get("stream")
+    if device is not None or stream is not None:
+        filters.append(f"{device or '+'}/{stream or '#'}")
+    if not filters:
+        filters = ["#"]
+    for f in filters:
+        if not valid_filter(f):
+            raise ValueError(f"filter {f[:140]!r} is invalid: use <device>/<stream> with MQTT wildcards, "
+                             "e.g. 'dev-01/#', '+/temperature' or '#'")
+    return filters
+
+
+def parse_last_id(raw: str | None) -> int | None:
+    if raw is None or raw == "":
+        return None
+    if not raw.isdigit() or len(raw) > 19:
+        raise ValueError(f"Last-Event-ID {raw[:40]!r} is not an event id")
+    return int(raw)
+
+
+async def stream(request: web.Request) -> web.StreamResponse:
+    gw = request.app[GATEWAY]
+    try:
+        filters = filters_from_query(request)
+        after = parse_last_id(request.headers.get("Last-Event-ID") or request.query.get("last_event_id"))
+    except ValueError as e:
+        return error(400, "bad_request", str(e))
+    hub = gw.core.hub
+    try:
+        sub = hub.open(filters, after=after, kind="sse", peer=request.remote or "")
+    except HubFull as e:
+        return error(503, "busy", str(e))
+    heartbeat = gw.config.http.heartbeat
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                       "X-Accel-Buffering": "no"})
+    try:
+        await resp.prepare(request)
+        await resp.write(f"retry: 2000\n: edgewire stream, last id {hub.log.last_id}\n\n".encode())
+        reported = 0
+        while not sub.closed:
+            if not await sub.wait(heartbeat):
+                await resp.write(b": heartbeat\n\n")
+                continue
+            parts: list[str] = []
+            gap = sub.take_gap()
+            if gap is not None:
+                parts.append(f"event: gap\ndata: {gap.json}\n\n")
+            if sub.dropped != reported:
+                parts.append(f'event: dropped\ndata: {{"dropped":{sub.dropped - reported},'
+                             f'"total":{sub.dropped}}}\n\n')
+                reported = sub.dropped
+            for e in sub.take(MAX_EVENTS_PER_WRITE):
+                parts.append(f"id: {e.id}\nevent: reading\ndata: {e.json}\n\n")
+            if parts:
+                await resp.write("".join(parts).encode())
+    except ConnectionError:
+        pass  # the client left
+    finally:
+        hub.close(sub)
+    return resp

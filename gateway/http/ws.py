@@ -1,0 +1,189 @@
+"""GET /api/v1/ws: a JSON WebSocket for live readings and commands.
+
+Client -> gateway (text frames, one JSON object each; `ref` is echoed back):
+  {"op": "subscribe", "filter": "dev-01/#", "after": 123?, "ref": ...}
+  {"op": "unsubscribe", "filter": "dev-01/#", "ref": ...}
+  {"op": "command", "device": "dev-01", "name": "ping", "args": ..., "timeout": 5?, "ref": ...}
+Gateway -> client:
+  {"type": "hello", "last_id": N}
+  {"type": "subscribed" | "unsubscribed", "filter": ..., "last_id": N, "ref": ...}
+  {"type": "readings", "events": [{"id", "device", "stream", "value", "ts", "boot", "seq"}, ...]}
+  {"type": "gap", "after", "first_available", "missed"}     (resume older than the log)
+  {"type": "dropped", "dropped": n, "total": n}             (this client's queue overflowed)
+  {"type": "result", "ref", "device", "command", "id", "ok", "value", "error", "elapsed"}
+  {"type": "error", "error": code, "message": ..., "ref": ...}
+
+Readings are batched: one frame carries every queued event (up to [http]
+ws_batch). All output goes through one sender task, so frames never interleave.
+Control replies wait in a bounded queue; a client that lets it overflow
+(never reads) is disconnected with close code 1008."""
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import logging
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from edgewire.gateway.errors import CommandBusy, CommandRejected, CommandTimeout, MqttError
+from edgewire.gateway.http.common import GATEWAY, GatewayView
+from edgewire.gateway.hub import HubFull, Subscription, valid_filter
+
+log = logging.getLogger("edgewire.gateway.http.ws")
+
+MAX_CONTROL = 1024        # queued control replies per connection
+MAX_COMMANDS = 64         # commands in flight per connection
+
+
+class _Session:
+    def __init__(self, gw: GatewayView, ws: web.WebSocketResponse, sub: Subscription) -> None:
+        self.gw = gw
+        self.ws = ws
+        self.sub = sub
+        self.control: collections.deque[str] = collections.deque()
+        self.commands: set[asyncio.Task[None]] = set()
+        self.overflowed = False
+
+    def reply(self, obj: dict[str, Any]) -> None:
+        if len(self.control) >= MAX_CONTROL:
+            self.overflowed = True
+        else:
+            self.control.append(json.dumps(obj, separators=(",", ":"), allow_nan=False, default=repr))
+        self.sub.wake()
+
+    def err(self, code: str, message: str, ref: Any = None) -> None:
+        self.reply({"type": "error", "error": code, "message": message, "ref": ref})
+
+    async def sender(self) -> None:
+        sub, ws = self.sub, self.ws
+        batch = self.gw.config.http.ws_batch
+        reported = 0
+        while not sub.closed and not ws.closed:
+            await sub.wait()
+            if self.overflowed:
+                await ws.close(code=1008, message=b"control replies overflowed: the client does not read")
+                return
+            while self.control:
+                await ws.send_str(self.control.popleft())
+            gap = sub.take_gap()
+            if gap is not None:
+                await ws.send_str(f'{{"type":"gap","after":{gap.after},"first_available":{gap.first_available},'
+                                  f'"missed":{gap.missed}}}')
+            if sub.dropped != reported:
+                await ws.send_str(f'{{"type":"dropped","dropped":{sub.dropped - reported},"total":{sub.dropped}}}')
+                reported = sub.dropped
+            while sub.queue:
+                events = sub.take(batch)
+                await ws.send_str('{"type":"readings","events":[' + ",".join([e.json for e in events]) + "]}")
+
+    def handle(self, text: str) -> None:
+        try:
+            msg = json.loads(text)
+        except ValueError:
+            self.err("bad_request", "not JSON")
+            return
+        if not isinstance(msg, dict):
+            self.err("bad_request", "expected a JSON object with an 'op'")
+            return
+        op, ref = msg.get("op"), msg.get("ref")
+        hub = self.gw.core.hub
+        if op in ("subscribe", "unsubscribe"):
+            flt = msg.get("filter", "#")
+            if not isinstance(flt, str):
+                self.err("bad_request", "filter must be a string", ref)
+                return
+            try:
+                if op == "subscribe":
+                    after = msg.get("after")
+                    if after is not None and (not isinstance(after, int) or isinstance(after, bool) or after < 0):
+                        self.err("bad_request", f"after {after!r} is not an event id", ref)
+                        return
+                    if not valid_filter(flt):
+                        raise ValueError(f"filter {flt[:140]!r} is invalid: use <device>/<stream> with MQTT "
+                                         "wildcards, e.g. 'dev-01/#', '+/temperature' or '#'")
+                    if flt not in self.sub.filters:
+                        if after is not None:
+                            # before adding: backfill only what no held filter already delivered
+                            hub.backfill(self.sub, after, [flt])
+                        self.sub.add_filter(flt)
+                else:
+                    self.sub.remove_filter(flt)
+            except ValueError as e:
+                self.err("bad_request", str(e), ref)
+                return
+            self.reply({"type": op + "d", "filter": flt, "filters": list(self.sub.filters),
+                        "last_id": hub.log.last_id, "ref": ref})
+        elif op == "command":
+            if len(self.commands) >= MAX_COMMANDS:
+                self.err("busy", f"{MAX_COMMANDS} commands of this connection are still pending", ref)
+                return
+            task = asyncio.get_running_loop().create_task(self._command(msg, ref), name="ws-command")
+            self.commands.add(task)
+            task.add_done_callback(self.commands.discard)
+        else:
+            self.err("bad_request", f"unknown op {str(op)[:40]!r} (subscribe, unsubscribe, command)", ref)
+
+    async def _command(self, msg: dict[str, Any], ref: Any) -> None:
+        device, name, timeout = msg.get("device"), msg.get("name"), msg.get("timeout")
+        commands = self.gw.core.commands
+        try:
+            if not isinstance(device, str) or not isinstance(name, str):
+                raise CommandRejected("a command needs 'device' and 'name' strings")
+            commands.check(device, name, msg.get("args"), timeout)
+            if self.gw.core.registry.get(device) is None:
+                self.err("unknown_device", f"no device {device!r} has been seen; nothing was sent", ref)
+                return
+            res = await commands.send(device, name, msg.get("args"), timeout=timeout)
+        except CommandRejected as e:
+            self.err("bad_request", str(e), ref)
+        except CommandBusy as e:
+            self.err("busy", str(e), ref)
+        except CommandTimeout as e:
+            self.err("timeout", str(e), ref)
+        except MqttError as e:
+            self.err("broker_unavailable", f"command not sent: {e}", ref)
+        else:
+            out = res.as_dict()
+            out["type"] = "result"
+            out["ref"] = ref
+            self.reply(out)
+
+
+async def websocket(request: web.Request) -> web.WebSocketResponse:
+    gw = request.app[GATEWAY]
+    ws = web.WebSocketResponse(compress=False, max_msg_size=gw.config.http.ws_max_message,
+                               heartbeat=gw.config.http.heartbeat)
+    await ws.prepare(request)
+    hub = gw.core.hub
+    try:
+        sub = hub.open([], kind="ws", peer=request.remote or "")
+    except HubFull as e:
+        await ws.close(code=1013, message=str(e).encode()[:120])
+        return ws
+    session = _Session(gw, ws, sub)
+    session.reply({"type": "hello", "last_id": hub.log.last_id})
+    sender = asyncio.get_running_loop().create_task(session.sender(), name="ws-sender")
+    try:
+        async for msg in ws:
+            if msg.type == WSMsgType.TEXT:
+                session.handle(msg.data)
+            elif msg.type == WSMsgType.BINARY:
+                session.err("bad_request", "binary frames are not understood; send JSON text")
+            if sender.done():
+                break
+    except ConnectionError:
+        pass
+    finally:
+        hub.close(sub)
+        for t in list(session.commands):
+            t.cancel()
+        sender.cancel()
+        try:
+            await sender
+        except (asyncio.CancelledError, ConnectionError):
+            pass
+        if not ws.closed:
+            await ws.close()
+    return ws

@@ -182,9 +182,9 @@ def _uint(env, key, what):
     return x
 
 
-def _device(env, device_id):
+def _device(env, device_id, id_ok=valid_id):
     d = env.get("d")
-    if not valid_id(d):
+    if not id_ok(d):
         raise ProtocolError("invalid", "device id %r is not 1-64 of [A-Za-z0-9_-]" % (d,))
     if device_id is not None and d != device_id:
         raise ProtocolError("mismatch", "payload device id %r does not match topic device %r" % (d, device_id))
@@ -204,17 +204,18 @@ def decode_telemetry(payload, device_id=None):
     return decode_telemetry_env(_envelope(payload), device_id)
 
 
-def decode_telemetry_env(env, device_id=None, stream_ok=valid_stream):
+def decode_telemetry_env(env, device_id=None, stream_ok=valid_stream, id_ok=valid_id):
     """decode_telemetry for an envelope some other msgpack decoder already
     unpacked (the gateway's C fast path): the same rules, version included.
     Whatever it accepts, decode_telemetry accepts too; on a refusal, run
     decode_telemetry on the bytes for the canonical error kind. `stream_ok`
-    may be a memoized valid_stream (the gateway caches it)."""
+    and `id_ok` may be memoized valid_stream and valid_id (the gateway caches
+    them)."""
     if not isinstance(env, dict):
         raise ProtocolError("malformed", "envelope is %s, not a map" % type(env).__name__)
     if env.get("v") != VERSION:
         raise ProtocolError("invalid", "protocol version %r, expected %d" % (env.get("v"), VERSION))
-    d = _device(env, device_id)
+    d = _device(env, device_id, id_ok)
     boot = _u32(env, "b", "boot id")
     seq = _u32(env, "s", "sequence")
     up = _uint(env, "u", "uptime")

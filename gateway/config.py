@@ -71,7 +71,7 @@ class MqttConfig:
     reconnect_min: float = 0.5
     reconnect_max: float = 30.0
     max_packet: int = 65536
-    queue_limit: int = 20000
+    queue_limit: int = 10000
 
     def __post_init__(self) -> None:
         s = "mqtt"

@@ -46,10 +46,13 @@ class Core:
                 self.refuse("capacity", str(e))
                 continue
             accepted += 1
-            base = (t.time if t.time is not None else received_ms) - t.uptime
-            dev = devices[t.device]
-            device, boot, seq = t.device, t.boot, t.seq
-            for stream, value, up, error in t.readings:
+            device = t["device"]
+            boot = t["boot"]
+            seq = t["seq"]
+            tm = t["time"]
+            base = (received_ms if tm is None else tm) - t["uptime"]
+            dev = devices[device]
+            for stream, value, up, error in t["readings"]:
                 ts = base + up
                 add(Event(device, stream, value, error, ts, boot, seq))
                 remember(dev, stream, value, ts, error)

@@ -8,7 +8,7 @@ reference one. Topic parsing and stream-name checks are memoized in bounded
 caches; the rules stay in wire."""
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypedDict, cast
 
 import msgpack
 
@@ -20,7 +20,9 @@ __all__ = ["Decoder", "ProtocolError", "Telemetry", "Status", "Result"]
 _CACHE_MAX = 65536
 
 
-class Telemetry(NamedTuple):
+class Telemetry(TypedDict):
+    """wire.decode_telemetry's result, as is (no copy on the hot path)."""
+
     device: str
     boot: int
     seq: int
@@ -52,11 +54,12 @@ class Result(NamedTuple):
 class Decoder:
     """Stateless apart from its bounded memo caches."""
 
-    __slots__ = ("_topics", "_streams")
+    __slots__ = ("_topics", "_streams", "_ids")
 
     def __init__(self) -> None:
         self._topics: dict[bytes, tuple[str, str]] = {}
         self._streams: dict[str, bool] = {}
+        self._ids: dict[str, bool] = {}
 
     def topic(self, topic: bytes) -> tuple[str, str]:
         """-> (device, kind); ProtocolError('topic') otherwise."""
@@ -84,18 +87,28 @@ class Decoder:
             self._streams[name] = hit
         return hit
 
+    def _id_ok(self, name: object) -> bool:
+        if type(name) is not str:
+            return bool(wire.valid_id(name))
+        hit = self._ids.get(name)
+        if hit is None:
+            hit = bool(wire.valid_id(name))
+            if len(self._ids) >= _CACHE_MAX:
+                self._ids.clear()
+            self._ids[name] = hit
+        return hit
+
     def telemetry(self, payload: bytes, device: str) -> Telemetry:
         if len(payload) <= wire.MAX_PAYLOAD:
             try:
                 env = msgpack.unpackb(payload)
-                d = wire.decode_telemetry_env(env, device, self._stream_ok)
-                return Telemetry(d["device"], d["boot"], d["seq"], d["uptime"], d["time"], d["readings"])
+                return cast(Telemetry, wire.decode_telemetry_env(env, device, self._stream_ok, self._id_ok))
             except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError,
                     RecursionError):
                 pass  # fall through to the reference decoder for the exact error
-        d = wire.decode_telemetry(payload, device)
-        # The reference decoder accepted what the fast path refused: trust the reference.
-        return Telemetry(d["device"], d["boot"], d["seq"], d["uptime"], d["time"], d["readings"])
+        # The reference decoder: raises the canonical error, or (should the fast
+        # path ever refuse what the reference accepts) the reference wins.
+        return cast(Telemetry, wire.decode_telemetry(payload, device))
 
     @staticmethod
     def status(payload: bytes, device: str) -> Status:

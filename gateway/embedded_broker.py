@@ -57,11 +57,28 @@ class PortInUseError(EmbeddedBrokerError, OSError):
     """The requested port is taken and falling back to another was not allowed."""
 
 
+class _NoCallerFilter(logging.Filter):
+    """amqtt logs an ERROR when a TCP connection closes before CONNECT (a port
+    probe, a health check). That is not an error of the broker: drop it."""
+
+    PREFIXES = ("No data from", "Failed to initialize client session")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.msg if isinstance(record.msg, str) else ""
+        return not msg.startswith(self.PREFIXES)
+
+
+_no_caller_filter = _NoCallerFilter()
+
+
 def _quiet_amqtt() -> None:
     for name in _NOISY_LOGGERS:
         lg = logging.getLogger(name)
         if lg.level == logging.NOTSET or lg.level < logging.WARNING:
             lg.setLevel(logging.WARNING)
+    broker_log = logging.getLogger("amqtt.broker")
+    if _no_caller_filter not in broker_log.filters:
+        broker_log.addFilter(_no_caller_filter)
 
 
 def _check_args(host: object, port: object) -> tuple[str, int]:

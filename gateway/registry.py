@@ -179,21 +179,23 @@ class Registry:
 
     def telemetry(self, t: Telemetry, now_ms: int) -> bool:
         """Account one message; False if it is a duplicate to drop. Raises RegistryFull."""
-        dev = self.devices.get(t.device)
+        device = t["device"]
+        dev = self.devices.get(device)
         if dev is None:
-            dev = self._device(t.device, now_ms)
+            dev = self._device(device, now_ms)
         dev.last_seen = now_ms
-        win = dev.boots.get(t.boot)
+        boot = t["boot"]
+        win = dev.boots.get(boot)
         if win is None:
-            win = dev.boots[t.boot] = SeqWindow(self.window)
+            win = dev.boots[boot] = SeqWindow(self.window)
             while len(dev.boots) > self.boots_kept:
                 dev.boots.popitem(last=False)
-        if not win.accept(t.seq):
+        if not win.accept(t["seq"]):
             dev.duplicates += 1
             self.duplicates += 1
             return False
         dev.messages += 1
-        dev.readings += len(t.readings)
+        dev.readings += len(t["readings"])
         return True
 
     def remember(self, device: Device, stream: str, value: Any, ts: int, error: str | None) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -30,7 +31,7 @@ from edgewire.gateway.registry import Registry
 
 log = logging.getLogger("edgewire.gateway")
 
-__all__ = ["Gateway", "gateway_main"]
+__all__ = ["Gateway", "gateway_main", "tune_gc"]
 
 
 class Gateway:
@@ -174,7 +175,7 @@ class Gateway:
             return {"connected": False, "url": self.mqtt_url}
         return {"connected": c.connected, "url": self.mqtt_url, "embedded": self._broker is not None,
                 "client_id": c.client_id, "connects": c.stats.connects, "disconnects": c.stats.disconnects,
-                "received": c.stats.received, "oversized": c.stats.oversized,
+                "received": c.stats.received, "reads": c.stats.reads, "oversized": c.stats.oversized,
                 "qos2_duplicates": c.stats.duplicates_qos2, "paused": c.stats.paused,
                 "last_error": c.stats.last_error}
 
@@ -208,6 +209,7 @@ def gateway_main(args: argparse.Namespace) -> int:
         print(f"ConfigError: --log-level {args.log_level!r}: expected debug, info, warning or error", file=sys.stderr)
         return 2
     logging.basicConfig(level=getattr(logging, level), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    tune_gc()
     try:
         asyncio.run(_run(config))
     except GatewayError as e:
@@ -217,6 +219,18 @@ def gateway_main(args: argparse.Namespace) -> int:
         log.error("cannot start: %s", e)
         return 1
     return 0
+
+
+def tune_gc() -> None:
+    """Make the cyclic GC rare: the hot path allocates many short-lived,
+    acyclic objects (decoded messages, events) while thousands stay alive in
+    the event ring and client queues, and with CPython's default thresholds
+    the collector's traversals cost about a third of the relay throughput.
+    Cycles are still collected, just in larger, rarer passes. Process-wide,
+    so only the service entry point calls it; in-process users decide."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(100_000, 20, 100)
 
 
 async def _run(config: GatewayConfig) -> None:

@@ -39,7 +39,7 @@ class MqttIngest:
         for m in batch:
             try:
                 device, kind = topic(m.topic)
-                if m.size:
+                if m.size:  # larger than [mqtt] max_packet: refused unread
                     raise ProtocolError("oversized", f"message of {m.size} bytes exceeds the MQTT packet limit")
                 if kind == "telemetry":
                     add(telemetry(m.payload, device))

@@ -28,7 +28,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import cast
 
 from edgewire.gateway.errors import MqttError, MqttNotConnected, MqttProtocolError
 from edgewire.gateway.mqtt import packets as P
@@ -38,21 +38,16 @@ log = logging.getLogger("edgewire.gateway.mqtt")
 __all__ = ["Message", "MqttClient", "MqttStats", "backoff_delay"]
 
 
-class Message(NamedTuple):
-    """One inbound PUBLISH. `size` > 0 and `payload` empty mark a packet larger
-    than max_packet, refused without being read."""
-
-    topic: bytes
-    payload: bytes
-    qos: int
-    retain: bool
-    size: int = 0
+Message = P.Publish
+"""One inbound PUBLISH: topic, payload, qos, retain, dup, pid, and `size` > 0
+with an empty payload for a packet larger than max_packet (refused unread)."""
 
 
 @dataclass(slots=True)
 class MqttStats:
     connects: int = 0
     disconnects: int = 0
+    reads: int = 0
     received: int = 0
     oversized: int = 0
     duplicates_qos2: int = 0
@@ -84,11 +79,11 @@ class _Conn(asyncio.Protocol):
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
 
     def data_received(self, data: bytes) -> None:
         self.last_rx = time.monotonic()
+        self.client.stats.reads += 1
         try:
             packets = self.reader.feed(data)
         except MqttProtocolError as e:
@@ -100,38 +95,30 @@ class _Conn(asyncio.Protocol):
         for pkt in packets:
             if type(pkt) is P.Publish:
                 qos = pkt.qos
+                if pkt.size:
+                    client.stats.oversized += 1
                 if qos == 0:
-                    batch.append(Message(pkt.topic, pkt.payload, 0, pkt.retain))
+                    batch.append(pkt)
                 elif qos == 1:
-                    batch.append(Message(pkt.topic, pkt.payload, 1, pkt.retain))
+                    batch.append(pkt)
                     acks.append((P.PUBACK, pkt.pid))
                 else:
                     if pkt.pid in client._qos2_received:
                         client.stats.duplicates_qos2 += 1
                     else:
                         client._qos2_received.add(pkt.pid)
-                        batch.append(Message(pkt.topic, pkt.payload, 2, pkt.retain))
+                        batch.append(pkt)
                     acks.append((P.PUBREC, pkt.pid))
             else:
-                self._control(pkt, batch, acks)
+                self._control(pkt)
             if self.error is not None:
                 return
         if batch or acks:
             client._deliver(self, batch, acks)
 
-    def _control(self, pkt: P.Packet, batch: list[Message], acks: list[tuple[int, int]]) -> None:
+    def _control(self, pkt: P.Packet) -> None:
         client = self.client
-        if isinstance(pkt, P.Oversized):
-            client.stats.oversized += 1
-            if pkt.qos == 2 and pkt.pid in client._qos2_received:
-                client.stats.duplicates_qos2 += 1
-            else:
-                if pkt.qos == 2:
-                    client._qos2_received.add(pkt.pid)
-                batch.append(Message(pkt.topic, b"", pkt.qos, False, pkt.size))
-            if pkt.qos:
-                acks.append((P.PUBACK if pkt.qos == 1 else P.PUBREC, pkt.pid))
-        elif isinstance(pkt, P.Ack):
+        if isinstance(pkt, P.Ack):
             if pkt.type == P.PUBREL:
                 client._qos2_received.discard(pkt.pid)
                 self.write(P.ack(P.PUBCOMP, pkt.pid))
@@ -386,6 +373,9 @@ class MqttClient:
                 if pending is not None:
                     self._send_acks(*pending)
                     pending = None
+                # Let other tasks (the live clients' senders) run between
+                # batches, also when batches are waiting.
+                await asyncio.sleep(0)
                 while not self._queue:
                     if self._closing:
                         return

@@ -5,7 +5,7 @@ incremental, strict parser for what a broker sends.
 complete packet in them (hundreds per call under load), keeping a partial tail
 for the next call. Anything a broker must not send, or sends malformed, raises
 MqttProtocolError. A PUBLISH whose remaining length exceeds `max_packet` is not
-buffered: its header is read, the packet is reported as `Oversized` (so it can
+buffered: its header is read, the packet is reported as a Publish with `size` set (so it can
 be acknowledged and counted), and its payload bytes are skipped as they come.
 """
 from __future__ import annotations
@@ -42,21 +42,16 @@ _MAX_REMAINING = 268_435_455
 
 
 class Publish(NamedTuple):
+    """An inbound PUBLISH. `size` > 0 (with an empty payload) marks one larger
+    than max_packet: refused, its payload never buffered."""
+
     topic: bytes
     payload: bytes
     qos: int
     retain: bool
-    dup: bool
-    pid: int  # 0 for QoS 0
-
-
-class Oversized(NamedTuple):
-    """A PUBLISH larger than max_packet: refused, its payload never buffered."""
-
-    topic: bytes
-    qos: int
-    pid: int
-    size: int
+    dup: bool = False
+    pid: int = 0  # 0 for QoS 0
+    size: int = 0
 
 
 class ConnAck(NamedTuple):
@@ -80,7 +75,7 @@ class PingResp(NamedTuple):
     pass
 
 
-Packet = Union[Publish, Oversized, ConnAck, Ack, SubAck, PingResp]
+Packet = Union[Publish, ConnAck, Ack, SubAck, PingResp]
 
 _PINGRESP = PingResp()
 
@@ -164,7 +159,7 @@ class PacketReader:
     def __init__(self, *, max_packet: int) -> None:
         self._buf = b""
         self._max = max_packet
-        self._skip = 0  # payload bytes of an Oversized packet still to discard
+        self._skip = 0  # payload bytes of an oversized packet still to discard
 
     @property
     def buffered(self) -> int:
@@ -256,7 +251,7 @@ class PacketReader:
         self._buf = buf[pos:] if pos < n else b""
         return out
 
-    def _oversized(self, buf: bytes, pos: int, start: int, first: int, length: int) -> Oversized | None:
+    def _oversized(self, buf: bytes, pos: int, start: int, first: int, length: int) -> Publish | None:
         n = len(buf)
         qos = (first >> 1) & 3
         if qos == 3:
@@ -271,7 +266,7 @@ class PacketReader:
             return None
         p = start + 2 + tl
         pid = ((buf[p] << 8) | buf[p + 1]) if qos else 0
-        return Oversized(bytes(buf[start + 2:p]), qos, pid, length)
+        return Publish(bytes(buf[start + 2:p]), b"", qos, False, bool(first & 8), pid, length)
 
     @staticmethod
     def _control(ptype: int, flags: int, body: bytes) -> Packet:

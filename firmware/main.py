@@ -22,6 +22,11 @@ def main(board=None, log=print):
     # config validation is only needed at boot: drop it to give its RAM back
     del config
     sys.modules.pop("edgewire.config", None)
+    import edgewire
+    try:
+        delattr(edgewire, "config")
+    except AttributeError:
+        pass
     from edgewire.device import Device
     while True:
         dev = Device(board, cfg, log=log)

@@ -32,10 +32,6 @@ STAT_KEYS = ("readings", "faults", "sent_q0", "sent_q1", "sent_q2", "acked_q0", 
              "commands", "bad_commands", "cmd_dropped")
 
 
-class CommandError(Exception):
-    pass
-
-
 class Device:
     def __init__(self, board, config, log=None):
         """board: see edgewire.boards; config: from edgewire.config.load/build.
@@ -56,7 +52,7 @@ class Device:
         # per stream: [name, source, interval_ms, qos, unit, next_due_ms]
         self.streams = [[s["name"], s["source"], s["interval_ms"], s.get("qos", 1), s.get("unit", ""), 0]
                         for s in config["streams"]]
-        self._q = []        # readings waiting to be sent: [qos, reading]
+        self._q = []        # readings to send: (qos, stream, value, uptime_ms[, error])
         self._cmds = []     # command payloads received, not yet executed
         self._cache = []    # [(command id, result payload)], newest last
         self._tel = {}      # in-flight telemetry packet id -> qos
@@ -122,16 +118,16 @@ class Device:
             self._try_connect()
             now = b.ticks_ms()
         self.stats["queued"] = len(self._q)
+        if _MP:
+            gc.collect()
         if self.cfg["debug"] and now >= self._next_stats:
             self._next_stats = now + self.cfg["stats_ms"]
             self._say("stats %s mem=%s" % (self.stats, b.free_memory()))
-        if _MP:
-            gc.collect()
         wait = _STEP_MS
         for s in self.streams:
             wait = min(wait, s[5] - now)
         if self.connected:
-            if self._q and self._client.window_free() > 0:
+            if self._q and self._client.inflight() < self._client.max_inflight:
                 wait = 0
             try:
                 self._client.poll(max(0, wait))
@@ -217,22 +213,22 @@ class Device:
                 if not (v is None or isinstance(v, (bool, int, float))
                         or (isinstance(v, str) and len(v) <= wire.MAX_TEXT)):
                     raise SensorError("value %r is not a number, bool or short string" % (v,))
-                r = [s[0], v, now]
+                r = (s[3], s[0], v, now)
             except Exception as e:  # a driver failure is a counted fault, never a crash
                 self.stats["faults"] += 1
-                r = [s[0], None, now, (str(e) or type(e).__name__)[:wire.MAX_TEXT]]
+                r = (s[3], s[0], None, now, (str(e) or type(e).__name__)[:wire.MAX_TEXT])
             self.stats["readings"] += 1
             if len(self._q) >= self.cfg["queue_size"]:
                 self._q.pop(0)
                 self.stats["dropped"] += 1
-            self._q.append([s[3], r])
+            self._q.append(r)
 
     def _flush(self):
         """Send queued readings, grouped by QoS, while the window has room."""
         cl = self._client
         while self._q and cl.connected:
             qos = self._q[0][0]
-            if qos and cl.window_free() <= 0:
+            if qos and cl.inflight() >= cl.max_inflight:
                 return
             idx = []
             for i in range(len(self._q)):
@@ -242,7 +238,7 @@ class Device:
                         break
             payload = None
             while payload is None:
-                rs = [self._q[i][1] for i in idx]
+                rs = [list(self._q[i][1:]) for i in idx]
                 try:
                     payload = wire.encode_telemetry(self.device_id, self.boot, self.seq + 1,
                                                     self.board.ticks_ms(), rs, self.board.time_ms())
@@ -292,66 +288,26 @@ class Device:
         self._cmds.append(payload)
 
     def _run_commands(self):
-        while self._cmds and self.connected:
-            self._command(self._cmds.pop(0))
-
-    def _command(self, payload):
-        try:
-            cmd = wire.decode_command(payload)
-        except ValueError as e:
-            self.stats["bad_commands"] += 1
-            self._say("bad command: %s" % (e,), True)
+        if not self._cmds:
             return
-        cid = cmd["id"]
-        res = None
-        for k, v in self._cache:
-            if k == cid:
-                res = v  # a repeat (QoS 1 redelivery): same answer, no second execution
-        if res is None:
-            self.stats["commands"] += 1
+        # Commands are rare: their code is imported when one arrives and, on
+        # MicroPython, dropped again afterwards (~2 KB of heap back).
+        from edgewire import commands
+        while self._cmds and self.connected:
+            res = commands.handle(self, self._cmds.pop(0))
+            if res is not None:
+                try:
+                    self._client.publish(self.topics["result"], res, 1)
+                except MQTTError as e:
+                    self._lost(e)
+        if _MP:
+            import sys
+            import edgewire
+            sys.modules.pop("edgewire.commands", None)
             try:
-                res = wire.encode_result(cid, True, self._execute(cmd["name"], cmd["args"]))
-            except CommandError as e:
-                res = wire.encode_result(cid, False, error=str(e))
-            except ValueError as e:  # the result does not fit the protocol
-                res = wire.encode_result(cid, False, error="result not sendable: %s" % (e,))
-            self._cache.append((cid, res))
-            if len(self._cache) > self.cfg["cmd_cache"]:
-                self._cache.pop(0)
-        try:
-            self._client.publish(self.topics["result"], res, 1)
-        except MQTTError as e:
-            self._lost(e)
-
-    def _execute(self, name, args):
-        if name == "ping":
-            return "pong"
-        if name == "info":
-            return {"fw": __version__, "hw": self.board.name, "b": self.boot, "c": self.conn,
-                    "u": self.board.ticks_ms(), "mem": self.board.free_memory(),
-                    "stats": dict(self.stats),
-                    "streams": {s[0]: s[2] for s in self.streams}}
-        if name == "set_interval":
-            if not isinstance(args, dict):
-                raise CommandError("set_interval needs {\"stream\": name, \"ms\": interval}")
-            ms = args.get("ms")
-            lo = self.cfg["min_interval_ms"]
-            if isinstance(ms, bool) or not isinstance(ms, int) or not lo <= ms <= 86400000:
-                raise CommandError("set_interval: ms %r is not an integer in %d..86400000" % (ms, lo))
-            for s in self.streams:
-                if s[0] == args.get("stream"):
-                    s[2] = ms
-                    s[5] = self.board.ticks_ms() + ms
-                    return {"stream": s[0], "ms": ms}
-            raise CommandError("set_interval: no stream %r (streams: %s)"
-                               % (args.get("stream"), ", ".join(s[0] for s in self.streams)))
-        if name == "reboot":
-            if not self.cfg["allow_reboot"]:
-                raise CommandError("reboot is disabled on this device (allow_reboot is false)")
-            # reset once the result is acknowledged, or after timeout_ms at the latest
-            self._reboot = self.board.ticks_ms() + self.cfg["timeout_ms"]
-            return "rebooting"
-        raise CommandError("unknown command '%s'" % name)
+                delattr(edgewire, "commands")
+            except AttributeError:
+                pass
 
     # ------------------------------------------------------------ logging
 

@@ -32,17 +32,17 @@ try:
 except ImportError:
     _EAGAIN = (11, 110)
 
-CONNECT = const(1)
-CONNACK = const(2)
-PUBLISH = const(3)
-PUBACK = const(4)
-PUBREC = const(5)
-PUBREL = const(6)
-PUBCOMP = const(7)
-SUBSCRIBE = const(8)
-SUBACK = const(9)
-UNSUBACK = const(11)
-PINGRESP = const(13)
+_CONNECT = const(1)
+_CONNACK = const(2)
+_PUBLISH = const(3)
+_PUBACK = const(4)
+_PUBREC = const(5)
+_PUBREL = const(6)
+_PUBCOMP = const(7)
+_SUBSCRIBE = const(8)
+_SUBACK = const(9)
+_UNSUBACK = const(11)
+_PINGRESP = const(13)
 
 # In-flight entry slots: [stage, qos, topic, payload, retain, sent_ms, order]
 _STAGE = const(0)
@@ -65,11 +65,8 @@ CONNACK_ERRORS = {
 
 
 class MQTTError(Exception):
-    """Base of every error this client raises; the connection is closed when it is raised."""
-
-
-class ConnectionClosed(MQTTError):
-    """The peer closed the connection, or the socket failed."""
+    """Base of every error this client raises: the peer closed, the socket failed,
+    a SUBACK refused (0x80). The connection is closed when it is raised."""
 
 
 class MQTTTimeout(MQTTError):
@@ -77,52 +74,39 @@ class MQTTTimeout(MQTTError):
 
 
 class MQTTProtocolError(MQTTError):
-    """The broker sent something MQTT 3.1.1 does not allow here."""
-
-
-class PacketTooLarge(MQTTProtocolError):
-    """An inbound packet is larger than max_packet."""
+    """The broker sent something MQTT 3.1.1 does not allow here (or too large)."""
 
 
 class ConnectRefused(MQTTError):
-    """CONNACK with a non-zero return code; `code` holds it."""
-
-    def __init__(self, code):
-        MQTTError.__init__(self, "broker refused the connection: %s (CONNACK code %d)"
-                           % (CONNACK_ERRORS.get(code, "unknown reason"), code))
-        self.code = code
-
-
-class SubscribeRefused(MQTTError):
-    """SUBACK returned 0x80 for a topic filter."""
-
-
-def _default_clock():
-    import time
-    if hasattr(time, "monotonic"):
-        return lambda: int(time.monotonic() * 1000)
-    return time.ticks_ms  # wraps after ~12 days on a board: pass board.ticks_ms
-
-
-def _put_rl(out, n):
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return
+    """CONNACK with a non-zero return code: args are (message, code)."""
 
 
 def _put_str(out, s):
     if isinstance(s, str):
         s = s.encode()
     if len(s) > 0xFFFF:
-        raise ValueError("string of %d bytes is longer than 65535" % len(s))
+        raise ValueError("string of %d bytes is too long for MQTT" % len(s))
     out.append(len(s) >> 8)
     out.append(len(s) & 0xFF)
     out.extend(s)
+
+
+def _packet(first, var, extra=0):
+    """first byte + remaining length (of var and `extra` bytes sent after it) + var."""
+    n = len(var) + extra
+    if n > _MAX_RL:
+        raise ValueError("MQTT packet of %d bytes is too large" % n)
+    out = bytearray(1)
+    out[0] = first
+    while True:
+        if n > 0x7F:
+            out.append((n & 0x7F) | 0x80)
+            n >>= 7
+        else:
+            out.append(n)
+            break
+    out.extend(var)
+    return out
 
 
 def _check_qos(qos):
@@ -132,54 +116,31 @@ def _check_qos(qos):
 
 def encode_connect(client_id, keepalive=60, clean_session=True, user=None, password=None, will=None):
     """CONNECT packet. will: (topic, payload, qos, retain) or None."""
-    if isinstance(keepalive, bool) or not isinstance(keepalive, int) or not 0 <= keepalive <= 0xFFFF:
-        raise ValueError("keepalive %r is not 0..65535 seconds" % (keepalive,))
-    var = bytearray(b"\x00\x04MQTT\x04")
-    flags = 0x02 if clean_session else 0
+    var = bytearray(b"\x00\x04MQTT\x04\x00")
+    if clean_session:
+        var[7] = 0x02
     if will:
         _check_qos(will[2])
-        flags |= 0x04 | (will[2] << 3) | (0x20 if will[3] else 0)
+        var[7] |= 0x04 | (will[2] << 3) | (0x20 if will[3] else 0)
     if user is not None:
-        flags |= 0x80
-        if password is not None:
-            flags |= 0x40
-    var.append(flags)
+        var[7] |= 0xC0 if password is not None else 0x80
     var.append(keepalive >> 8)
     var.append(keepalive & 0xFF)
     _put_str(var, client_id)
-    if will:
-        _put_str(var, will[0])
-        _put_str(var, will[1])
-    if user is not None:
-        _put_str(var, user)
-        if password is not None:
-            _put_str(var, password)
-    out = bytearray(b"\x10")
-    _put_rl(out, len(var))
-    out.extend(var)
-    return bytes(out)
+    for x in ((will[0], will[1]) if will else ()) + (user, password):
+        if x is not None:
+            _put_str(var, x)
+    return bytes(_packet(0x10, var))
 
 
 def publish_header(topic, payload_len, qos=0, retain=False, dup=False, pid=0):
     """Fixed header, topic and packet id of a PUBLISH; the payload follows."""
-    tb = topic.encode() if isinstance(topic, str) else topic
-    rl = 2 + len(tb) + payload_len + (2 if qos else 0)
-    if rl > _MAX_RL:
-        raise ValueError("PUBLISH of %d bytes is too large" % rl)
-    out = bytearray(1)
-    out[0] = 0x30 | (0x08 if dup else 0) | (qos << 1) | (1 if retain else 0)
-    _put_rl(out, rl)
-    _put_str(out, tb)
+    var = bytearray()
+    _put_str(var, topic)
     if qos:
-        out.append(pid >> 8)
-        out.append(pid & 0xFF)
-    return out
-
-
-def encode_publish(topic, payload, qos=0, retain=False, dup=False, pid=0):
-    out = publish_header(topic, len(payload), qos, retain, dup, pid)
-    out.extend(payload)
-    return bytes(out)
+        var.append(pid >> 8)
+        var.append(pid & 0xFF)
+    return _packet(0x30 | (0x08 if dup else 0) | (qos << 1) | (1 if retain else 0), var, payload_len)
 
 
 def encode_subscribe(pid, topic, qos):
@@ -188,10 +149,7 @@ def encode_subscribe(pid, topic, qos):
     var[1] = pid & 0xFF
     _put_str(var, topic)
     var.append(qos)
-    out = bytearray(b"\x82")
-    _put_rl(out, len(var))
-    out.extend(var)
-    return bytes(out)
+    return bytes(_packet(0x82, var))
 
 
 class MQTTClient:
@@ -199,12 +157,12 @@ class MQTTClient:
 
     on_message(topic, payload, retained) is called for each inbound PUBLISH
     (QoS 2: exactly once); on_ack(pid, qos) when a QoS 1/2 publish completes.
-    Keep both short: they run inside poll()."""
+    Keep both short: they run inside poll(). clock() returns non-wrapping ms."""
 
     def __init__(self, client_id, keepalive=60, clean_session=True, user=None, password=None,
                  timeout_ms=5000, retry_ms=10000, max_inflight=8, max_packet=8192, clock=None):
-        if not isinstance(max_inflight, int) or isinstance(max_inflight, bool) or not 1 <= max_inflight <= 1000:
-            raise ValueError("max_inflight %r is not 1..1000" % (max_inflight,))
+        if isinstance(max_inflight, bool) or not isinstance(max_inflight, int) or not 0 < max_inflight < 1000:
+            raise ValueError("max_inflight %r is not 1..999" % (max_inflight,))
         self.client_id = client_id
         self.keepalive = keepalive
         self.clean_session = clean_session
@@ -214,10 +172,14 @@ class MQTTClient:
         self.retry_ms = retry_ms
         self.max_inflight = max_inflight
         self.max_packet = max_packet
-        self.clock = clock or _default_clock()
+        if clock is None:
+            import time
+            clock = (lambda: int(time.monotonic() * 1000)) if hasattr(time, "monotonic") else time.ticks_ms
+        self.clock = clock
         self.on_message = None
         self.on_ack = None
         self.connected = False
+        self.last_pid = 0      # the packet id most recently assigned (also when publish() then failed)
         self.resent = 0        # PUBLISH/PUBREL packets sent again (retry or reconnect)
         self.stray = 0         # acks for packet ids we do not have in flight
         self.rx2_evicted = 0   # inbound QoS 2 ids forgotten because the table was full
@@ -227,72 +189,55 @@ class MQTTClient:
         self._ri = None
         self._out = {}         # pid -> in-flight entry (see slots above)
         self._rx2 = []         # inbound QoS 2 packet ids awaiting PUBREL
-        self._pid = 0
         self._order = 0
         self._sub_pid = 0
         self._suback = None
         self._last_tx = 0
         self._last_rx = 0
         self._ping_at = 0
-        self._b1 = bytearray(1)            # reused for header bytes
+        self._b1 = bytearray(1)                     # reused for header bytes
         self._ack = bytearray(b"\x40\x02\x00\x00")  # reused for PUBACK/PUBREC/PUBREL/PUBCOMP
-
-    # ------------------------------------------------------------ public
 
     def set_will(self, topic, payload, qos=0, retain=False):
         _check_qos(qos)
         self._will = (topic, payload, qos, retain)
 
-    @property
-    def last_pid(self):
-        """The packet id most recently assigned (also when publish() then failed)."""
-        return self._pid
-
     def inflight(self):
+        """QoS 1/2 messages not yet acknowledged (window: max_inflight)."""
         return len(self._out)
-
-    def window_free(self):
-        return self.max_inflight - len(self._out)
 
     def connect(self, sock):
         """Start a session on a connected socket; returns the session-present flag.
-        Resends in-flight QoS 1/2 messages (DUP) and PUBRELs afterwards."""
+        Then resends in-flight QoS 1/2 messages (DUP) and PUBRELs, in order."""
         self.close()
         self._sock = sock
-        try:
-            sock.setblocking(False)
-            self._ri = getattr(sock, "recv_into", None) or sock.readinto
-            self._poll = select.poll()
-            self._poll.register(sock, select.POLLIN)
-        except (OSError, AttributeError) as e:
-            self.close()
-            raise ConnectionClosed("unusable socket: %r" % (e,))
         self._ping_at = 0
         try:
+            try:
+                sock.setblocking(False)
+                self._ri = getattr(sock, "recv_into", None) or sock.readinto
+                self._poll = select.poll()
+                self._poll.register(sock, select.POLLIN)
+            except (OSError, AttributeError) as e:
+                raise MQTTError("unusable socket: %r" % (e,))
             self._write(encode_connect(self.client_id, self.keepalive, self.clean_session,
                                        self.user, self.password, self._will))
-            deadline = self.clock() + self.timeout_ms
-            pkt = None
-            while pkt is None:
-                left = deadline - self.clock()
-                if left <= 0:
-                    raise MQTTTimeout("no CONNACK within %d ms" % self.timeout_ms)
-                pkt = self._read_packet(left)
+            pkt = self._await(None, "CONNACK")
             typ, flags, body = pkt
-            if typ != CONNACK:
+            if typ != _CONNACK:
                 raise MQTTProtocolError("expected CONNACK, got packet type %d" % typ)
             if flags or len(body) != 2 or body[0] & 0xFE:
                 raise MQTTProtocolError("malformed CONNACK %r" % (bytes(body),))
             if body[1]:
-                raise ConnectRefused(body[1])
+                raise ConnectRefused("broker refused the connection: %s (CONNACK %d)"
+                                     % (CONNACK_ERRORS.get(body[1], "unknown reason"), body[1]), body[1])
             self.connected = True
             if self.clean_session:
                 self._rx2 = []
-            # MQTT 3.1.1 section 4.4: resend unacknowledged PUBLISH (DUP) and PUBREL, in order.
-            # With a clean session the broker forgot them too; we resend anyway (QoS 1
-            # semantics for the receiver): the gateway removes duplicates by (device, boot, seq).
-            entries = sorted(self._out.items(), key=lambda kv: kv[1][_ORDER])
-            for pid, e in entries:
+            # MQTT 3.1.1 section 4.4: resend unacknowledged PUBLISH (DUP) and PUBREL, in
+            # order. After a clean session the broker forgot them; we resend anyway and
+            # the gateway removes duplicates by (device, boot, seq).
+            for pid, e in sorted(self._out.items(), key=lambda kv: kv[1][_ORDER]):
                 self._resend(pid, e)
             return body[0] == 1
         except MQTTError:
@@ -300,21 +245,15 @@ class MQTTClient:
             raise
 
     def publish(self, topic, payload, qos=0, retain=False):
-        """Send a PUBLISH; returns its packet id (0 for QoS 0). A QoS 1/2 message is
-        kept in flight until acknowledged, across reconnects. Waits (handling
-        inbound packets) while the window is full; MQTTTimeout after timeout_ms."""
+        """Send a PUBLISH; returns its packet id (0 for QoS 0). QoS 1/2 messages stay
+        in flight until acknowledged, across reconnects. Waits (handling inbound
+        packets) while the window is full: MQTTTimeout after timeout_ms."""
         _check_qos(qos)
-        self._require()
         pid = 0
         try:
+            self._require()
             if qos:
-                deadline = self.clock() + self.timeout_ms
-                while len(self._out) >= self.max_inflight:
-                    left = deadline - self.clock()
-                    if left <= 0:
-                        raise MQTTTimeout("in-flight window (%d) still full after %d ms"
-                                          % (self.max_inflight, self.timeout_ms))
-                    self._poll_once(left)
+                self._await(lambda: len(self._out) < self.max_inflight, "room in the in-flight window")
                 pid = self._next_pid()
                 self._order += 1
                 self._out[pid] = [_PUB, qos, topic, payload, retain, self.clock(), self._order]
@@ -327,40 +266,51 @@ class MQTTClient:
     def subscribe(self, topic, qos=0):
         """SUBSCRIBE one filter and wait for SUBACK; returns the granted QoS."""
         _check_qos(qos)
-        self._require()
         try:
+            self._require()
             self._sub_pid = self._next_pid()
             self._suback = None
             self._write(encode_subscribe(self._sub_pid, topic, qos))
-            deadline = self.clock() + self.timeout_ms
-            while self._suback is None:
-                left = deadline - self.clock()
-                if left <= 0:
-                    raise MQTTTimeout("no SUBACK for %r within %d ms" % (topic, self.timeout_ms))
-                self._poll_once(left)
+            self._await(lambda: self._suback is not None, "SUBACK")
             codes = self._suback
             self._sub_pid = 0
-            if len(codes) != 1:
-                raise MQTTProtocolError("SUBACK with %d return codes for 1 filter" % len(codes))
+            if len(codes) != 1 or (codes[0] > 2 and codes[0] != 0x80):
+                raise MQTTProtocolError("bad SUBACK %r" % (bytes(codes),))
             if codes[0] == 0x80:
-                raise SubscribeRefused("broker refused subscription to %r" % (topic,))
-            if codes[0] > 2:
-                raise MQTTProtocolError("SUBACK return code 0x%02x is invalid" % codes[0])
+                raise MQTTError("broker refused subscription to %r" % (topic,))
             return codes[0]
         except MQTTError:
             self.close()
             raise
 
     def poll(self, timeout_ms=0):
-        """Handle inbound packets for up to timeout_ms, then keepalive and retries.
-        Returns as soon as at least one packet was handled (or the time is up)."""
-        self._require()
+        """Handle inbound packets for up to timeout_ms (returning once some came),
+        then keepalive and retries. Returns the number of packets handled."""
         try:
+            self._require()
             n = 0
-            wait = min(timeout_ms, self._until_due())
-            while self._poll_once(wait if n == 0 else 0):
+            now = self.clock()
+            ka = self.keepalive * 500  # ping after half the keepalive without traffic
+            due = self._ping_at + self.timeout_ms if self._ping_at else min(self._last_tx, self._last_rx) + ka
+            for e in self._out.values():
+                due = min(due, e[_SENT] + self.retry_ms)
+            wait = max(0, min(timeout_ms, due - now))
+            while True:
+                pkt = self._read_packet(0 if n else wait)
+                if pkt is None:
+                    break
+                self._handle(pkt[0], pkt[1], pkt[2])
                 n += 1
-            self._housekeeping()
+            now = self.clock()
+            if self._ping_at:
+                if now - self._ping_at >= self.timeout_ms:
+                    raise MQTTTimeout("no PINGRESP within %d ms: connection is dead" % self.timeout_ms)
+            elif now - min(self._last_tx, self._last_rx) >= ka:
+                self._write(b"\xc0\x00")
+                self._ping_at = now or 1
+            for pid, e in list(self._out.items()):
+                if now - e[_SENT] >= self.retry_ms:
+                    self._resend(pid, e)
             return n
         except MQTTError:
             self.close()
@@ -380,62 +330,45 @@ class MQTTClient:
         self._suback = None
         s = self._sock
         self._sock = None
+        self._poll = None
         if s is not None:
-            try:
-                if self._poll is not None:
-                    self._poll.unregister(s)
-            except (OSError, ValueError, KeyError):
-                pass
             try:
                 s.close()
             except OSError:
                 pass
-        self._poll = None
 
     # ------------------------------------------------------------ internals
 
     def _require(self):
         if not self.connected:
-            raise ConnectionClosed("not connected")
+            raise MQTTError("not connected")
 
     def _next_pid(self):
+        pid = self.last_pid
         while True:
-            self._pid = self._pid % 65535 + 1
-            if self._pid not in self._out and self._pid != self._sub_pid:
-                return self._pid
+            pid = pid % 65535 + 1
+            if pid not in self._out and pid != self._sub_pid:
+                self.last_pid = pid
+                return pid
 
-    def _until_due(self):
-        """ms until the next keepalive or retry action."""
-        now = self.clock()
-        ka = self.keepalive * 500  # ping after half the keepalive without traffic
-        if self._ping_at:
-            due = self._ping_at + self.timeout_ms
-        elif ka:
-            due = min(self._last_tx, self._last_rx) + ka
-        else:
-            due = now + 60000
-        for e in self._out.values():
-            if e[_SENT] + self.retry_ms < due:
-                due = e[_SENT] + self.retry_ms
-        return max(0, due - now)
-
-    def _housekeeping(self):
-        now = self.clock()
-        if self._ping_at:
-            if now - self._ping_at >= self.timeout_ms:
-                raise MQTTTimeout("no PINGRESP within %d ms: connection is dead" % self.timeout_ms)
-        elif self.keepalive and now - min(self._last_tx, self._last_rx) >= self.keepalive * 500:
-            self._write(b"\xc0\x00")
-            self._ping_at = now or 1
-        for pid, e in list(self._out.items()):
-            if now - e[_SENT] >= self.retry_ms:
-                self._resend(pid, e)
+    def _await(self, cond, what):
+        """Handle inbound packets until cond() holds; cond None: return the first packet."""
+        deadline = self.clock() + self.timeout_ms
+        while cond is None or not cond():
+            left = deadline - self.clock()
+            if left <= 0:
+                raise MQTTTimeout("no %s within %d ms" % (what, self.timeout_ms))
+            pkt = self._read_packet(left)
+            if pkt is not None:
+                if cond is None:
+                    return pkt
+                self._handle(pkt[0], pkt[1], pkt[2])
 
     def _resend(self, pid, e):
         e[_SENT] = self.clock()
         self.resent += 1
         if e[_STAGE] == _REL:
-            self._send_ack(PUBREL, pid)
+            self._send_ack(_PUBREL, pid)
         else:
             self._send_publish(e[2], e[3], e[_QOS], e[4], True, pid)
 
@@ -445,14 +378,14 @@ class MQTTClient:
 
     def _send_ack(self, typ, pid):
         a = self._ack
-        a[0] = (typ << 4) | (2 if typ == PUBREL else 0)
+        a[0] = (typ << 4) | (2 if typ == _PUBREL else 0)
         a[2] = pid >> 8
         a[3] = pid & 0xFF
         self._write(a)
 
     def _write(self, data):
         if self._sock is None:
-            raise ConnectionClosed("not connected")
+            raise MQTTError("not connected")
         deadline = self.clock() + self.timeout_ms
         mv = memoryview(data)
         sent = 0
@@ -461,33 +394,28 @@ class MQTTClient:
                 n = self._sock.send(mv[sent:])
             except OSError as e:
                 if e.args[0] not in _EAGAIN:
-                    raise ConnectionClosed("write failed: %r" % (e,))
+                    raise MQTTError("write failed: %r" % (e,))
                 n = 0
-            if not n:
-                self._wait(select.POLLOUT, deadline, "write")
-            else:
+            if n:
                 sent += n
+            else:
+                self._wait(select.POLLOUT, deadline - self.clock(), True)
         self._last_tx = self.clock()
 
-    def _wait(self, ev, deadline, what):
-        left = deadline - self.clock()
-        if left <= 0:
-            raise MQTTTimeout("%s timed out after %d ms" % (what, self.timeout_ms))
+    def _wait(self, ev, ms, must):
+        """Poll for ev up to ms; False when nothing came (MQTTTimeout if must)."""
+        if ms <= 0 and must:
+            raise MQTTTimeout("%s timed out after %d ms" % ("write" if ev == select.POLLOUT else "read",
+                                                             self.timeout_ms))
         try:
             self._poll.modify(self._sock, ev)
-            res = self._poll.poll(left)
+            res = self._poll.poll(max(0, ms))
         except (OSError, ValueError, AttributeError) as e:
-            raise ConnectionClosed("poll failed: %r" % (e,))
+            raise MQTTError("poll failed: %r" % (e,))
         for r in res:
             if r[1] & select.POLLERR or (ev == select.POLLOUT and r[1] & select.POLLHUP):
-                raise ConnectionClosed("socket error during %s" % what)
-
-    def _readable(self, ms):
-        try:
-            self._poll.modify(self._sock, select.POLLIN)
-            return bool(self._poll.poll(max(0, ms)))
-        except (OSError, ValueError, AttributeError) as e:
-            raise ConnectionClosed("poll failed: %r" % (e,))
+                raise MQTTError("socket error")
+        return bool(res)
 
     def _read_into(self, buf, deadline):
         mv = memoryview(buf)
@@ -498,22 +426,21 @@ class MQTTClient:
                 r = self._ri(mv[got:], n - got)
             except OSError as e:
                 if e.args[0] not in _EAGAIN:
-                    raise ConnectionClosed("read failed: %r" % (e,))
+                    raise MQTTError("read failed: %r" % (e,))
                 r = None
             if r is None:
-                self._wait(select.POLLIN, deadline, "read")
+                self._wait(select.POLLIN, deadline - self.clock(), True)
             elif r == 0:
-                raise ConnectionClosed("connection closed by the broker" +
-                                       (" in the middle of a packet" if got or n > 1 else ""))
+                raise MQTTError("connection closed by the broker" + (" mid-packet" if got or n > 1 else ""))
             else:
                 got += r
 
     def _read_packet(self, wait_ms):
-        """-> (type, flags, body) or None when nothing arrives within wait_ms.
+        """-> (type, flags, body), or None when nothing arrives within wait_ms.
         Once a packet has begun, all of it must arrive within timeout_ms."""
         if self._sock is None:
-            raise ConnectionClosed("not connected")
-        if not self._readable(wait_ms):
+            raise MQTTError("not connected")
+        if not self._wait(select.POLLIN, wait_ms, False):
             return None
         deadline = self.clock() + self.timeout_ms
         b = self._b1
@@ -531,82 +458,61 @@ class MQTTClient:
         if typ == 0 or typ == 15:
             raise MQTTProtocolError("unknown packet type %d" % typ)
         if rl > self.max_packet:
-            raise PacketTooLarge("packet type %d of %d bytes exceeds the %d byte cap"
-                                 % (typ, rl, self.max_packet))
+            raise MQTTProtocolError("packet type %d of %d bytes exceeds the %d byte cap"
+                                    % (typ, rl, self.max_packet))
         body = bytearray(rl)
         if rl:
             self._read_into(body, deadline)
         self._last_rx = self.clock()
         return typ, flags, body
 
-    def _poll_once(self, wait_ms):
-        pkt = self._read_packet(wait_ms)
-        if pkt is None:
-            return False
-        self._handle(pkt[0], pkt[1], pkt[2])
-        return True
-
-    def _pid_of(self, typ, flags, body):
-        if len(body) != 2 or flags != (2 if typ == PUBREL else 0):
-            raise MQTTProtocolError("malformed packet type %d (flags %d, %d bytes)" % (typ, flags, len(body)))
-        pid = (body[0] << 8) | body[1]
-        if not pid:
-            raise MQTTProtocolError("packet type %d with packet id 0" % typ)
-        return pid
-
     def _handle(self, typ, flags, body):
-        if typ == PUBLISH:
-            self._on_publish(flags, body)
-        elif typ == PUBACK or typ == PUBCOMP:
-            pid = self._pid_of(typ, flags, body)
-            e = self._out.get(pid)
-            want = (_PUB, 1) if typ == PUBACK else (_REL, 2)
-            if e is not None and e[_STAGE] == want[0] and e[_QOS] == want[1]:
-                del self._out[pid]
-                if self.on_ack:
-                    self.on_ack(pid, want[1])
+        if typ == _PUBLISH:
+            return self._on_publish(flags, body)
+        if typ == _SUBACK:
+            if flags or len(body) < 3:
+                raise MQTTProtocolError("malformed SUBACK")
+            if self._sub_pid and ((body[0] << 8) | body[1]) == self._sub_pid:
+                self._suback = body[2:]
             else:
                 self.stray += 1
-        elif typ == PUBREC:
-            pid = self._pid_of(typ, flags, body)
-            e = self._out.get(pid)
+            return
+        if typ == _PINGRESP and not flags and not body:
+            self._ping_at = 0
+            return
+        if typ < _PUBACK or typ > _UNSUBACK or typ == _SUBSCRIBE or typ == 10:
+            raise MQTTProtocolError("unexpected packet type %d from the broker" % typ)
+        # PUBACK, PUBREC, PUBREL, PUBCOMP, UNSUBACK: exactly a non-zero packet id
+        pid = (body[0] << 8) | body[1] if len(body) == 2 else 0
+        if not pid or flags != (2 if typ == _PUBREL else 0):
+            raise MQTTProtocolError("malformed packet type %d (flags %d, %d bytes)" % (typ, flags, len(body)))
+        e = self._out.get(pid)
+        if typ == _PUBACK or typ == _PUBCOMP:
+            q = 1 if typ == _PUBACK else 2
+            if e is not None and e[_QOS] == q and e[_STAGE] == q - 1:
+                del self._out[pid]
+                if self.on_ack:
+                    self.on_ack(pid, q)
+            else:
+                self.stray += 1
+        elif typ == _PUBREC:
             if e is not None and e[_QOS] == 2:
                 e[_STAGE] = _REL
                 e[_SENT] = self.clock()
             else:
                 self.stray += 1
-            self._send_ack(PUBREL, pid)
-        elif typ == PUBREL:
-            pid = self._pid_of(typ, flags, body)
+            self._send_ack(_PUBREL, pid)
+        elif typ == _PUBREL:
             if pid in self._rx2:
                 self._rx2.remove(pid)
-            self._send_ack(PUBCOMP, pid)
-        elif typ == SUBACK:
-            if flags or len(body) < 3:
-                raise MQTTProtocolError("malformed SUBACK (%d bytes)" % len(body))
-            if self._sub_pid and ((body[0] << 8) | body[1]) == self._sub_pid:
-                self._suback = body[2:]
-            else:
-                self.stray += 1
-        elif typ == UNSUBACK:
-            self._pid_of(typ, flags, body)
-        elif typ == PINGRESP:
-            if flags or body:
-                raise MQTTProtocolError("malformed PINGRESP")
-            self._ping_at = 0
-        else:
-            raise MQTTProtocolError("unexpected packet type %d from the broker" % typ)
+            self._send_ack(_PUBCOMP, pid)
 
     def _on_publish(self, flags, body):
         qos = (flags >> 1) & 3
-        if qos == 3:
-            raise MQTTProtocolError("PUBLISH with QoS 3")
         n = len(body)
-        if n < 2:
-            raise MQTTProtocolError("truncated PUBLISH (%d bytes)" % n)
-        pos = 2 + ((body[0] << 8) | body[1])
-        if pos + (2 if qos else 0) > n:
-            raise MQTTProtocolError("PUBLISH topic length exceeds the packet")
+        pos = 2 + ((body[0] << 8) | body[1]) if n >= 2 else n + 1
+        if qos == 3 or pos + (2 if qos else 0) > n:
+            raise MQTTProtocolError("malformed PUBLISH (QoS %d, %d bytes)" % (qos, n))
         try:
             topic = bytes(body[2:pos]).decode()
         except (UnicodeError, ValueError):
@@ -617,18 +523,16 @@ class MQTTClient:
             pos += 2
             if not pid:
                 raise MQTTProtocolError("PUBLISH QoS %d with packet id 0" % qos)
-        payload = bytes(body[pos:])
         if qos == 2:
-            if pid in self._rx2:  # a redelivery before PUBREL: deliver once only
-                self._send_ack(PUBREC, pid)
-                return
+            if pid in self._rx2:  # redelivered before PUBREL: deliver once only
+                return self._send_ack(_PUBREC, pid)
             if len(self._rx2) >= _RX2_MAX:
                 self._rx2.pop(0)
                 self.rx2_evicted += 1
         if self.on_message:
-            self.on_message(topic, payload, bool(flags & 1))
+            self.on_message(topic, bytes(body[pos:]), bool(flags & 1))
         if qos == 1:
-            self._send_ack(PUBACK, pid)
+            self._send_ack(_PUBACK, pid)
         elif qos == 2:
             self._rx2.append(pid)
-            self._send_ack(PUBREC, pid)
+            self._send_ack(_PUBREC, pid)

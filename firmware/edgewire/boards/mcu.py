@@ -4,8 +4,7 @@
 #
 # RAM: one WLAN object and one ADC/Pin object per source read (cached).
 
-from edgewire.boards import SensorError
-from edgewire.boards.base import Board, split_source
+from edgewire.boards import Board, SensorError, split_source
 
 
 class McuBoard(Board):

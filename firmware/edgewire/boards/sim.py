@@ -15,10 +15,8 @@
 #
 # RAM: ~30 slots of state per board; storage=None keeps files in a dict.
 
-import os
 
-from edgewire.boards import ResetRequested, SensorError
-from edgewire.boards.base import Board, split_source
+from edgewire.boards import Board, ResetRequested, SensorError, split_source
 
 MODELS = ("temperature", "humidity", "battery", "door")
 

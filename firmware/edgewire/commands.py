@@ -1,0 +1,67 @@
+# Device commands (docs/protocol.md, "Command and result"): ping, info,
+# set_interval, reboot. Imported by Device only when a command arrives.
+#
+# A repeated command id (QoS 1 redelivery) gets the cached result again without
+# executing twice; the cache keeps the last `cmd_cache` ids.
+
+from edgewire import __version__, wire
+
+
+class CommandError(Exception):
+    pass
+
+
+def handle(dev, payload):
+    """-> the result payload to publish, or None for an undecodable command (counted)."""
+    try:
+        cmd = wire.decode_command(payload)
+    except ValueError as e:
+        dev.stats["bad_commands"] += 1
+        dev._say("bad command: %s" % (e,), True)
+        return None
+    cid = cmd["id"]
+    for k, v in dev._cache:
+        if k == cid:
+            return v
+    dev.stats["commands"] += 1
+    try:
+        res = wire.encode_result(cid, True, execute(dev, cmd["name"], cmd["args"]))
+    except CommandError as e:
+        res = wire.encode_result(cid, False, error=str(e))
+    except ValueError as e:  # the result does not fit the protocol
+        res = wire.encode_result(cid, False, error="result not sendable: %s" % (e,))
+    dev._cache.append((cid, res))
+    if len(dev._cache) > dev.cfg["cmd_cache"]:
+        dev._cache.pop(0)
+    return res
+
+
+def execute(dev, name, args):
+    b = dev.board
+    if name == "ping":
+        return "pong"
+    if name == "info":
+        return {"fw": __version__, "hw": b.name, "b": dev.boot, "c": dev.conn, "u": b.ticks_ms(),
+                "mem": b.free_memory(), "stats": dict(dev.stats),
+                "streams": {s[0]: s[2] for s in dev.streams}}
+    if name == "set_interval":
+        if not isinstance(args, dict):
+            raise CommandError("set_interval needs {\"stream\": name, \"ms\": interval}")
+        ms = args.get("ms")
+        lo = dev.cfg["min_interval_ms"]
+        if isinstance(ms, bool) or not isinstance(ms, int) or not lo <= ms <= 86400000:
+            raise CommandError("set_interval: ms %r is not an integer in %d..86400000" % (ms, lo))
+        for s in dev.streams:
+            if s[0] == args.get("stream"):
+                s[2] = ms
+                s[5] = b.ticks_ms() + ms
+                return {"stream": s[0], "ms": ms}
+        raise CommandError("set_interval: no stream %r (streams: %s)"
+                           % (args.get("stream"), ", ".join(s[0] for s in dev.streams)))
+    if name == "reboot":
+        if not dev.cfg["allow_reboot"]:
+            raise CommandError("reboot is disabled on this device (allow_reboot is false)")
+        # Device resets once the result is acknowledged, or after timeout_ms at the latest.
+        dev._reboot = b.ticks_ms() + dev.cfg["timeout_ms"]
+        return "rebooting"
+    raise CommandError("unknown command '%s'" % name)

@@ -1,0 +1,112 @@
+"""Shared pieces of the firmware tests: a device on the MicroPython unix port
+(firmware/main.py with a SimBoard and a config.json), and a paho-mqtt
+subscriber that records every message, decoded with the reference msgpack."""
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import msgpack
+import paho.mqtt.client as mqtt
+
+from tests.support import micropython
+
+BASE_CONFIG: dict[str, Any] = {
+    "broker_host": "127.0.0.1",
+    "keepalive_s": 2,
+    "timeout_ms": 1000,
+    "retry_ms": 2000,
+    "backoff_min_ms": 200,
+    "backoff_max_ms": 800,
+    "stable_ms": 2000,
+    "queue_size": 32,
+}
+
+
+def device_config(port: int, streams: list[dict[str, Any]], **over: Any) -> dict[str, Any]:
+    cfg = dict(BASE_CONFIG, broker_port=port, streams=streams)
+    cfg.update(over)
+    return cfg
+
+
+def start_device(tmp: Path, device_id: str, cfg: dict[str, Any], *, seed: int = 7,
+                 fault_rate: float = 0.0, heap: str = micropython.HEAP) -> subprocess.Popen[str]:
+    """firmware/main.py on MicroPython with a SimBoard keeping its files in tmp/<id>."""
+    store = tmp / device_id
+    store.mkdir(parents=True, exist_ok=True)
+    (store / "config.json").write_text(json.dumps(cfg))
+    code = (
+        "from edgewire.boards.sim import SimBoard\n"
+        "import main\n"
+        "main.main(SimBoard(%r, storage=%r, seed=%d, fault_rate=%r))\n"
+        % (device_id, str(store), seed, fault_rate)
+    )
+    import os
+    return micropython.spawn(code, heap=os.environ.get("DBG_HEAP", heap))
+
+
+def stop_process(p: subprocess.Popen[str]) -> str:
+    if p.poll() is None:
+        p.kill()
+    out, _ = p.communicate(timeout=10)
+    return out or ""
+
+
+class Recorder:
+    """A paho subscriber on edgewire/v1/<device>/# that keeps (topic, retain, decoded, raw).
+    It reconnects by itself and may use a persistent session (clean_session=False)."""
+
+    def __init__(self, port: int, device_id: str, client_id: str = "rec", persistent: bool = False) -> None:
+        self.port = port
+        self.filter = f"edgewire/v1/{device_id}/#"
+        self.msgs: list[tuple[str, bool, Any, bytes]] = []
+        self.lock = threading.Lock()
+        self.subscribed = threading.Event()
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+                             clean_session=not persistent)
+        self.c.reconnect_delay_set(min_delay=1, max_delay=1)
+        self.c.on_connect = self._on_connect
+        self.c.on_message = self._on_message
+        self.c.on_subscribe = lambda *a: self.subscribed.set()
+
+    def _on_connect(self, c: mqtt.Client, u: Any, f: Any, rc: Any, p: Any = None) -> None:
+        c.subscribe(self.filter, 2)
+
+    def _on_message(self, c: mqtt.Client, u: Any, m: mqtt.MQTTMessage) -> None:
+        obj = msgpack.unpackb(m.payload, raw=False)
+        with self.lock:
+            self.msgs.append((m.topic, bool(m.retain), obj, bytes(m.payload)))
+
+    def start(self) -> "Recorder":
+        self.c.connect("127.0.0.1", self.port, keepalive=5)
+        self.c.loop_start()
+        assert self.subscribed.wait(5), "recorder did not get SUBACK"
+        return self
+
+    def stop(self) -> None:
+        self.c.disconnect()
+        self.c.loop_stop()
+        self.c._reset_sockets()  # paho keeps its wake-up socketpair open otherwise
+
+    def of(self, kind: str) -> list[tuple[str, bool, Any, bytes]]:
+        with self.lock:
+            return [m for m in self.msgs if m[0].endswith("/" + kind)]
+
+    def wait(self, what: Callable[["Recorder"], bool], timeout: float, msg: str = "") -> None:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if what(self):
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"timed out after {timeout}s waiting for {msg or what}; got "
+                             f"{[(m[0].rsplit('/', 1)[1], m[2]) for m in self.msgs][-8:]}")
+
+    def births(self) -> list[dict[str, Any]]:
+        return [m[2] for m in self.of("status") if m[2]["st"] == "on"]
+
+    def telemetry(self) -> list[dict[str, Any]]:
+        return [m[2] for m in self.of("telemetry")]

@@ -32,7 +32,7 @@ class ProtocolError(ValueError):
     topic, oversized, malformed, invalid, mismatch."""
 
     def __init__(self, kind, message):
-        ValueError.__init__(self, message)
+        super().__init__(message)  # ValueError.__init__ does not exist on MicroPython
         self.kind = kind
         self.message = message
 

@@ -1,0 +1,101 @@
+"""`edgewire sim`: run a simulated fleet and report what it sent.
+
+    edgewire sim --devices 200 --rate 5 --qos 1 --broker mqtt://127.0.0.1:1883 --duration 10
+    edgewire sim --devices 5 --duration 3 --json          # embedded amqtt broker
+
+Exit status: 0 the run completed; 1 the run failed (broker unreachable,
+devices that would not connect or stop); 2 bad arguments; 130 interrupted
+(the report of the partial run is still printed)."""
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+from typing import TextIO
+
+from edgewire.sim.errors import SimError
+
+MAX_DURATION = 7 * 86400.0
+CONNECT_TIMEOUT = 60.0
+
+
+def _fail(msg: str, code: int, err: TextIO) -> int:
+    print(f"edgewire sim: error: {msg}", file=err)
+    return code
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """SimError for settings that cannot work, before anything starts."""
+    from edgewire.sim.fleet import MAX_DEVICES, plan_streams
+    from edgewire.sim.url import parse_broker_url
+
+    if not 1 <= args.devices <= MAX_DEVICES:
+        raise SimError(f"--devices {args.devices}: must be 1..{MAX_DEVICES}")
+    plan_streams(args.rate, args.qos)  # raises SimError naming the rate
+    if not math.isfinite(args.duration) or not 0 < args.duration <= MAX_DURATION:
+        raise SimError(f"--duration {args.duration:g}: must be more than 0 and at most {MAX_DURATION:g} seconds")
+    if args.broker is not None:
+        parse_broker_url(args.broker)
+    if args.seed is not None and not 0 <= args.seed < 1 << 32:
+        raise SimError(f"--seed {args.seed}: must be 0..{(1 << 32) - 1}")
+
+
+def sim_main(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    err = err or sys.stderr
+    try:
+        check_args(args)
+    except SimError as e:
+        return _fail(str(e).replace("rate ", "--rate ", 1) if str(e).startswith("rate ") else str(e), 2, err)
+
+    handler = logging.StreamHandler(err)
+    handler.setFormatter(logging.Formatter("edgewire sim: %(levelname)s: %(message)s"))
+    root = logging.getLogger("edgewire")
+    root.addHandler(handler)
+    if root.level == logging.NOTSET or root.level > logging.WARNING:
+        root.setLevel(logging.WARNING)
+
+    from edgewire.sim.fleet import Fleet
+
+    broker = None
+    code = 0
+    try:
+        if args.broker is None:
+            from edgewire.gateway.embedded_broker import EmbeddedBrokerError, EmbeddedBrokerThread
+
+            try:
+                broker = EmbeddedBrokerThread(port=0).start()
+            except EmbeddedBrokerError as e:
+                return _fail(f"the embedded broker did not start: {e}", 1, err)
+        try:
+            fleet = Fleet(broker.url if broker else args.broker, devices=args.devices, rate=args.rate,
+                          qos=args.qos, seed=args.seed, prefix=args.prefix)
+        except SimError as e:
+            return _fail(str(e), 2, err)
+        try:
+            if broker is None:
+                fleet.check_broker()
+            fleet.run(args.duration)
+        except KeyboardInterrupt:
+            code = 130
+            try:
+                fleet.stop()
+            except SimError as e:
+                print(f"edgewire sim: error: {e}", file=err)
+        except SimError as e:
+            code = 1
+            print(f"edgewire sim: error: {e}", file=err)
+            try:
+                fleet.stop()
+            except SimError as e2:
+                print(f"edgewire sim: error: {e2}", file=err)
+            if not fleet.seconds:
+                return code
+        report = fleet.report(embedded_broker=broker is not None)
+        print(report.to_json() if args.json else report.render(), file=out)
+        return code
+    finally:
+        if broker is not None:
+            broker.stop()
+        root.removeHandler(handler)

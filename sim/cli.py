@@ -32,7 +32,12 @@ def check_args(args: argparse.Namespace) -> None:
 
     if not 1 <= args.devices <= MAX_DEVICES:
         raise SimError(f"--devices {args.devices}: must be 1..{MAX_DEVICES}")
-    plan_streams(args.rate, args.qos)  # raises SimError naming the rate
+    if not math.isfinite(args.rate) or args.rate <= 0:
+        raise SimError(f"--rate {args.rate:g}: must be a positive number of messages per second per device")
+    try:
+        plan_streams(args.rate, args.qos)
+    except SimError as e:
+        raise SimError(f"--rate {args.rate:g}: {e}") from None
     if not math.isfinite(args.duration) or not 0 < args.duration <= MAX_DURATION:
         raise SimError(f"--duration {args.duration:g}: must be more than 0 and at most {MAX_DURATION:g} seconds")
     if args.broker is not None:
@@ -47,7 +52,7 @@ def sim_main(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | 
     try:
         check_args(args)
     except SimError as e:
-        return _fail(str(e).replace("rate ", "--rate ", 1) if str(e).startswith("rate ") else str(e), 2, err)
+        return _fail(str(e), 2, err)
 
     handler = logging.StreamHandler(err)
     handler.setFormatter(logging.Formatter("edgewire sim: %(levelname)s: %(message)s"))

@@ -61,7 +61,8 @@ def plan_streams(rate: float, qos: int) -> list[dict[str, Any]]:
     Four streams (one per SimBoard model) while each can sample at least every
     10 ms; more streams (temperature/2, ...) beyond 400 msg/s."""
     if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not math.isfinite(rate) or rate <= 0:
-        raise SimError(f"rate {rate!r} must be a positive number of messages per second per device")
+        shown = f"{rate:g}" if isinstance(rate, (int, float)) else repr(rate)
+        raise SimError(f"rate {shown} must be a positive number of messages per second per device")
     if rate > MAX_RATE:
         raise SimError(f"rate {rate:g} is above the {MAX_RATE:g} messages per second one simulated device "
                        f"can send ({MAX_STREAMS} streams at {MIN_INTERVAL_MS} ms); use more devices instead")
@@ -190,9 +191,14 @@ class SimDevice:
         # batch_max is 1: each telemetry message carries exactly one reading, so
         # readings sent == messages, and what was sampled but neither sent nor
         # dropped is still queued on the device.
+        boots = list(self.boots)
+        d = self.device
+        if d is not None and d.boot and (not boots or boots[-1] != d.boot):
+            boots.append(d.boot)
         return DeviceReport(
             device=self.device_id,
-            boot=self.boots[-1] if self.boots else None,
+            boot=boots[-1] if boots else None,
+            boots=boots,
             messages=sent,
             readings=sent,
             sampled=sampled,

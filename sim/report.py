@@ -34,7 +34,7 @@ HEADINGS = {
 class DeviceReport:
     """One device's run.
 
-    boot          the boot id of the device's last boot
+    boot          the boot id of the device's last boot; boots: all of them, in order
     messages      telemetry messages the device published (written to its socket)
     readings      readings in those messages
     sampled       readings the device took (sent, dropped or still queued)
@@ -52,6 +52,7 @@ class DeviceReport:
 
     device: str
     boot: int | None = None
+    boots: list[int] = field(default_factory=list)
     messages: int = 0
     readings: int = 0
     sampled: int = 0

@@ -1,0 +1,91 @@
+"""`edgewire sim` end to end, as a user runs it."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.sim.conftest import Checker
+from tests.support.broker import Mosquitto
+
+EDGEWIRE = str(Path(sys.executable).parent / "edgewire")
+
+
+def run_sim(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([EDGEWIRE, "sim", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_cli_json_against_mosquitto(broker: Mosquitto, checker: Checker) -> None:
+    p = run_sim("--devices", "20", "--rate", "4", "--qos", "1", "--broker", broker.url,
+                "--duration", "3", "--seed", "11", "--prefix", "cli", "--json")
+    assert p.returncode == 0, p.stderr
+    rep = json.loads(p.stdout)
+    fleet = rep["fleet"]
+    assert (rep["broker"], rep["embedded_broker"], rep["devices"], rep["qos"], rep["seed"]) == \
+        (broker.url, False, 20, 1, 11)
+    assert [d["device"] for d in rep["per_device"]] == [f"cli-{i:04d}" for i in range(20)]
+    assert fleet["devices_connected"] == 20 and fleet["devices_with_errors"] == 0
+    assert fleet["messages"] > 0 and fleet["unacked"] == 0
+    checker.settle(expected=fleet["acked"])
+    assert checker.received == fleet["acked"] == fleet["messages"]
+    assert checker.per_device == {d["device"]: d["acked"] for d in rep["per_device"]}
+    assert set(checker.births) == {d["device"] for d in rep["per_device"]}
+
+
+def test_cli_table_against_mosquitto(broker: Mosquitto) -> None:
+    p = run_sim("--devices", "3", "--rate", "2", "--qos", "2", "--broker", broker.url, "--duration", "1.5")
+    assert p.returncode == 0, p.stderr
+    assert f"fleet: 3 devices x 2 msg/s at QoS 2 for" in p.stdout and broker.url in p.stdout
+    assert "acknowledged" in p.stdout and "reconnects" in p.stdout
+
+
+def test_cli_without_broker_uses_the_embedded_broker() -> None:
+    p = run_sim("--devices", "5", "--rate", "2", "--qos", "1", "--duration", "2", "--json")
+    assert p.returncode == 0, p.stderr
+    rep = json.loads(p.stdout)
+    assert rep["embedded_broker"] is True and rep["broker"].startswith("mqtt://127.0.0.1:")
+    assert rep["fleet"]["devices_connected"] == 5
+    assert rep["fleet"]["acked"] == rep["fleet"]["messages"] > 0
+    assert "Traceback" not in p.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--devices", "0"], "--devices 0: must be 1..10000"),
+    (["--devices", "-3"], "--devices -3: must be 1..10000"),
+    (["--rate", "-1"], "--rate -1: must be a positive number of messages per second"),
+    (["--rate", "0"], "--rate 0: must be a positive number"),
+    (["--rate", "nan"], "--rate nan: must be a positive number"),
+    (["--rate", "5000"], "--rate 5000: rate 5000 is above the 3200 messages per second one simulated device"),
+    (["--duration", "0"], "--duration 0: must be more than 0"),
+    (["--broker", "http://127.0.0.1:1883"], "broker URL 'http://127.0.0.1:1883': scheme 'http' is not 'mqtt'"),
+    (["--broker", "mqtt://:1883"], "missing host"),
+    (["--broker", "mqtt://localhost:99999"], "Port out of range"),
+    (["--prefix", "no spaces"], "prefix 'no spaces' does not make valid device ids"),
+    (["--seed", "-1"], "--seed -1: must be 0..4294967295"),
+])
+def test_bad_arguments_exit_2_with_a_clear_message(args: list[str], message: str,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from edgewire.gateway.cli import main
+
+    assert main(["sim", *args]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith("edgewire sim: error: ") and message in err, err
+
+
+def test_bad_argument_exit_2_as_a_process() -> None:
+    p = run_sim("--devices", "0", "--broker", "mqtt://127.0.0.1:1")
+    assert p.returncode == 2
+    assert p.stderr.strip() == "edgewire sim: error: --devices 0: must be 1..10000"
+    p = run_sim("--qos", "3")
+    assert p.returncode == 2 and "invalid choice: 3" in p.stderr  # argparse's own check
+
+
+def test_unreachable_broker_exits_1() -> None:
+    p = run_sim("--devices", "1", "--broker", "mqtt://127.0.0.1:9", "--duration", "1")
+    assert p.returncode == 1
+    assert "edgewire sim: error: cannot reach the broker at mqtt://127.0.0.1:9" in p.stderr
+    assert p.stdout == ""

@@ -63,6 +63,7 @@ class Device:
         self._attempt = 0
         self._up_since = -1
         self._next_stats = 0
+        self._birth_pid = 0
 
     # ------------------------------------------------------------ lifecycle
 
@@ -145,15 +146,19 @@ class Device:
             if not b.network_up() and not b.connect_network(c["net_timeout_ms"]):
                 raise OSError(101, "network did not come up within %d ms" % c["net_timeout_ms"])
             sock = b.connect(c["broker_host"], c["broker_port"], c["timeout_ms"])
-            conn = self.conn + 1
+            # c counts CONNECT attempts, not successes: an attempt that timed out may still
+            # reach the broker later and leave a will behind, which must name its own
+            # session, never the one that follows (docs/firmware.md, "Connection numbers").
+            self.conn += 1
+            conn = self.conn
             cl.set_will(self.topics["status"], wire.encode_death(self.device_id, self.boot, conn, "lost"), 1, True)
             cl.connect(sock)
-            self.conn = conn
             self.stats["connects"] += 1
-            if conn > 1:
+            if self.stats["connects"] > 1:
                 self.stats["reconnects"] += 1
             self._up_since = b.ticks_ms()
-            cl.publish(self.topics["status"], self._birth(), 1, True)
+            cl.discard(self._birth_pid)  # an unacknowledged older birth is superseded
+            self._birth_pid = cl.publish(self.topics["status"], self._birth(), 1, True)
             if c["commands"]:
                 granted = cl.subscribe(self.topics["cmd"], 1)
                 if granted != 1:

@@ -80,6 +80,9 @@ class MQTTProtocolError(MQTTError):
 class ConnectRefused(MQTTError):
     """CONNACK with a non-zero return code: args are (message, code)."""
 
+    def __str__(self):
+        return self.args[0]
+
 
 def _put_str(out, s):
     if isinstance(s, str):
@@ -201,6 +204,10 @@ class MQTTClient:
     def set_will(self, topic, payload, qos=0, retain=False):
         _check_qos(qos)
         self._will = (topic, payload, qos, retain)
+
+    def discard(self, pid):
+        """Stop retrying an in-flight message (one that a newer message supersedes)."""
+        self._out.pop(pid, None)
 
     def inflight(self):
         """QoS 1/2 messages not yet acknowledged (window: max_inflight)."""

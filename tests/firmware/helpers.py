@@ -77,7 +77,10 @@ class Recorder:
         c.subscribe(self.filter, 2)
 
     def _on_message(self, c: mqtt.Client, u: Any, m: mqtt.MQTTMessage) -> None:
-        obj = msgpack.unpackb(m.payload, raw=False)
+        try:
+            obj = msgpack.unpackb(m.payload, raw=False)
+        except ValueError:
+            obj = {"undecodable": bytes(m.payload)}
         with self.lock:
             self.msgs.append((m.topic, bool(m.retain), obj, bytes(m.payload)))
 
@@ -106,7 +109,7 @@ class Recorder:
                              f"{[(m[0].rsplit('/', 1)[1], m[2]) for m in self.msgs][-8:]}")
 
     def births(self) -> list[dict[str, Any]]:
-        return [m[2] for m in self.of("status") if m[2]["st"] == "on"]
+        return [m[2] for m in self.of("status") if m[2].get("st") == "on"]
 
     def telemetry(self) -> list[dict[str, Any]]:
         return [m[2] for m in self.of("telemetry")]

@@ -152,12 +152,12 @@ class Device:
             self.conn += 1
             conn = self.conn
             cl.set_will(self.topics["status"], wire.encode_death(self.device_id, self.boot, conn, "lost"), 1, True)
+            cl.discard(self._birth_pid)  # an unacknowledged older birth is superseded
             cl.connect(sock)
             self.stats["connects"] += 1
             if self.stats["connects"] > 1:
                 self.stats["reconnects"] += 1
             self._up_since = b.ticks_ms()
-            cl.discard(self._birth_pid)  # an unacknowledged older birth is superseded
             self._birth_pid = cl.publish(self.topics["status"], self._birth(), 1, True)
             if c["commands"]:
                 granted = cl.subscribe(self.topics["cmd"], 1)

@@ -91,18 +91,19 @@ DISCONNECT = b"\xe0\x00"
 
 
 def telemetry_payload(device: str, seq: int) -> bytes:
-    """A canonical telemetry envelope of exactly PAYLOAD_BYTES bytes."""
+    """A canonical telemetry envelope of exactly PAYLOAD_BYTES bytes carrying
+    one reading (so one message is one event on the gateway's WebSocket); the
+    stream name is padded to reach the size."""
     up = 123456
-    pad = 0
-    while True:
-        readings = [["temperature", 21.5, up], ["humidity", 40, up], ["note", "x" * pad, up]]
-        p = wire.encode_telemetry(device, BOOT, seq, up, readings)
-        if len(p) >= PAYLOAD_BYTES:
+    base = "site-1/line-2/temperature"
+    for pad in range(0, wire.MAX_STREAM - len(base)):
+        stream = base[:7] + "x" * pad + base[7:] if pad else base
+        p = wire.encode_telemetry(device, BOOT, seq, up, [[stream, 21.5, up]])
+        if len(p) == PAYLOAD_BYTES:
+            return p
+        if len(p) > PAYLOAD_BYTES:
             break
-        pad += 1
-    if len(p) != PAYLOAD_BYTES:
-        raise BenchError(f"cannot build a {PAYLOAD_BYTES}-byte envelope for {device!r} (got {len(p)})")
-    return p
+    raise BenchError(f"cannot build a {PAYLOAD_BYTES}-byte envelope for {device!r}")
 
 
 class PacketTemplate:
@@ -351,6 +352,7 @@ class PhaseResult:
     cpu_percent: dict[str, float] = field(default_factory=dict)
     peak_rss_mb: float | None = None
     note: str = ""
+    gateway_stats: dict[str, Any] | None = None
 
 
 def _publisher_cmd(port: int, seconds: float, devices: int, max_messages: int) -> list[str]:
@@ -423,14 +425,241 @@ def gateway_missing() -> str | None:
         import edgewire.gateway.service  # noqa: F401
     except ImportError as e:
         return f"edgewire.gateway.service is not importable ({e})"
+    if not EDGEWIRE.exists():
+        return f"{EDGEWIRE} does not exist (make venv)"
     return None
 
 
+EDGEWIRE = Path(sys.executable).parent / "edgewire"
+
+
+def http_json(url: str, timeout: float = 2.0) -> Any:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return {"_status": e.code}
+
+
+class RssSampler:
+    """Peak RSS of one process, sampled every 20 ms in a thread."""
+
+    def __init__(self, pid: int) -> None:
+        self.proc = psutil.Process(pid)
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            try:
+                self.peak = max(self.peak, self.proc.memory_info().rss)
+            except psutil.Error:
+                return
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join(1)
+        return self.peak / (1 << 20)
+
+
+class WsClientProcess:
+    """The WebSocket client process: reports its counts as JSON lines."""
+
+    def __init__(self, url: str) -> None:
+        self.proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "wsclient", "--url", url],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+        self.latest: dict[str, Any] = {}
+        self.count = 0  # events, for wait_drained()
+        self._thread = threading.Thread(target=self._read, name="wsclient-reader", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            try:
+                self.latest = json.loads(line)
+            except ValueError:
+                continue
+            self.count = int(self.latest.get("events", 0))
+
+    def send(self, cmd: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(cmd + "\n")
+        self.proc.stdin.flush()
+
+    def finish(self) -> dict[str, Any]:
+        try:
+            self.send("quit")
+            self.proc.wait(10)
+        except (OSError, subprocess.TimeoutExpired):
+            stop_process(self.proc)
+        self._thread.join(2)
+        return self.latest
+
+
 def phase_gateway(workdir: Path, seconds: float, devices: int, max_messages: int) -> PhaseResult:
+    """raw publisher -> mosquitto -> edgewire gateway -> WebSocket client."""
     missing = gateway_missing()
     if missing:
         return PhaseResult("gateway", note=f"not run: {missing}")
-    raise BenchError("the gateway phase is not wired yet")
+    res = PhaseResult("gateway")
+    mq = Mosquitto(workdir)
+    http_port = free_port()
+    conf = workdir / "gateway.toml"
+    conf.write_text(
+        f'[mqtt]\nurl = "mqtt://127.0.0.1:{mq.port}"\nclient_id = "bench-gateway"\n\n'
+        f'[http]\nhost = "127.0.0.1"\nport = {http_port}\ndashboard = false\n\n'
+        '[log]\nlevel = "warning"\n'
+    )
+    log_path = workdir / "gateway.log"
+    gw: subprocess.Popen[bytes] | None = None
+    client: WsClientProcess | None = None
+    rss: RssSampler | None = None
+    try:
+        with open(log_path, "wb") as logf:
+            gw = subprocess.Popen([str(EDGEWIRE), "gateway", "--config", str(conf)], stdout=logf, stderr=logf)
+        rss = RssSampler(gw.pid)
+        base = f"http://127.0.0.1:{http_port}"
+
+        def healthy() -> bool:
+            if gw is not None and gw.poll() is not None:
+                raise BenchError(f"the gateway exited with {gw.returncode}: {log_path.read_text()[-2000:]}")
+            try:
+                return "_status" not in http_json(base + "/healthz")
+            except OSError:
+                return False
+
+        wait_until(healthy, 20, "the gateway to report healthy on /healthz", poll=0.1)
+        client = WsClientProcess(f"ws://127.0.0.1:{http_port}/api/v1/ws")
+        wait_until(lambda: client.latest.get("subscribed") is True, 10, "the WebSocket client to subscribe")
+        probe_seq = [1]
+
+        def probe() -> None:
+            send_probe(mq.port, "bench-probe", probe_seq[0])
+            probe_seq[0] += 1
+
+        wait_until(lambda: client.count > 0, 15, "a probe message to reach the WebSocket client", poll=0.2,
+                   action=probe)
+        wait_drained(client, quiet=0.5)  # type: ignore[arg-type]
+        client.send("arm")
+        wait_until(lambda: client.latest.get("armed") is True, 5, "the WebSocket client to arm")
+        assert mq.proc is not None
+        cpu = CpuMeter({"broker": mq.proc.pid, "gateway": gw.pid, "client": client.proc.pid})
+        cpu.start()
+        stats, pub_cpu = _run_publisher_process(mq.port, seconds, devices, max_messages)
+        wait_drained(client, quiet=1.5, timeout=60)  # type: ignore[arg-type]
+        cpu.stop()
+        cpu.add("publisher", pub_cpu)
+        final = client.finish()
+        res.sent = stats["sent"]
+        res.received = int(final.get("measured", 0))
+        first, last = final.get("first"), final.get("last")
+        res.seconds = (last - first) if first is not None and last is not None else 0.0
+        res.rate = res.received / res.seconds if res.seconds > 0 else 0.0
+        res.lost = res.sent - res.received
+        res.cpu_percent = cpu.percent()
+        try:
+            res.gateway_stats = http_json(base + "/api/v1/stats")
+        except OSError as e:
+            res.note = f"GET /api/v1/stats failed: {e}"
+        drops = int(final.get("dropped", 0))
+        if drops or final.get("gaps"):
+            res.note = (res.note + "; " if res.note else "") + \
+                f"WebSocket client was told of {drops} dropped events and {final.get('gaps', 0)} gaps"
+        return res
+    finally:
+        if client is not None and client.proc.poll() is None:
+            stop_process(client.proc)
+        stop_process(gw)
+        if rss is not None:
+            res.peak_rss_mb = round(rss.stop(), 1)
+        mq.stop()
+
+
+def run_wsclient(url: str) -> int:
+    """Subscribe to every reading ('#') and count events. Reports a JSON line
+    whenever the count changed (at most every 100 ms); stdin commands:
+    'arm' starts the measured window, 'quit' prints the final line and exits."""
+    import asyncio
+
+    import aiohttp
+
+    st: dict[str, Any] = {"events": 0, "measured": 0, "first": None, "last": None, "dropped": 0, "gaps": 0,
+                          "subscribed": False, "armed": False}
+    armed_at = [0]
+    quit_ev = asyncio.Event()
+
+    def emit() -> None:
+        sys.stdout.write(json.dumps(st) + "\n")
+        sys.stdout.flush()
+
+    async def stdin_reader() -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            line = await loop.run_in_executor(None, sys.stdin.readline)
+            cmd = line.strip()
+            if cmd == "arm":
+                armed_at[0] = st["events"]
+                st.update(armed=True, first=None, last=None, measured=0)
+                emit()
+            elif cmd == "quit" or not line:
+                quit_ev.set()
+                return
+
+    async def reporter() -> None:
+        shown = -1
+        while not quit_ev.is_set():
+            await asyncio.sleep(0.1)
+            if st["events"] != shown:
+                shown = st["events"]
+                emit()
+
+    async def main() -> None:
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(url, max_msg_size=0) as ws:
+                await ws.send_str(json.dumps({"op": "subscribe", "filter": "#", "ref": 1}))
+                tasks = [asyncio.create_task(stdin_reader()), asyncio.create_task(reporter())]
+
+                async def receive() -> None:
+                    loads = json.loads
+                    async for msg in ws:
+                        if msg.type != aiohttp.WSMsgType.TEXT:
+                            break
+                        m = loads(msg.data)
+                        t = m.get("type")
+                        if t == "readings":
+                            now = time.monotonic()
+                            st["events"] += len(m["events"])
+                            if st["armed"]:
+                                st["measured"] = st["events"] - armed_at[0]
+                                if st["first"] is None:
+                                    st["first"] = now
+                                st["last"] = now
+                        elif t == "subscribed":
+                            st["subscribed"] = True
+                            emit()
+                        elif t == "dropped":
+                            st["dropped"] = int(m.get("total", 0))
+                        elif t == "gap":
+                            st["gaps"] += 1
+                        elif t == "error":
+                            sys.stderr.write(f"wsclient: gateway error: {m}\n")
+
+                rx = asyncio.create_task(receive())
+                await quit_ev.wait()
+                rx.cancel()
+                for t in tasks:
+                    t.cancel()
+                await asyncio.gather(rx, *tasks, return_exceptions=True)
+        emit()
+
+    asyncio.run(main())
+    return 0
 
 
 # ---------------------------------------------------------------- report
@@ -471,7 +700,12 @@ def main(argv: list[str] | None = None) -> int:
     pp.add_argument("--seconds", type=float, required=True)
     pp.add_argument("--devices", type=int, required=True)
     pp.add_argument("--max-messages", type=int, required=True)
+    wp = sub.add_parser("wsclient", help="(internal) the WebSocket client process")
+    wp.add_argument("--url", required=True)
     args = ap.parse_args(argv)
+
+    if args.mode == "wsclient":
+        return run_wsclient(args.url)
 
     if args.mode == "publish":
         stats = run_publisher(args.port, args.seconds, args.devices, SEQ_BASE, args.max_messages)

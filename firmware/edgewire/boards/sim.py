@@ -171,7 +171,7 @@ class SimBoard(Board):
             used = min(1.0, now / 1000 / self.battery_life_s)
             return round(4.2 - 0.9 * used + self._gauss() * 0.002, 3)
         # door: flips as a Poisson process with mean door_mean_s between flips
-        if dt > 0 and self._uniform() < min(1.0, dt / self.door_mean_s):
+        if self._uniform() < min(1.0, dt / self.door_mean_s):  # always draw: replayable
             self._door = not self._door
         return self._door
 

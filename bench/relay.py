@@ -664,6 +664,20 @@ def run_wsclient(url: str) -> int:
 
 # ---------------------------------------------------------------- report
 
+def loss_counters(stats: Any, prefix: str = "") -> dict[str, int]:
+    """Non-zero counters in the gateway's /api/v1/stats that explain a loss."""
+    out: dict[str, int] = {}
+    if isinstance(stats, dict):
+        for k, v in stats.items():
+            name = f"{prefix}.{k}" if prefix else str(k)
+            if isinstance(v, dict):
+                out.update(loss_counters(v, name))
+            elif isinstance(v, int) and not isinstance(v, bool) and v and \
+                    any(w in name.lower() for w in ("drop", "refus", "overflow", "duplicate", "gap", "lost", "missing")):
+                out[name] = v
+    return out
+
+
 def render(broker: PhaseResult, gateway: PhaseResult) -> str:
     lines = [f"relay benchmark: {PAYLOAD_BYTES}-byte telemetry envelopes, QoS 0, loopback, "
              f"{os.cpu_count()} CPUs", ""]
@@ -676,6 +690,11 @@ def render(broker: PhaseResult, gateway: PhaseResult) -> str:
         lines.append(f"{r.name:8s} {r.rate:>10,.0f} msg/s  ({r.received:,} of {r.sent:,} received in "
                      f"{r.seconds:.2f} s, {r.lost:,} lost){rss}")
         lines.append(f"{'':8s} CPU: {cpu}")
+        if r.note:
+            lines.append(f"{'':8s} note: {r.note}")
+        losses = loss_counters(r.gateway_stats)
+        if losses:
+            lines.append(f"{'':8s} gateway counters: " + ", ".join(f"{k} {v:,}" for k, v in losses.items()))
     if broker.rate and gateway.rate:
         ratio = gateway.rate / broker.rate
         lines.append("")

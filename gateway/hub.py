@@ -240,14 +240,16 @@ class Subscription:
 
     async def wait(self, timeout: float | None = None) -> bool:
         """Wait until there are events (or a gap, or a wake); False on timeout."""
-        if self.queue or self.gap is not None or self.closed:
-            return True
-        self._wake.clear()
-        try:
-            async with asyncio.timeout(timeout):
-                await self._wake.wait()
-        except TimeoutError:
-            return False
+        wake = self._wake
+        if not wake.is_set():
+            if self.queue or self.gap is not None or self.closed:
+                return True
+            try:
+                async with asyncio.timeout(timeout):
+                    await wake.wait()
+            except TimeoutError:
+                return False
+        wake.clear()  # a wake that came while nobody waited is not lost
         return True
 
     def take(self, limit: int) -> list[Event]:

@@ -1,0 +1,62 @@
+"""Configuration: validated before any I/O; `edgewire gateway --check`."""
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from edgewire.gateway.config import GatewayConfig, HttpConfig, MqttConfig, parse_config
+from edgewire.gateway.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+EDGEWIRE = ROOT / ".venv" / "bin" / "edgewire"
+
+
+def check(tmp_path: Path, text: str) -> subprocess.CompletedProcess[str]:
+    f = tmp_path / "gw.toml"
+    f.write_text(text)
+    return subprocess.run([str(EDGEWIRE), "gateway", "--check", str(f)], capture_output=True, text=True, timeout=30)
+
+
+def test_check_valid_file(tmp_path: Path) -> None:
+    r = check(tmp_path, '[mqtt]\nurl = "mqtt://127.0.0.1:1883"\n[http]\nport = 8081\n[commands]\ntimeout = 5\n')
+    assert r.returncode == 0, r.stderr
+    assert "ok" in r.stdout
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[http]\nport = "abc"\n', "ConfigError: [http] port 'abc': expected an integer 0-65535"),
+    ("[http]\nport = 70000\n", "ConfigError: [http] port 70000: expected an integer 0-65535"),
+    ("[http]\nprot = 8080\n", "ConfigError: [http] prot: unknown key (known: host, port,"),
+    ("[htp]\nport = 8080\n", "ConfigError: [htp]: unknown section"),
+    ('[mqtt]\nurl = "http://pi:1883"\n', "ConfigError: [mqtt] url 'http://pi:1883': scheme 'http' is not supported"),
+    ('[mqtt]\nurl = "mqtt://user:secret@pi"\n', "credentials"),
+    ("[commands]\ntimeout = 0\n", "ConfigError: [commands] timeout 0: expected a number of seconds"),
+    ('[log]\nlevel = "loud"\n', "ConfigError: [log] level 'loud': expected one of debug, info, warning, error"),
+    ("[http\n", "ConfigError: [file]"),
+])
+def test_check_invalid_file(tmp_path: Path, text: str, message: str) -> None:
+    r = check(tmp_path, text)
+    assert r.returncode == 2
+    assert message in r.stderr, r.stderr
+    assert "secret" not in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_check_missing_file(tmp_path: Path) -> None:
+    r = subprocess.run([str(EDGEWIRE), "gateway", "--check", str(tmp_path / "nope.toml")],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "cannot be read" in r.stderr
+
+
+def test_defaults_and_in_code_validation() -> None:
+    cfg = parse_config("")
+    assert cfg == GatewayConfig()
+    assert (cfg.mqtt.url, cfg.http.port, cfg.commands.timeout, cfg.mqtt.clean_session) == ("", 8080, 10.0, False)
+    with pytest.raises(ConfigError, match=r"\[http\] port True"):
+        HttpConfig(port=True)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="reconnect_max"):
+        MqttConfig(reconnect_min=5, reconnect_max=1)
+    with pytest.raises(AttributeError):
+        cfg.http.port = 1  # type: ignore[misc]

@@ -414,6 +414,8 @@ def phase_broker(workdir: Path, seconds: float, devices: int, max_messages: int)
         return res
     finally:
         stop_process(sub)
+        if sub is not None and sub.stdout is not None:
+            sub.stdout.close()
         mq.stop()
 
 
@@ -499,6 +501,9 @@ class WsClientProcess:
         except (OSError, subprocess.TimeoutExpired):
             stop_process(self.proc)
         self._thread.join(2)
+        for f in (self.proc.stdin, self.proc.stdout):
+            if f is not None:
+                f.close()
         return self.latest
 
 
@@ -575,6 +580,9 @@ def phase_gateway(workdir: Path, seconds: float, devices: int, max_messages: int
     finally:
         if client is not None and client.proc.poll() is None:
             stop_process(client.proc)
+            for f in (client.proc.stdin, client.proc.stdout):
+                if f is not None:
+                    f.close()
         stop_process(gw)
         if rss is not None:
             res.peak_rss_mb = round(rss.stop(), 1)

@@ -55,13 +55,8 @@ _REL = const(1)  # QoS 2: PUBREL sent, waiting for PUBCOMP
 _MAX_RL = const(268435455)
 _RX2_MAX = const(32)  # inbound QoS 2 packet ids remembered until PUBREL
 
-CONNACK_ERRORS = {
-    1: "unacceptable protocol version",
-    2: "client identifier rejected",
-    3: "server unavailable",
-    4: "bad user name or password",
-    5: "not authorized",
-}
+CONNACK_ERRORS = ("unacceptable protocol version", "client identifier rejected",
+                  "server unavailable", "bad user name or password", "not authorized")
 
 
 class MQTTError(Exception):
@@ -78,10 +73,7 @@ class MQTTProtocolError(MQTTError):
 
 
 class ConnectRefused(MQTTError):
-    """CONNACK with a non-zero return code: args are (message, code)."""
-
-    def __str__(self):
-        return self.args[0]
+    """CONNACK with a non-zero return code; the message names the code and its meaning."""
 
 
 def _put_str(out, s):
@@ -236,8 +228,9 @@ class MQTTClient:
             if flags or len(body) != 2 or body[0] & 0xFE:
                 raise MQTTProtocolError("malformed CONNACK %r" % (bytes(body),))
             if body[1]:
+                c = body[1]
                 raise ConnectRefused("broker refused the connection: %s (CONNACK %d)"
-                                     % (CONNACK_ERRORS.get(body[1], "unknown reason"), body[1]), body[1])
+                                     % (CONNACK_ERRORS[c - 1] if c <= 5 else "unknown reason", c))
             self.connected = True
             if self.clean_session:
                 self._rx2 = []

@@ -15,6 +15,11 @@ import paho.mqtt.client as mqtt
 
 from tests.support import micropython
 
+# The heap the device tests give MicroPython. The target is micropython.HEAP (64K);
+# on the 64-bit unix port the full device needs ~60 KB resident today, so the
+# functional tests run with 80K and test_heap.py tracks the 64K gap (see docs/firmware.md).
+DEVICE_HEAP = "80K"
+
 BASE_CONFIG: dict[str, Any] = {
     "broker_host": "127.0.0.1",
     "keepalive_s": 2,
@@ -34,7 +39,7 @@ def device_config(port: int, streams: list[dict[str, Any]], **over: Any) -> dict
 
 
 def start_device(tmp: Path, device_id: str, cfg: dict[str, Any], *, seed: int = 7,
-                 fault_rate: float = 0.0, heap: str = micropython.HEAP) -> subprocess.Popen[str]:
+                 fault_rate: float = 0.0, heap: str = DEVICE_HEAP) -> subprocess.Popen[str]:
     """firmware/main.py on MicroPython with a SimBoard keeping its files in tmp/<id>."""
     store = tmp / device_id
     store.mkdir(parents=True, exist_ok=True)
@@ -45,8 +50,7 @@ def start_device(tmp: Path, device_id: str, cfg: dict[str, Any], *, seed: int = 
         "main.main(SimBoard(%r, storage=%r, seed=%d, fault_rate=%r))\n"
         % (device_id, str(store), seed, fault_rate)
     )
-    import os
-    return micropython.spawn(code, heap=os.environ.get("DBG_HEAP", heap))
+    return micropython.spawn(code, heap=heap)
 
 
 def stop_process(p: subprocess.Popen[str]) -> str:

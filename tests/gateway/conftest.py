@@ -132,6 +132,25 @@ async def read_readings(resp: aiohttp.ClientResponse, n: int, timeout: float = 1
     return out
 
 
+async def read_readings_fast(resp: aiohttp.ClientResponse, n: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+    """Like read_readings for high rates: reads raw chunks, parses at the end."""
+    buf = bytearray()
+    marker = b"event: reading\n"
+    async with asyncio.timeout(timeout):
+        async for chunk in resp.content.iter_any():
+            buf += chunk
+            if buf.count(marker) >= n and buf.endswith(b"\n\n"):
+                break
+    out = []
+    for block in bytes(buf).decode().split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.split("\n") if line and not line.startswith(":"))
+        if fields.get("event") == "reading":
+            d = json.loads(fields["data"])
+            assert fields["id"] == str(d["id"])
+            out.append(d)
+    return out
+
+
 def spawn_hand_device(port: int, device: str, *, qos: str = "0,1,2", count: int = 10, boot: int = 1,
                       conn: int = 1) -> subprocess.Popen[str]:
     proc = subprocess.Popen([sys.executable, "-m", "tests.gateway.handdevice", "--port", str(port), "--id", device,

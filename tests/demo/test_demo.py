@@ -1,0 +1,119 @@
+"""`edgewire demo` as a newcomer runs it: installed into a clean virtualenv,
+nothing else running for it, and a port in the way of its broker."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.support.broker import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def clean_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A new virtualenv with nothing in it but `pip install <this repo>`."""
+    venv = tmp_path_factory.mktemp("clean") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    proc = subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", str(ROOT)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return venv
+
+
+class PortSquatter:
+    """Something else listening on a port (as a system mosquitto does on 1883):
+    it accepts and counts connections, and says nothing."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.accepted = 0
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            c.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _first_sse_reading(url: str, deadline: float) -> dict[str, object]:
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=max(0.1, deadline - time.monotonic())) as r:
+                event = None
+                for raw in r:
+                    line = raw.decode().rstrip("\n")
+                    if line.startswith("event: "):
+                        event = line[7:]
+                    elif line.startswith("data: ") and event == "reading":
+                        return dict(json.loads(line[6:]))
+                    if time.monotonic() > deadline:
+                        break
+        except OSError:
+            time.sleep(0.1)  # not listening yet
+    raise AssertionError("no reading over SSE before the deadline")
+
+
+def test_demo_from_clean_venv_serves_readings_over_sse(clean_venv: Path) -> None:
+    squatter = PortSquatter()
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    started = time.monotonic()
+    proc = subprocess.Popen([str(clean_venv / "bin" / "edgewire"), "demo", "--port", str(port),
+                             "--mqtt-port", str(squatter.port), "--devices", "3"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd="/")
+    try:
+        reading = _first_sse_reading(f"http://127.0.0.1:{port}/api/v1/stream", started + 10.0)
+        assert str(reading["device"]).startswith("demo-q")
+        assert isinstance(reading["id"], int)
+        deadline = time.monotonic() + 20
+        while True:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/devices", timeout=5) as r:
+                devices = json.loads(r.read())["devices"]
+            online = sorted(d["id"] for d in devices if d["online"])
+            if online == ["demo-q0-0000", "demo-q1-0000", "demo-q2-0000"] or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert online == ["demo-q0-0000", "demo-q1-0000", "demo-q2-0000"], devices
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+        squatter.close()
+    assert proc.returncode == 0, out
+    # It said the broker port was taken, used another, and never talked to the squatter.
+    assert f"MQTT port {squatter.port} is taken" in out, out
+    assert f"mqtt://127.0.0.1:{squatter.port}" not in out, out
+    assert squatter.accepted <= 1, "only the demo's own port probe may touch the taken port"
+    assert "edgewire demo: stopped" in out, out
+
+
+def test_demo_refuses_a_taken_http_port(clean_venv: Path) -> None:
+    squatter = PortSquatter()
+    try:
+        proc = subprocess.run([str(clean_venv / "bin" / "edgewire"), "demo", "--port", str(squatter.port)],
+                              capture_output=True, text=True, timeout=30)
+    finally:
+        squatter.close()
+    assert proc.returncode == 2
+    assert f"port {squatter.port} on 127.0.0.1 is taken" in proc.stderr

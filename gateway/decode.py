@@ -70,7 +70,8 @@ class Decoder:
             text = topic.decode("utf-8")
         except UnicodeDecodeError:
             raise ProtocolError("topic", f"topic {topic[:120]!r} is not UTF-8") from None
-        parsed = wire.parse_topic(text)
+        device, kind = wire.parse_topic(text)
+        parsed = (str(device), str(kind))
         if len(self._topics) >= _CACHE_MAX:
             self._topics.clear()
         self._topics[topic] = parsed

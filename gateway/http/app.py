@@ -1,6 +1,7 @@
 """The aiohttp application: routes, dashboard files, and the server runner."""
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -16,7 +17,8 @@ async def _index(request: web.Request) -> web.StreamResponse:
 
 
 @web.middleware
-async def _json_errors(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+async def _json_errors(request: web.Request,
+                       handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
     """Unknown routes and wrong methods answer in JSON under /api/."""
     try:
         return await handler(request)

@@ -75,8 +75,8 @@ async def stream(request: web.Request) -> web.StreamResponse:
                 parts.append(f'event: dropped\ndata: {{"dropped":{sub.dropped - reported},'
                              f'"total":{sub.dropped}}}\n\n')
                 reported = sub.dropped
-            for e in sub.take(MAX_EVENTS_PER_WRITE):
-                parts.append(f"id: {e.id}\nevent: reading\ndata: {e.json}\n\n")
+            for ev in sub.take(MAX_EVENTS_PER_WRITE):
+                parts.append(f"id: {ev.id}\nevent: reading\ndata: {ev.json}\n\n")
             if parts:
                 await resp.write("".join(parts).encode())
     except ConnectionError:

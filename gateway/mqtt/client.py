@@ -139,7 +139,8 @@ class _Conn(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.error is None:
             self.error = exc or MqttError("connection closed by the broker")
-        for fut in (self.connack, *self.subacks.values()):
+        futures: list[asyncio.Future[P.ConnAck] | asyncio.Future[P.SubAck]] = [self.connack, *self.subacks.values()]
+        for fut in futures:
             if not fut.done():
                 fut.set_exception(MqttError(f"connection lost: {self.error}"))
         if not self.closed.done():

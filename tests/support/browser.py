@@ -40,6 +40,7 @@ class Browser:
         self.proc = subprocess.Popen([chromium_path(), *FLAGS, f"--user-data-dir={self.profile}", "about:blank"],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self._ids = itertools.count(1)
+        self._drainer: threading.Thread | None = None
         self.ws: ClientConnection | None = None
         try:
             self.ws = connect(self._page_ws(), max_size=None, open_timeout=10)
@@ -64,7 +65,8 @@ class Browser:
         if browser_ws is None:
             raise RuntimeError("chromium did not open DevTools within 20 s")
         # Keep draining stderr so chromium never blocks on a full pipe.
-        threading.Thread(target=self._drain, daemon=True).start()
+        self._drainer = threading.Thread(target=self._drain, daemon=True)
+        self._drainer.start()
         port = re.search(r":(\d+)/", browser_ws)
         assert port is not None
         with urllib.request.urlopen(f"http://127.0.0.1:{port.group(1)}/json/list", timeout=10) as r:
@@ -128,6 +130,10 @@ class Browser:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self._drainer is not None:
+            self._drainer.join(5)
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
         shutil.rmtree(self.profile, ignore_errors=True)
 
     def __enter__(self) -> "Browser":

@@ -8,6 +8,7 @@ import pytest
 
 from edgewire.gateway.config import GatewayConfig, HttpConfig, MqttConfig, parse_config
 from edgewire.gateway.errors import ConfigError
+from tests.support.broker import Mosquitto
 
 ROOT = Path(__file__).resolve().parents[2]
 EDGEWIRE = ROOT / ".venv" / "bin" / "edgewire"
@@ -60,3 +61,43 @@ def test_defaults_and_in_code_validation() -> None:
         MqttConfig(reconnect_min=5, reconnect_max=1)
     with pytest.raises(AttributeError):
         cfg.http.port = 1  # type: ignore[misc]
+
+
+def test_gateway_process_runs_and_stops_on_sigterm(tmp_path: Path, broker: Mosquitto) -> None:
+    import json
+    import signal
+    import urllib.request
+
+    from tests.support.broker import free_port
+
+    port = free_port()
+    f = tmp_path / "gw.toml"
+    f.write_text(f'[mqtt]\nurl = "{broker.url}"\nclient_id = "gw-proc"\n[http]\nhost = "127.0.0.1"\nport = {port}\n')
+    p = subprocess.Popen([str(EDGEWIRE), "gateway", "--config", str(f)], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout is not None
+        line = p.stdout.readline()
+        assert f"http://127.0.0.1:{port}/" in line and broker.url in line
+        import time
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+                    body = json.loads(r.read())
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        assert body["mqtt"]["connected"] is True
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(10) == 0
+        assert "shutting down" in p.stderr.read()  # type: ignore[union-attr]
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        for s in (p.stdout, p.stderr):
+            if s is not None:
+                s.close()

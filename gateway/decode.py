@@ -1,9 +1,10 @@
 """Payload conversion, apart from transport: topic + bytes -> typed values,
-validated by the one protocol implementation (edgewire.wire).
+validated by the one protocol implementation (edgewire.wire, whose receiver
+half is edgewire.wire_rx).
 
 Telemetry takes a fast path: the C msgpack decoder, then
-`wire.decode_telemetry_env` (the same rules). Whatever that refuses is decoded
-again by `wire.decode_telemetry` on the bytes, so the error kind is exactly the
+`rx.decode_telemetry_env` (the same rules). Whatever that refuses is decoded
+again by the reference `decode_telemetry` on the bytes, so the error kind is exactly the
 reference one. Topic parsing and stream-name checks are memoized in bounded
 caches; the rules stay in wire."""
 from __future__ import annotations
@@ -13,6 +14,11 @@ from typing import Any, NamedTuple, TypedDict, cast
 import msgpack
 
 from edgewire import wire
+
+try:  # the receiver half of the protocol code (decoders, topic filters)
+    from edgewire import wire_rx as rx
+except ImportError:  # before the wire / wire_rx split: all of it in wire
+    rx = wire  # type: ignore[misc]
 from edgewire.wire import ProtocolError
 
 __all__ = ["Decoder", "ProtocolError", "Telemetry", "Status", "Result"]
@@ -70,7 +76,7 @@ class Decoder:
             text = topic.decode("utf-8")
         except UnicodeDecodeError:
             raise ProtocolError("topic", f"topic {topic[:120]!r} is not UTF-8") from None
-        device, kind = wire.parse_topic(text)
+        device, kind = rx.parse_topic(text)
         parsed = (str(device), str(kind))
         if len(self._topics) >= _CACHE_MAX:
             self._topics.clear()
@@ -103,21 +109,21 @@ class Decoder:
         if len(payload) <= wire.MAX_PAYLOAD:
             try:
                 env = msgpack.unpackb(payload)
-                return cast(Telemetry, wire.decode_telemetry_env(env, device, self._stream_ok, self._id_ok))
+                return cast(Telemetry, rx.decode_telemetry_env(env, device, self._stream_ok, self._id_ok))
             except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError,
                     RecursionError):
                 pass  # fall through to the reference decoder for the exact error
         # The reference decoder: raises the canonical error, or (should the fast
         # path ever refuse what the reference accepts) the reference wins.
-        return cast(Telemetry, wire.decode_telemetry(payload, device))
+        return cast(Telemetry, rx.decode_telemetry(payload, device))
 
     @staticmethod
     def status(payload: bytes, device: str) -> Status:
-        d = wire.decode_status(payload, device)
+        d = rx.decode_status(payload, device)
         return Status(d["device"], d["boot"], d["conn"], d["online"], d["uptime"], d["fw"], d["hw"],
                       d["streams"], d["why"])
 
     @staticmethod
     def result(payload: bytes, device: str) -> Result:
-        d = wire.decode_result(payload)
+        d = rx.decode_result(payload)
         return Result(device, d["id"], d["ok"], d["value"], d["error"])

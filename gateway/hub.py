@@ -26,6 +26,11 @@ from typing import Any, Protocol
 
 from edgewire import wire
 
+try:  # the receiver half of the protocol code (decoders, topic filters)
+    from edgewire import wire_rx as rx
+except ImportError:  # before the wire / wire_rx split: all of it in wire
+    rx = wire  # type: ignore[misc]
+
 __all__ = ["Event", "EventLog", "Gap", "Hub", "HubFull", "RingLog", "Subscription", "valid_filter"]
 
 _json_str = json.JSONEncoder(ensure_ascii=False).encode
@@ -153,7 +158,7 @@ class RingLog:
 def valid_filter(flt: str) -> bool:
     """A filter over "<device>/<stream>" with MQTT wildcards: '+' one level,
     '#' the rest (last only): '#', 'dev-01/#', '+/temperature'."""
-    return bool(wire.valid_filter(flt))
+    return bool(rx.valid_filter(flt))
 
 
 class HubFull(Exception):
@@ -210,7 +215,7 @@ class Subscription:
             return True
         hit = self._match.get(subject)
         if hit is None:
-            hit = any(wire.topic_matches(f, subject) for f in self.filters)
+            hit = any(rx.topic_matches(f, subject) for f in self.filters)
             if len(self._match) >= 8192:
                 self._match.clear()
             self._match[subject] = hit
@@ -320,8 +325,8 @@ class Hub:
             sub._wake.set()
         old = [f for f in sub.filters if f not in filters]
         picked = [e for e in events
-                  if any(wire.topic_matches(f, e.subject) for f in filters)
-                  and not any(wire.topic_matches(f, e.subject) for f in old)]
+                  if any(rx.topic_matches(f, e.subject) for f in filters)
+                  and not any(rx.topic_matches(f, e.subject) for f in old)]
         if picked:
             sub.queue.extend(picked)
             sub._wake.set()

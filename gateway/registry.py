@@ -137,6 +137,8 @@ class Device:
             "duplicates": self.duplicates,
             "missing": self.missing,
             "loss": self.loss,
+            "units": {name: meta["u"] for name, meta in self.streams.items()
+                      if isinstance(meta, dict) and isinstance(meta.get("u"), str) and meta["u"]},
         }
 
     def detail(self) -> dict[str, Any]:

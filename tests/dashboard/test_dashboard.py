@@ -55,7 +55,7 @@ def test_dashboard_shows_devices_live_values_and_offline(broker: Mosquitto, gate
             b.wait_for("document.getElementById('status').textContent.startsWith('live')")
             # ...and values published while the page is open arrive over SSE.
             pub.telemetry(dev, boot, 2, [["temperature", 22.75, 20], ["door", True, 20]])
-            b.wait_for(f"{row_text(dev)}.includes('temperature = 22.75')")
+            b.wait_for(f"{row_text(dev)}.includes('temperature = 22.75 C')")
             assert "door = true" in b.evaluate(row_text(dev))
             pub.telemetry(dev, boot, 3, [["temperature", None, 30, "i2c timeout"]])
             b.wait_for(f"{row_text(dev)}.includes('error: i2c timeout')")

@@ -27,7 +27,8 @@ function render() {
     const vals = document.createElement("td");
     vals.className = "values";
     for (const [stream, v] of [...(values.get(id) || new Map())].sort()) {
-      const shown = v.error ? "error: " + v.error : String(v.value);
+      const unit = (d.units || {})[stream];
+      const shown = v.error ? "error: " + v.error : String(v.value) + (unit ? " " + unit : "");
       vals.appendChild(text("span", stream + " = " + shown, v.error ? "err" : ""));
     }
     tr.appendChild(vals);

@@ -1,21 +1,32 @@
-# Edgewire wire protocol v1: topics and msgpack envelopes.
+# Edgewire wire protocol v1: topics and msgpack envelopes, the device side.
 #
-# The one implementation of docs/protocol.md. It runs unchanged on MicroPython
-# (devices) and CPython (simulator, gateway), does no I/O, and raises
-# ProtocolError with a machine-readable `kind` for anything it refuses.
+# The one implementation of docs/protocol.md, in two modules that run unchanged
+# on MicroPython and CPython and do no I/O:
+#   wire     (this one) what a device needs: limits, ProtocolError, id and
+#            stream rules, topics, every encoder, decode_command;
+#   wire_rx  the receiver side (simulator, gateway, tests): decode_telemetry,
+#            decode_status, decode_result, parse_topic, topic filters.
+# Devices never import wire_rx, so its code costs them no RAM (decisions D7).
+# Anything refused raises ProtocolError with a machine-readable `kind`.
 
 from edgewire import mpack
 
-VERSION = 1
+try:
+    from micropython import const
+except ImportError:
+    def const(x):
+        return x
+
+VERSION = const(1)
 ROOT = "edgewire/v1"
 
 # Limits (docs/protocol.md, "Limits").
-MAX_PAYLOAD = 4096
-MAX_ID = 64
-MAX_STREAM = 64
-MAX_READINGS = 64
-MAX_TEXT = 256
-MAX_U32 = 0xFFFFFFFF
+MAX_PAYLOAD = const(4096)
+MAX_ID = const(64)
+MAX_STREAM = const(64)
+MAX_READINGS = const(64)
+MAX_TEXT = const(256)
+MAX_U32 = const(0xFFFFFFFF)
 
 KIND_TELEMETRY = "telemetry"
 KIND_STATUS = "status"
@@ -67,80 +78,44 @@ def valid_stream(s):
     return True
 
 
-# ---------------------------------------------------------------- topics
-
 def topic(device_id, kind):
     return ROOT + "/" + device_id + "/" + kind
 
 
-def parse_topic(t):
-    """'edgewire/v1/<device>/<kind>' -> (device, kind), else ProtocolError('topic')."""
-    parts = t.split("/")
-    if len(parts) != 4 or parts[0] + "/" + parts[1] != ROOT:
-        raise ProtocolError("topic", "topic %r is not %s/<device>/<kind>" % (t[:120], ROOT))
-    if not valid_id(parts[2]):
-        raise ProtocolError("topic", "topic %r has an invalid device id" % t[:120])
-    if parts[3] not in KINDS:
-        raise ProtocolError("topic", "topic %r has unknown kind %r" % (t[:120], parts[3][:32]))
-    return parts[2], parts[3]
-
-
-def topic_matches(flt, name):
-    """MQTT-style filter match: '+' one level, '#' the rest (also zero levels)."""
-    fp = flt.split("/")
-    np = name.split("/")
-    for i, f in enumerate(fp):
-        if f == "#":
-            return True
-        if i >= len(np):
-            return False
-        if f != "+" and f != np[i]:
-            return False
-    return len(fp) == len(np)
-
-
-def valid_filter(flt):
-    if not isinstance(flt, str) or not 0 < len(flt) <= 2 * MAX_STREAM + 2:
-        return False
-    parts = flt.split("/")
-    for i, p in enumerate(parts):
-        if p == "#":
-            if i != len(parts) - 1:
-                return False
-        elif p != "+" and (not p or "+" in p or "#" in p):
-            return False
-    return True
-
-
 # ---------------------------------------------------------------- encoding
 
-def _checked(payload):
-    if len(payload) > MAX_PAYLOAD:
-        raise ProtocolError("oversized", "message of %d bytes exceeds %d" % (len(payload), MAX_PAYLOAD))
-    return payload
+def _oversized(n):
+    if n > MAX_PAYLOAD:
+        raise ProtocolError("oversized", "message of %d bytes exceeds %d" % (n, MAX_PAYLOAD))
+
+
+def _pack(env):
+    b = mpack.packb(env)
+    _oversized(len(b))
+    return b
 
 
 def encode_telemetry(device_id, boot, seq, uptime_ms, readings, time_ms=None):
-    """readings: sequence of [stream, value, uptime_ms] or [stream, None, uptime_ms, error]."""
+    """readings: sequence of [stream, value, uptime_ms] or [stream, None, uptime_ms, error]
+    (tuples are written as arrays too)."""
     env = {"v": VERSION, "d": device_id, "b": boot, "s": seq, "u": uptime_ms, "r": readings}
     if time_ms is not None:
         env["t"] = time_ms
-    return _checked(mpack.packb(env))
+    return _pack(env)
 
 
 def encode_birth(device_id, boot, conn, uptime_ms, fw, hw, streams):
     """streams: {name: {"u": unit, "q": qos, "i": interval_ms}}."""
-    return _checked(mpack.packb({"v": VERSION, "d": device_id, "b": boot, "c": conn,
-                                 "st": ONLINE, "u": uptime_ms, "fw": fw, "hw": hw, "m": streams}))
+    return _pack({"v": VERSION, "d": device_id, "b": boot, "c": conn,
+                  "st": ONLINE, "u": uptime_ms, "fw": fw, "hw": hw, "m": streams})
 
 
 def encode_death(device_id, boot, conn, why):
-    return _checked(mpack.packb({"v": VERSION, "d": device_id, "b": boot, "c": conn,
-                                 "st": OFFLINE, "why": why}))
+    return _pack({"v": VERSION, "d": device_id, "b": boot, "c": conn, "st": OFFLINE, "why": why})
 
 
 def encode_command(cmd_id, name, args=None):
-    return _checked(mpack.packb({"v": VERSION, "i": cmd_id, "n": name, "a": args}))
+    return _pack({"v": VERSION, "i": cmd_id, "n": name, "a": args})
 
 
 def encode_result(cmd_id, ok, value=None, error=None):
@@ -149,137 +124,33 @@ def encode_result(cmd_id, ok, value=None, error=None):
         env["r"] = value
     else:
         env["e"] = str(error)[:MAX_TEXT]
-    return _checked(mpack.packb(env))
+    return _pack(env)
 
 
 # ---------------------------------------------------------------- decoding
 
-def _envelope(payload):
-    if len(payload) > MAX_PAYLOAD:
-        raise ProtocolError("oversized", "message of %d bytes exceeds %d" % (len(payload), MAX_PAYLOAD))
+def envelope(payload):
+    """The checks every decoder starts with: size, msgpack, a map, version 1.
+    -> the envelope dict; ProtocolError otherwise."""
+    _oversized(len(payload))
     try:
         env = mpack.unpackb(payload)
     except mpack.DecodeError as e:
         raise ProtocolError("malformed", "not msgpack: %s" % e)
-    if not isinstance(env, dict):
-        raise ProtocolError("malformed", "envelope is %s, not a map" % type(env).__name__)
-    if env.get("v") != VERSION:
-        raise ProtocolError("invalid", "protocol version %r, expected %d" % (env.get("v"), VERSION))
+    check_version(env)
     return env
 
 
-def _u32(env, key, what):
-    x = env.get(key)
-    if not isinstance(x, int) or isinstance(x, bool) or not 0 <= x <= MAX_U32:
-        raise ProtocolError("invalid", "%s (%r) %r is not an integer 0..%d" % (what, key, x, MAX_U32))
-    return x
-
-
-def _uint(env, key, what):
-    x = env.get(key)
-    if not isinstance(x, int) or isinstance(x, bool) or x < 0:
-        raise ProtocolError("invalid", "%s (%r) %r is not a non-negative integer" % (what, key, x))
-    return x
-
-
-def _device(env, device_id, id_ok=valid_id):
-    d = env.get("d")
-    if not id_ok(d):
-        raise ProtocolError("invalid", "device id %r is not 1-64 of [A-Za-z0-9_-]" % (d,))
-    if device_id is not None and d != device_id:
-        raise ProtocolError("mismatch", "payload device id %r does not match topic device %r" % (d, device_id))
-    return d
-
-
-def _value_ok(v):
-    if v is None or v is True or v is False:
-        return True
-    if isinstance(v, (int, float)):
-        return True
-    return isinstance(v, str) and len(v) <= MAX_TEXT
-
-
-def decode_telemetry(payload, device_id=None):
-    """-> dict(device, boot, seq, uptime, time, readings=[(stream, value, uptime, error)])."""
-    return decode_telemetry_env(_envelope(payload), device_id)
-
-
-def decode_telemetry_env(env, device_id=None, stream_ok=valid_stream, id_ok=valid_id):
-    """decode_telemetry for an envelope some other msgpack decoder already
-    unpacked (the gateway's C fast path): the same rules, version included.
-    Whatever it accepts, decode_telemetry accepts too; on a refusal, run
-    decode_telemetry on the bytes for the canonical error kind. `stream_ok`
-    and `id_ok` may be memoized valid_stream and valid_id (the gateway caches
-    them)."""
+def check_version(env):
     if not isinstance(env, dict):
         raise ProtocolError("malformed", "envelope is %s, not a map" % type(env).__name__)
     if env.get("v") != VERSION:
         raise ProtocolError("invalid", "protocol version %r, expected %d" % (env.get("v"), VERSION))
-    d = _device(env, device_id, id_ok)
-    boot = _u32(env, "b", "boot id")
-    seq = _u32(env, "s", "sequence")
-    up = _uint(env, "u", "uptime")
-    t = env.get("t")
-    if t is not None and (not isinstance(t, int) or isinstance(t, bool) or t < 0):
-        raise ProtocolError("invalid", "device time 't' %r is not epoch milliseconds" % (t,))
-    rs = env.get("r")
-    if not isinstance(rs, list) or not 0 < len(rs) <= MAX_READINGS:
-        raise ProtocolError("invalid", "readings 'r' must be a list of 1-%d readings" % MAX_READINGS)
-    out = []
-    for i, r in enumerate(rs):
-        if not isinstance(r, list) or len(r) not in (3, 4):
-            raise ProtocolError("invalid", "reading %d is not [stream, value, uptime(, error)]" % i)
-        name, value, rup = r[0], r[1], r[2]
-        if not stream_ok(name):
-            raise ProtocolError("invalid", "reading %d stream name %r is invalid" % (i, name))
-        if not _value_ok(value):
-            raise ProtocolError("invalid", "reading %d (%s) value %r is not a number, bool or short string" % (i, name, value))
-        if not isinstance(rup, int) or isinstance(rup, bool) or rup < 0:
-            raise ProtocolError("invalid", "reading %d (%s) uptime %r is invalid" % (i, name, rup))
-        err = None
-        if len(r) == 4:
-            err = r[3]
-            if value is not None or not isinstance(err, str):
-                raise ProtocolError("invalid", "reading %d (%s): an error reading is [stream, nil, uptime, text]" % (i, name))
-            err = err[:MAX_TEXT]
-        out.append((name, value, rup, err))
-    return {"device": d, "boot": boot, "seq": seq, "uptime": up, "time": t, "readings": out}
-
-
-def decode_status(payload, device_id=None):
-    """-> dict(device, boot, conn, online, uptime, fw, hw, streams, why)."""
-    env = _envelope(payload)
-    d = _device(env, device_id)
-    boot = _u32(env, "b", "boot id")
-    conn = _u32(env, "c", "connection number")
-    st = env.get("st")
-    if st not in (ONLINE, OFFLINE):
-        raise ProtocolError("invalid", "status 'st' %r is neither %r nor %r" % (st, ONLINE, OFFLINE))
-    out = {"device": d, "boot": boot, "conn": conn, "online": st == ONLINE,
-           "uptime": None, "fw": None, "hw": None, "streams": {}, "why": None}
-    if st == ONLINE:
-        out["uptime"] = _uint(env, "u", "uptime")
-        for k in ("fw", "hw"):
-            v = env.get(k)
-            if v is not None and not (isinstance(v, str) and len(v) <= MAX_ID):
-                raise ProtocolError("invalid", "%r %r is not a short string" % (k, v))
-            out[k] = v
-        m = env.get("m", {})
-        if not isinstance(m, dict):
-            raise ProtocolError("invalid", "stream metadata 'm' is not a map")
-        for name, meta in m.items():
-            if not valid_stream(name) or not isinstance(meta, dict):
-                raise ProtocolError("invalid", "stream metadata for %r is invalid" % (name,))
-        out["streams"] = m
-    else:
-        why = env.get("why")
-        out["why"] = why[:MAX_TEXT] if isinstance(why, str) else None
-    return out
 
 
 def decode_command(payload):
     """-> dict(id, name, args)."""
-    env = _envelope(payload)
+    env = envelope(payload)
     cid = env.get("i")
     if not valid_id(cid):
         raise ProtocolError("invalid", "command id %r is not 1-64 of [A-Za-z0-9_-]" % (cid,))
@@ -287,18 +158,3 @@ def decode_command(payload):
     if not valid_stream(name):
         raise ProtocolError("invalid", "command name %r is invalid" % (name,))
     return {"id": cid, "name": name, "args": env.get("a")}
-
-
-def decode_result(payload):
-    """-> dict(id, ok, value, error)."""
-    env = _envelope(payload)
-    cid = env.get("i")
-    if not valid_id(cid):
-        raise ProtocolError("invalid", "result command id %r is invalid" % (cid,))
-    ok = env.get("ok")
-    if ok is not True and ok is not False:
-        raise ProtocolError("invalid", "result 'ok' %r is not a bool" % (ok,))
-    err = env.get("e")
-    if not ok and not isinstance(err, str):
-        raise ProtocolError("invalid", "a failed result needs an error text 'e'")
-    return {"id": cid, "ok": ok, "value": env.get("r") if ok else None, "error": None if ok else err}

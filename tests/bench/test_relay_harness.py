@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-from edgewire import wire
+from edgewire import wire_rx
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,7 +35,7 @@ def test_packets_are_100_byte_envelopes_with_distinct_seqs() -> None:
         assert pkt[5:5 + tlen].decode() == "edgewire/v1/bench-004/telemetry"
         payload = pkt[5 + tlen:]
         assert len(payload) == 100
-        m = wire.decode_telemetry(payload, "bench-004")
+        m = wire_rx.decode_telemetry(payload, "bench-004")
         assert (m["device"], m["seq"], len(m["readings"])) == ("bench-004", seq, 1)
         seen.add(payload)
     assert len(seen) == 4

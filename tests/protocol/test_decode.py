@@ -6,7 +6,7 @@ import random
 import msgpack
 import pytest
 
-from edgewire import mpack, wire
+from edgewire import mpack, wire, wire_rx
 
 GOOD = wire.encode_telemetry("dev-01", 7, 1, 100, [["t", 1.5, 90]])
 
@@ -33,14 +33,14 @@ GOOD = wire.encode_telemetry("dev-01", 7, 1, 100, [["t", 1.5, 90]])
 )
 def test_bad_telemetry(payload: bytes, kind: str) -> None:
     with pytest.raises(wire.ProtocolError) as e:
-        wire.decode_telemetry(payload, "dev-01")
+        wire_rx.decode_telemetry(payload, "dev-01")
     assert e.value.kind == kind
 
 
 def test_every_truncation_is_a_protocol_error() -> None:
     for n in range(len(GOOD)):
         with pytest.raises(wire.ProtocolError):
-            wire.decode_telemetry(GOOD[:n], "dev-01")
+            wire_rx.decode_telemetry(GOOD[:n], "dev-01")
 
 
 def test_random_corruption_never_escapes() -> None:
@@ -50,7 +50,7 @@ def test_random_corruption_never_escapes() -> None:
         for _ in range(rnd.randint(1, 4)):
             b[rnd.randrange(len(b))] = rnd.randrange(256)
         try:
-            wire.decode_telemetry(bytes(b), "dev-01")
+            wire_rx.decode_telemetry(bytes(b), "dev-01")
         except wire.ProtocolError:
             pass
 
@@ -64,14 +64,14 @@ def test_random_corruption_never_escapes() -> None:
     ],
 )
 def test_parse_topic(topic: str, expect: tuple[str, str]) -> None:
-    assert wire.parse_topic(topic) == expect
+    assert wire_rx.parse_topic(topic) == expect
 
 
 @pytest.mark.parametrize("topic", ["edgewire/v1/dev-01", "edgewire/v2/d/telemetry", "edgewire/v1/d d/telemetry",
                                    "edgewire/v1/d/other", "x", "edgewire/v1//telemetry"])
 def test_bad_topics(topic: str) -> None:
     with pytest.raises(wire.ProtocolError) as e:
-        wire.parse_topic(topic)
+        wire_rx.parse_topic(topic)
     assert e.value.kind == "topic"
 
 
@@ -81,7 +81,7 @@ def test_bad_topics(topic: str) -> None:
      ("+/temp", "d1/temp", True), ("+/temp", "d1/hum", False), ("a/b", "a/b", True), ("a/b/c", "a/b", False)],
 )
 def test_topic_matches(flt: str, name: str, match: bool) -> None:
-    assert wire.topic_matches(flt, name) is match
+    assert wire_rx.topic_matches(flt, name) is match
 
 
 def test_encoder_refuses_oversized_and_unknown() -> None:

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import paho.mqtt.client as mqtt
 import pytest
 
-from edgewire import wire
+from edgewire import wire, wire_rx
 from tests.support.broker import Mosquitto
 
 
@@ -36,9 +36,9 @@ class Checker:
 
     def _on_message(self, client: object, userdata: object, m: mqtt.MQTTMessage) -> None:
         try:
-            dev, kind = wire.parse_topic(m.topic)
+            dev, kind = wire_rx.parse_topic(m.topic)
             if kind == wire.KIND_TELEMETRY:
-                t = wire.decode_telemetry(m.payload, dev)
+                t = wire_rx.decode_telemetry(m.payload, dev)
                 key = (dev, t["boot"], t["seq"])
                 with self.lock:
                     if key in self.seen:
@@ -48,7 +48,7 @@ class Checker:
                         self.readings += len(t["readings"])
                         self.per_device[dev] = self.per_device.get(dev, 0) + 1
             elif kind == wire.KIND_STATUS and m.payload:
-                s = wire.decode_status(m.payload, dev)
+                s = wire_rx.decode_status(m.payload, dev)
                 with self.lock:
                     if s["online"]:
                         self.births.setdefault(dev, []).append(s["boot"])

@@ -7,7 +7,7 @@ import time
 import paho.mqtt.client as mqtt
 import pytest
 
-from edgewire import wire
+from edgewire import wire, wire_rx
 from edgewire.sim import Fleet, SimError
 from edgewire.sim.fleet import configured_rate, plan_streams
 from tests.sim.conftest import Checker
@@ -106,7 +106,7 @@ def test_reboot_command_starts_a_new_boot(broker: Mosquitto, checker: Checker) -
     rep = fleet.report()
     checker.settle(expected=rep.totals["acked"])
     d = rep.per_device[0]
-    assert wire.decode_result(results[0]) == {"id": "r1", "ok": True, "value": "rebooting", "error": None}
+    assert wire_rx.decode_result(results[0]) == {"id": "r1", "ok": True, "value": "rebooting", "error": None}
     assert d.resets == 1 and d.boots == [first_boot, d.boot] and d.boot != first_boot and not d.error
     assert checker.births["sim-0000"] == [first_boot, d.boot]
     assert {b for _, b, _ in checker.seen} == {first_boot, d.boot}

@@ -1,5 +1,6 @@
 # Device commands (docs/protocol.md, "Command and result"): ping, info,
-# set_interval, reboot. Imported by Device only when a command arrives.
+# set_interval, reboot. Imported by Device only when a command arrives, after
+# the Device decoded it (and, on MicroPython, dropped the msgpack decoder).
 #
 # A repeated command id (QoS 1 redelivery) gets the cached result again without
 # executing twice; the cache keeps the last `cmd_cache` ids.
@@ -11,14 +12,8 @@ class CommandError(Exception):
     pass
 
 
-def handle(dev, payload):
-    """-> the result payload to publish, or None for an undecodable command (counted)."""
-    try:
-        cmd = wire.decode_command(payload)
-    except ValueError as e:
-        dev.stats["bad_commands"] += 1
-        dev._say("bad command: %s" % (e,), True)
-        return None
+def handle(dev, cmd):
+    """cmd: a decoded command (wire.decode_command) -> the result payload to publish."""
     cid = cmd["id"]
     for k, v in dev._cache:
         if k == cid:

@@ -14,22 +14,37 @@
 # All time goes through the board; a Device keeps all its state on itself, so a
 # simulator can run hundreds of them in CPython threads.
 #
-# RAM (MicroPython): a Device is ~1 KB plus ~50-70 B per queued reading
-# (queue_size, default 64) and the MQTT window (max_inflight messages).
+# RAM (MicroPython, 64-bit unix port): a Device is ~1.5 KB, plus a queue
+# preallocated at start (17 B per slot of queue_size, default 64) and 16 B per
+# queued float reading, plus the MQTT window (max_inflight messages of up to
+# batch_max readings each).
 
 import gc
+from array import array
 
 from edgewire import __version__, wire
 from edgewire.boards import SensorError
 from edgewire.mqtt import MQTTClient, MQTTError
 
-_STEP_MS = 200      # longest wait in one step(): bounds stop() latency
-_CMD_PENDING = 8    # commands received but not yet executed
+try:
+    from micropython import const
+except ImportError:
+    def const(x):
+        return x
+
+_STEP_MS = const(200)     # longest wait in one step(): bounds stop() latency
+_CMD_PENDING = const(8)   # commands received but not yet executed
+_IDX = const(0x3F)        # queue slot flags: the stream index, ...
+_FLT = const(0x40)        # ... this bit when the value is a float (in _qf), ...
+_ERR = const(0x80)        # ... this bit when the value is an error text
 _MP = hasattr(gc, "mem_free")  # MicroPython: collect each step to keep the heap unfragmented
 
+# Books: readings == sent_readings + dropped + queued, at every step and after stop.
 STAT_KEYS = ("readings", "faults", "sent_q0", "sent_q1", "sent_q2", "acked_q0", "acked_q1",
-             "acked_q2", "queued", "dropped", "connects", "reconnects", "conn_failures",
-             "commands", "bad_commands", "cmd_dropped")
+             "acked_q2", "sent_readings", "lost_q0", "queued", "dropped", "connects", "reconnects",
+             "conn_failures", "commands", "bad_commands", "cmd_dropped")
+_SENT = ("sent_q0", "sent_q1", "sent_q2")
+_ACKED = ("acked_q0", "acked_q1", "acked_q2")
 
 
 class Device:
@@ -52,12 +67,23 @@ class Device:
         # per stream: [name, source, interval_ms, qos, unit, next_due_ms]
         self.streams = [[s["name"], s["source"], s["interval_ms"], s.get("qos", 1), s.get("unit", ""), 0]
                         for s in config["streams"]]
-        self._q = []        # readings to send: (qos, stream, value, uptime_ms[, error])
+        # Readings to send, oldest first: a ring of queue_size slots preallocated
+        # here, so a queued reading holds no heap object of its own (a float
+        # sits in _qf) and the queue cannot fragment the heap. Slot j: flags
+        # in _qs[j] (stream index | _FLT | _ERR), a float value in _qf[j], any
+        # other value or the error text in _qv[j], the uptime in ms in _qt[j].
+        n = config["queue_size"]
+        self._qs = bytearray(n)
+        self._qf = array("d", bytes(8 * n))
+        self._qv = [None] * n
+        self._qt = [0] * n
+        self._qh = 0        # slot of the oldest reading
+        self._qn = 0        # readings queued
         self._cmds = []     # command payloads received, not yet executed
         self._cache = []    # [(command id, result payload)], newest last
         self._tel = {}      # in-flight telemetry packet id -> qos
         self._client = None
-        self._running = False
+        self._stopping = False
         self._reboot = 0
         self._next_try = 0
         self._attempt = 0
@@ -68,10 +94,10 @@ class Device:
     # ------------------------------------------------------------ lifecycle
 
     def run(self):
-        """Sample, publish and reconnect until stop(). A board reset propagates."""
-        self._running = True
+        """Sample, publish and reconnect until stop(), also one that came before
+        run() started. A board reset propagates."""
         try:
-            while self._running:
+            while not self._stopping:
                 self.step()
             self._goodbye()
         finally:
@@ -79,8 +105,9 @@ class Device:
                 self._client.close()
 
     def stop(self):
-        """Ask run() to finish: it publishes death ("shutdown") and DISCONNECTs."""
-        self._running = False
+        """Ask run() to finish (now, or as soon as it starts): it publishes death
+        ("shutdown") and DISCONNECTs. Safe from another thread."""
+        self._stopping = True
 
     @property
     def connected(self):
@@ -111,14 +138,16 @@ class Device:
         now = b.ticks_ms()
         self._sample(now)
         if self.connected:
-            self._flush()
+            # MicroPython: one message per step, so each step's gc.collect() clears
+            # the encoder's garbage before the next payload is built (less
+            # fragmentation); a backlog still goes out without waiting (wait 0 below).
+            self._flush(1 if _MP else 0)
             self._run_commands()
         if self._reboot and (now >= self._reboot or (self.connected and not self._client.inflight())):
             b.reset()
         if not self.connected and now >= self._next_try:
             self._try_connect()
             now = b.ticks_ms()
-        self.stats["queued"] = len(self._q)
         if _MP:
             gc.collect()
         if self.cfg["debug"] and now >= self._next_stats:
@@ -128,7 +157,7 @@ class Device:
         for s in self.streams:
             wait = min(wait, s[5] - now)
         if self.connected:
-            if self._q and self._client.inflight() < self._client.max_inflight:
+            if self._qn and self._client.inflight() < self._client.max_inflight:
                 wait = 0
             try:
                 self._client.poll(max(0, wait))
@@ -207,7 +236,10 @@ class Device:
     # ------------------------------------------------------------ telemetry
 
     def _sample(self, now):
-        for s in self.streams:
+        st = self.stats
+        cap = len(self._qv)
+        for i in range(len(self.streams)):
+            s = self.streams[i]
             if s[5] > now:
                 continue
             s[5] += s[2]
@@ -218,69 +250,120 @@ class Device:
                 if not (v is None or isinstance(v, (bool, int, float))
                         or (isinstance(v, str) and len(v) <= wire.MAX_TEXT)):
                     raise SensorError("value %r is not a number, bool or short string" % (v,))
-                r = (s[3], s[0], v, now)
             except Exception as e:  # a driver failure is a counted fault, never a crash
-                self.stats["faults"] += 1
-                r = (s[3], s[0], None, now, (str(e) or type(e).__name__)[:wire.MAX_TEXT])
-            self.stats["readings"] += 1
-            if len(self._q) >= self.cfg["queue_size"]:
-                self._q.pop(0)
-                self.stats["dropped"] += 1
-            self._q.append(r)
+                st["faults"] += 1
+                v = (str(e) or type(e).__name__)[:wire.MAX_TEXT]
+                i |= _ERR
+            st["readings"] += 1
+            if self._qn == cap:  # full: drop the oldest
+                self._qh = (self._qh + 1) % cap
+                self._qn -= 1
+                st["dropped"] += 1
+            j = (self._qh + self._qn) % cap
+            if type(v) is float:
+                self._qf[j] = v
+                v = None
+                i |= _FLT
+            self._qs[j] = i
+            self._qv[j] = v
+            self._qt[j] = now
+            self._qn += 1
+        st["queued"] = self._qn
 
-    def _flush(self):
-        """Send queued readings, grouped by QoS, while the window has room."""
+    def _reading(self, k):
+        """The queued reading k places after the oldest, as the wire writes it
+        (a tuple: one allocation where a list takes two)."""
+        j = (self._qh + k) % len(self._qv)
+        f = self._qs[j]
+        name = self.streams[f & _IDX][0]
+        if f & _ERR:
+            return (name, None, self._qt[j], self._qv[j])
+        return (name, self._qf[j] if f & _FLT else self._qv[j], self._qt[j])
+
+    def _take(self, picked):
+        """Remove the readings at queue offsets `picked` (ascending); the others
+        keep their order. Only the slots up to the last picked one move."""
+        qs, qf, qv, qt = self._qs, self._qf, self._qv, self._qt
+        cap = len(qv)
+        h = self._qh
+        w = picked[-1]
+        p = len(picked) - 1
+        for r in range(w, -1, -1):
+            if p >= 0 and picked[p] == r:
+                p -= 1
+                continue
+            a = (h + r) % cap
+            b = (h + w) % cap
+            qs[b] = qs[a]
+            qf[b] = qf[a]
+            qv[b] = qv[a]
+            qt[b] = qt[a]
+            w -= 1
+        for r in range(len(picked)):
+            qv[(h + r) % cap] = None  # let the values go
+        self._qh = (h + len(picked)) % cap
+        self._qn -= len(picked)
+        self.stats["queued"] = self._qn
+
+    def _flush(self, limit=0):
+        """Send queued readings, grouped by QoS, while the window has room; at
+        most `limit` messages when limit > 0 (0: no limit)."""
         cl = self._client
-        while self._q and cl.connected:
-            qos = self._q[0][0]
+        st = self.stats
+        n = 0
+        while self._qn and cl.connected and not (limit and n >= limit):
+            n += 1
+            qos = self.streams[self._qs[self._qh] & _IDX][3]
             if qos and cl.inflight() >= cl.max_inflight:
                 return
-            idx = []
-            for i in range(len(self._q)):
-                if self._q[i][0] == qos:
-                    idx.append(i)
-                    if len(idx) >= self.cfg["batch_max"]:
+            picked = []
+            for k in range(self._qn):
+                if self.streams[self._qs[(self._qh + k) % len(self._qs)] & _IDX][3] == qos:
+                    picked.append(k)
+                    if len(picked) >= self.cfg["batch_max"]:
                         break
             payload = None
             while payload is None:
-                rs = [list(self._q[i][1:]) for i in idx]
+                rs = [self._reading(k) for k in picked]
                 try:
                     payload = wire.encode_telemetry(self.device_id, self.boot, self.seq + 1,
                                                     self.board.ticks_ms(), rs, self.board.time_ms())
                 except (ValueError, TypeError) as e:  # oversized, or a value msgpack refuses
-                    if len(idx) > 1:
-                        idx = idx[:len(idx) // 2]
+                    if len(picked) > 1:
+                        picked = picked[:len(picked) // 2]
                     else:
-                        self._q.pop(idx[0])
-                        self.stats["dropped"] += 1
+                        self._take(picked)
+                        st["dropped"] += 1
                         self._say("reading dropped: %s" % (e,), True)
-                        idx = None
                         break
-            if idx is None:
+            if payload is None:
                 continue
-            for i in reversed(idx):
-                self._q.pop(i)
+            self._take(picked)
             self.seq += 1
             try:
                 pid = cl.publish(self.topics["telemetry"], payload, qos)
             except MQTTError as e:
-                # QoS 1/2: the message is in the client's window and is resent after reconnect.
-                if qos:
-                    self._count_sent(qos, cl.last_pid)
+                if qos:  # in the client's window: resent after the reconnect
+                    self._count_sent(qos, cl.last_pid, len(rs))
+                else:  # written nowhere: its readings are gone, its seq is a gap
+                    st["lost_q0"] += 1
+                    st["dropped"] += len(rs)
                 self._lost(e)
                 return
-            self._count_sent(qos, pid)
+            self._count_sent(qos, pid, len(rs))
 
-    def _count_sent(self, qos, pid):
-        self.stats["sent_q%d" % qos] += 1
+    def _count_sent(self, qos, pid, n):
+        st = self.stats
+        st[_SENT[qos]] += 1
+        st["sent_readings"] += n
         if qos:
             self._tel[pid] = qos
         else:
-            self.stats["acked_q0"] += 1
+            st["acked_q0"] += 1
 
     def _on_ack(self, pid, qos):
         if self._tel.pop(pid, None) is not None:
-            self.stats["acked_q%d" % qos] += 1
+            self.stats[_ACKED[qos]] += 1
 
     # ------------------------------------------------------------ commands
 
@@ -295,27 +378,50 @@ class Device:
     def _run_commands(self):
         if not self._cmds:
             return
-        # Commands are rare: their code is imported when one arrives and, on
-        # MicroPython, dropped again afterwards (~2 KB of heap back).
-        from edgewire import commands
-        while self._cmds and self.connected:
-            res = commands.handle(self, self._cmds.pop(0))
-            if res is not None:
-                try:
-                    self._client.publish(self.topics["result"], res, 1)
-                except MQTTError as e:
-                    self._lost(e)
-        if _MP:
-            import sys
-            import edgewire
-            sys.modules.pop("edgewire.commands", None)
+        # Commands are rare: the msgpack decoder and the command code are imported
+        # when one arrives and, on MicroPython, dropped again afterwards, one after
+        # the other, so that only one of them takes RAM at a time (~2.7 KB each).
+        cmds = self._cmds
+        i = 0
+        while i < len(cmds):
+            if isinstance(cmds[i], dict):  # decoded in an earlier round
+                i += 1
+                continue
             try:
-                delattr(edgewire, "commands")
-            except AttributeError:
-                pass
+                cmds[i] = wire.decode_command(cmds[i])
+                i += 1
+            except ValueError as e:
+                cmds.pop(i)
+                self.stats["bad_commands"] += 1
+                self._say("bad command: %s" % (e,), True)
+        if _MP:
+            _unload("unpack")  # the msgpack decoder: only commands use it
+            gc.collect()
+        if not cmds:
+            return
+        from edgewire import commands
+        while cmds and self.connected:
+            res = commands.handle(self, cmds.pop(0))
+            try:
+                self._client.publish(self.topics["result"], res, 1)
+            except MQTTError as e:
+                self._lost(e)
+        if _MP:
+            _unload("commands")
 
     # ------------------------------------------------------------ logging
 
     def _say(self, msg, debug=False):
         if self._log is not None and (not debug or self.cfg["debug"]):
             self._log(msg)
+
+
+def _unload(name):
+    """Forget edgewire.<name> so its RAM comes back (imported again when needed)."""
+    import sys
+    import edgewire
+    sys.modules.pop("edgewire." + name, None)
+    try:
+        delattr(edgewire, name)
+    except AttributeError:
+        pass

@@ -7,12 +7,22 @@
 # checked against the bytes that remain, nesting is limited, and anything wrong
 # raises DecodeError (a ValueError), never IndexError or a hang.
 #
+# Decoding lives in edgewire.unpack, imported by unpackb() on first use: a
+# device decodes only the rare command, so it loads the decoder then and drops
+# it again (~3 KB of heap; docs/firmware.md, "RAM budget").
+#
 # RAM: no tables, no recursion beyond MAX_DEPTH frames; encode builds one
 # bytearray per call.
 
 import struct
 
-MAX_DEPTH = 8
+try:
+    from micropython import const
+except ImportError:
+    def const(x):
+        return x
+
+MAX_DEPTH = const(8)
 
 
 class DecodeError(ValueError):
@@ -137,119 +147,8 @@ def packb(obj):
     return bytes(out)
 
 
-# Fixed-size headers: first byte -> (struct format, size) for scalars.
-_SCALARS = {
-    0xCA: (">f", 4),
-    0xCB: (">d", 8),
-    0xCC: (">B", 1),
-    0xCD: (">H", 2),
-    0xCE: (">I", 4),
-    0xCF: (">Q", 8),
-    0xD0: (">b", 1),
-    0xD1: (">h", 2),
-    0xD2: (">i", 4),
-    0xD3: (">q", 8),
-}
-
-
-class _Reader:
-    def __init__(self, data):
-        self.buf = data
-        self.pos = 0
-
-    def take(self, n):
-        p = self.pos
-        end = p + n
-        if end > len(self.buf):
-            raise DecodeError("truncated at byte %d (need %d more)" % (p, end - len(self.buf)))
-        self.pos = end
-        return self.buf[p:end]
-
-    def byte(self):
-        p = self.pos
-        if p >= len(self.buf):
-            raise DecodeError("truncated at byte %d" % p)
-        self.pos = p + 1
-        return self.buf[p]
-
-    def length(self, size):
-        fmt = ">B" if size == 1 else (">H" if size == 2 else ">I")
-        return struct.unpack(fmt, self.take(size))[0]
-
-
-def _dec(r, depth):
-    if depth > MAX_DEPTH:
-        raise DecodeError("nesting deeper than %d" % MAX_DEPTH)
-    b = r.byte()
-    if b < 0x80:
-        return b
-    if b >= 0xE0:
-        return b - 0x100
-    if 0x80 <= b <= 0x8F:
-        return _dec_map(r, b & 0x0F, depth)
-    if 0x90 <= b <= 0x9F:
-        return _dec_array(r, b & 0x0F, depth)
-    if 0xA0 <= b <= 0xBF:
-        return _dec_str(r, b & 0x1F)
-    if b == 0xC0:
-        return None
-    if b == 0xC2:
-        return False
-    if b == 0xC3:
-        return True
-    sc = _SCALARS.get(b)
-    if sc is not None:
-        return struct.unpack(sc[0], r.take(sc[1]))[0]
-    if b == 0xD9:
-        return _dec_str(r, r.length(1))
-    if b == 0xDA:
-        return _dec_str(r, r.length(2))
-    if b == 0xDB:
-        return _dec_str(r, r.length(4))
-    if b in (0xC4, 0xC5, 0xC6):
-        return bytes(r.take(r.length(1 << (b - 0xC4))))
-    if b == 0xDC:
-        return _dec_array(r, r.length(2), depth)
-    if b == 0xDD:
-        return _dec_array(r, r.length(4), depth)
-    if b == 0xDE:
-        return _dec_map(r, r.length(2), depth)
-    if b == 0xDF:
-        return _dec_map(r, r.length(4), depth)
-    raise DecodeError("unsupported msgpack type 0x%02x at byte %d" % (b, r.pos - 1))
-
-
-def _dec_str(r, n):
-    raw = r.take(n)
-    try:
-        return str(raw, "utf-8")
-    except Exception:
-        raise DecodeError("invalid utf-8 in string at byte %d" % (r.pos - n))
-
-
-def _dec_array(r, n, depth):
-    # Each element takes at least one byte: a length beyond what remains is a lie.
-    if n > len(r.buf) - r.pos:
-        raise DecodeError("array of %d items in %d remaining bytes" % (n, len(r.buf) - r.pos))
-    return [_dec(r, depth + 1) for _ in range(n)]
-
-
-def _dec_map(r, n, depth):
-    if 2 * n > len(r.buf) - r.pos:
-        raise DecodeError("map of %d pairs in %d remaining bytes" % (n, len(r.buf) - r.pos))
-    d = {}
-    for _ in range(n):
-        k = _dec(r, depth + 1)
-        if isinstance(k, (list, dict)):
-            raise DecodeError("unhashable map key")
-        d[k] = _dec(r, depth + 1)
-    return d
-
-
 def unpackb(data):
-    """Decode exactly one msgpack object from data; trailing bytes are an error."""
-    r = _Reader(data)
-    obj = _dec(r, 0)
-    if r.pos != len(data):
-        raise DecodeError("%d trailing bytes after object" % (len(data) - r.pos))
-    return obj
+    """Decode exactly one msgpack object from data; trailing bytes are an error
+    (DecodeError). The decoder module is imported on the first call."""
+    from edgewire import unpack
+    return unpack.unpackb(data)

@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 FIRMWARE = ROOT / "firmware"
 BUILD = ROOT / ".mpy-build"
 HEAP = "64K"
+MPY_CROSS_FLAGS = ["-O3"]
 
 
 def _tool(name: str) -> str:
@@ -38,20 +39,29 @@ def build_firmware() -> Path:
         rel = src.relative_to(FIRMWARE)
         out = (BUILD / rel).with_suffix(".mpy")
         out.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run([mpy_cross, "-o", str(out), "-s", str(rel), str(src)], check=True,
+        subprocess.run([mpy_cross, *MPY_CROSS_FLAGS, "-o", str(out), "-s", str(rel), str(src)], check=True,
                        capture_output=True, text=True)
     return BUILD
 
 
+def _boot(code: str, cwd: Path | None) -> tuple[str, Path]:
+    """The snippet and the directory to run it in. By default the process runs in
+    the build directory, so modules load from relative paths as from a board's
+    flash (a module's __file__ is 'edgewire/mqtt.mpy', as on a device)."""
+    if cwd is None:
+        return code, BUILD
+    return f"import sys\nsys.path.insert(0, {str(BUILD)!r})\n" + code, cwd
+
+
 def run_script(code: str, *, heap: str = HEAP, cwd: Path | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """Run a snippet with the compiled firmware on sys.path; returns the finished process."""
-    boot = f"import sys\nsys.path.insert(0, {str(BUILD)!r})\n" + code
-    return subprocess.run([micropython(), "-X", f"heapsize={heap}", "-c", boot], cwd=cwd,
+    """Run a snippet with the compiled firmware importable; returns the finished process."""
+    boot, where = _boot(code, cwd)
+    return subprocess.run([micropython(), "-X", f"heapsize={heap}", "-c", boot], cwd=where,
                           capture_output=True, text=True, timeout=timeout)
 
 
 def spawn(code: str, *, heap: str = HEAP, cwd: Path | None = None) -> subprocess.Popen[str]:
     """Start a long-running firmware process (a device); the caller stops or kills it."""
-    boot = f"import sys\nsys.path.insert(0, {str(BUILD)!r})\n" + code
-    return subprocess.Popen([micropython(), "-X", f"heapsize={heap}", "-c", boot], cwd=cwd,
+    boot, where = _boot(code, cwd)
+    return subprocess.Popen([micropython(), "-X", f"heapsize={heap}", "-c", boot], cwd=where,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

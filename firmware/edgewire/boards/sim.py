@@ -5,9 +5,12 @@
 # humidity follows it the other way, the battery discharges over `battery_life_s`,
 # the door flips now and then, and any read fails with probability `fault_rate`.
 # Wi-Fi is controllable: set_network(False) makes connect() fail and cuts every
-# live socket the board handed out. All randomness comes from one seeded
+# live socket the board handed out. The sensor models draw from one seeded
 # xorshift32 per board, so a seed replays the same sensor story on both
-# interpreters, and boards in CPython threads share nothing.
+# interpreters, and boards in CPython threads share nothing. random_u32() (boot
+# ids, reconnect jitter) is real entropy from os.urandom, never the seed: two
+# runs with one seed are still two boots to the gateway, which would otherwise
+# drop the second as duplicates of (device, boot, seq).
 #
 # clock: None for real time, or an object with ms() (monotonic ms) and
 # sleep_ms(ms), and optionally time_ms() (epoch ms or None), for a simulator that
@@ -39,7 +42,7 @@ class SimBoard(Board):
         self.door_mean_s = door_mean_s
         self._clock = clock
         if seed is None:
-            seed = Board.random_u32(self)
+            seed = self.random_u32()
         self._rng = (seed & 0xFFFFFFFF) or 0x9E3779B9
         self._net = True
         self._socks = []
@@ -73,7 +76,8 @@ class SimBoard(Board):
             return self._clock.time_ms()
         return Board.time_ms(self)
 
-    def random_u32(self):
+    def _next_u32(self):
+        """The seeded sensor-model generator (xorshift32)."""
         x = self._rng
         x ^= (x << 13) & 0xFFFFFFFF
         x ^= x >> 17
@@ -82,7 +86,7 @@ class SimBoard(Board):
         return x
 
     def _uniform(self):
-        return self.random_u32() / 4294967296.0
+        return self._next_u32() / 4294967296.0
 
     def _gauss(self):
         # Irwin-Hall: the sum of 6 uniforms, centred; sd 1 is close enough here.

@@ -15,10 +15,7 @@ import msgpack
 
 from edgewire import wire
 
-try:  # the receiver half of the protocol code (decoders, topic filters)
-    from edgewire import wire_rx as rx
-except ImportError:  # before the wire / wire_rx split: all of it in wire
-    rx = wire  # type: ignore[misc]
+from edgewire import wire_rx as rx  # the receiver half of the protocol code
 from edgewire.wire import ProtocolError
 
 __all__ = ["Decoder", "ProtocolError", "Telemetry", "Status", "Result"]

@@ -24,12 +24,7 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from edgewire import wire
-
-try:  # the receiver half of the protocol code (decoders, topic filters)
-    from edgewire import wire_rx as rx
-except ImportError:  # before the wire / wire_rx split: all of it in wire
-    rx = wire  # type: ignore[misc]
+from edgewire import wire_rx as rx  # the receiver half of the protocol code
 
 __all__ = ["Event", "EventLog", "Gap", "Hub", "HubFull", "RingLog", "Subscription", "valid_filter"]
 

@@ -156,11 +156,7 @@ class SimDevice:
         if t is None:
             return True
         deadline = time.monotonic() + timeout
-        while t.is_alive() and time.monotonic() < deadline:
-            # Device.run() sets its running flag when it starts: a stop() that
-            # came in before that would be lost, so repeat it until it sticks.
-            self.request_stop()
-            t.join(min(0.1, max(0.0, deadline - time.monotonic())))
+        t.join(max(0.0, deadline - time.monotonic()))
         return not t.is_alive()
 
     @property

@@ -1,11 +1,17 @@
-# Device commands (docs/protocol.md, "Command and result"): ping, info,
+# Device commands (docs/protocol.md, "Command and result"): ping, info, stats,
 # set_interval, reboot. Imported by Device only when a command arrives, after
 # the Device decoded it (and, on MicroPython, dropped the msgpack decoder).
 #
-# A repeated command id (QoS 1 redelivery) gets the cached result again without
-# executing twice; the cache keeps the last `cmd_cache` ids.
+# A repeated command id (QoS 1 redelivery) never executes twice: it gets the
+# kept result again, or, for a result too large to keep (over _KEEP_MAX bytes),
+# ok false saying so. The cache remembers the last `cmd_cache` ids.
+
+import gc
 
 from edgewire import __version__, wire
+
+
+_KEEP_MAX = 128  # bytes: results up to this size are kept for repeated ids
 
 
 class CommandError(Exception):
@@ -17,6 +23,9 @@ def handle(dev, cmd):
     cid = cmd["id"]
     for k, v in dev._cache:
         if k == cid:
+            if v is None:
+                return wire.encode_result(cid, False, error="command %s already executed; its result was "
+                                          "too large to keep for a repeat" % cid)
             return v
     dev.stats["commands"] += 1
     try:
@@ -25,7 +34,15 @@ def handle(dev, cmd):
         res = wire.encode_result(cid, False, error=str(e))
     except ValueError as e:  # the result does not fit the protocol
         res = wire.encode_result(cid, False, error="result not sendable: %s" % (e,))
-    dev._cache.append((cid, res))
+    except MemoryError:
+        # The device keeps running: the caller gets a clear answer, not silence.
+        res = None
+        gc.collect()
+        res = wire.encode_result(cid, False, error="out of memory (%d bytes free)" % dev.board.free_memory())
+    # Small results are kept to answer a repeat (QoS 1 redelivery) byte for
+    # byte; a large one (stats) is not, so the cache stays within about
+    # cmd_cache * 180 bytes of heap instead of cmd_cache * 500.
+    dev._cache.append((cid, res if len(res) <= _KEEP_MAX else None))
     if len(dev._cache) > dev.cfg["cmd_cache"]:
         dev._cache.pop(0)
     return res
@@ -37,8 +54,9 @@ def execute(dev, name, args):
         return "pong"
     if name == "info":
         return {"fw": __version__, "hw": b.name, "b": dev.boot, "c": dev.conn, "u": b.ticks_ms(),
-                "mem": b.free_memory(), "stats": dict(dev.stats),
-                "streams": {s[0]: s[2] for s in dev.streams}}
+                "mem": b.free_memory(), "streams": {s[0]: s[2] for s in dev.streams}}
+    if name == "stats":
+        return dev.stats  # itself, not a copy: encoding only reads it (RAM is tight)
     if name == "set_interval":
         if not isinstance(args, dict):
             raise CommandError("set_interval needs {\"stream\": name, \"ms\": interval}")

@@ -26,7 +26,7 @@ DEFAULTS = {
     "clean_session": False,     # a persistent session keeps QoS 1 commands while offline
     "timeout_ms": 5000,         # deadline for every socket read/write, CONNACK, SUBACK, PINGRESP
     "retry_ms": 15000,          # resend an unacknowledged QoS 1/2 message after this (DUP)
-    "max_inflight": 8,          # QoS 1/2 messages awaiting acknowledgement
+    "max_inflight": 4,          # QoS 1/2 messages awaiting acknowledgement
     "max_packet": 8192,         # larger inbound MQTT packets drop the connection
     # reconnect backoff: jittered exponential between min and max, reset after stable_ms up
     "backoff_min_ms": 1000,
@@ -39,7 +39,7 @@ DEFAULTS = {
     "queue_size": 64,           # readings kept in RAM while offline (drop-oldest, counted)
     # commands
     "commands": True,           # subscribe to <device>/cmd and execute commands
-    "cmd_cache": 8,             # recent command ids remembered to answer repeats without re-executing
+    "cmd_cache": 4,             # recent command ids remembered to answer repeats without re-executing
     "allow_reboot": True,       # the reboot command may reset the board
     "min_interval_ms": 100,     # set_interval and streams accept no faster rate
     # diagnostics

@@ -42,7 +42,7 @@ _MP = hasattr(gc, "mem_free")  # MicroPython: collect each step to keep the heap
 # Books: readings == sent_readings + dropped + queued, at every step and after stop.
 STAT_KEYS = ("readings", "faults", "sent_q0", "sent_q1", "sent_q2", "acked_q0", "acked_q1",
              "acked_q2", "sent_readings", "lost_q0", "queued", "dropped", "connects", "reconnects",
-             "conn_failures", "commands", "bad_commands", "cmd_dropped")
+             "conn_failures", "commands", "bad_commands", "cmd_dropped", "lost_oom", "oom")
 _SENT = ("sent_q0", "sent_q1", "sent_q2")
 _ACKED = ("acked_q0", "acked_q1", "acked_q2")
 
@@ -98,7 +98,15 @@ class Device:
         run() started. A board reset propagates."""
         try:
             while not self._stopping:
-                self.step()
+                try:
+                    self.step()
+                except MemoryError:
+                    # The heap ran out mid-step (a burst, fragmentation). Queued
+                    # readings and the QoS 1/2 window stay; the connection goes,
+                    # since a packet may be half read or written.
+                    self._drop_cmds()
+                    if self.connected:
+                        self._lost("out of memory")
             self._goodbye()
         finally:
             if self._client is not None:
@@ -108,6 +116,17 @@ class Device:
         """Ask run() to finish (now, or as soon as it starts): it publishes death
         ("shutdown") and DISCONNECTs. Safe from another thread."""
         self._stopping = True
+
+    def _drop_cmds(self):
+        """Out of heap: count it, drop pending commands (counted; none may fail
+        forever, the sender's timeout answers) and any half-imported module."""
+        self.stats["oom"] += 1
+        self.stats["cmd_dropped"] += len(self._cmds)
+        self._cmds = []
+        if _MP:
+            _unload("commands")
+            _unload("unpack")
+        gc.collect()
 
     @property
     def connected(self):
@@ -142,7 +161,10 @@ class Device:
             # the encoder's garbage before the next payload is built (less
             # fragmentation); a backlog still goes out without waiting (wait 0 below).
             self._flush(1 if _MP else 0)
-            self._run_commands()
+            try:
+                self._run_commands()
+            except MemoryError:  # no packet is half done here: the connection stays
+                self._drop_cmds()
         if self._reboot and (now >= self._reboot or (self.connected and not self._client.inflight())):
             b.reset()
         if not self.connected and now >= self._next_try:
@@ -343,10 +365,11 @@ class Device:
             try:
                 pid = cl.publish(self.topics["telemetry"], payload, qos)
             except MQTTError as e:
-                if qos:  # in the client's window: resent after the reconnect
+                if qos and cl.holds(cl.last_pid):  # in the client's window: resent after the reconnect
                     self._count_sent(qos, cl.last_pid, len(rs))
-                else:  # written nowhere: its readings are gone, its seq is a gap
-                    st["lost_q0"] += 1
+                else:  # written nowhere (QoS 0, or out of memory before it entered the
+                    # window): its readings are gone, its seq is a gap
+                    st["lost_q0" if qos == 0 else "lost_oom"] += 1
                     st["dropped"] += len(rs)
                 self._lost(e)
                 return
@@ -423,5 +446,5 @@ def _unload(name):
     sys.modules.pop("edgewire." + name, None)
     try:
         delattr(edgewire, name)
-    except AttributeError:
+    except (AttributeError, KeyError):  # MicroPython raises KeyError for a missing one
         pass

@@ -16,6 +16,10 @@
 
 import struct
 
+import sys
+
+_MP = sys.implementation.name == "micropython"
+
 try:
     from micropython import const
 except ImportError:
@@ -141,10 +145,11 @@ def _enc_int(n, out):
 
 
 def packb(obj):
-    """Encode obj as msgpack bytes."""
+    """Encode obj as msgpack: bytes on CPython; on MicroPython the bytearray
+    it was built in (no second copy of every message on a small heap)."""
     out = bytearray()
     _enc(obj, out, 0)
-    return bytes(out)
+    return out if _MP else bytes(out)
 
 
 def unpackb(data):

@@ -262,6 +262,15 @@ class MQTTClient:
         except MQTTError:
             self.close()
             raise
+        except MemoryError:
+            # A packet may be half written: the session cannot go on. A QoS 1/2
+            # message already in the window is resent after the reconnect.
+            self.close()
+            raise MQTTError("out of memory while publishing")
+
+    def holds(self, pid):
+        """True while QoS 1/2 packet `pid` waits in the in-flight window."""
+        return pid in self._out
 
     def subscribe(self, topic, qos=0):
         """SUBSCRIBE one filter and wait for SUBACK; returns the granted QoS."""

@@ -54,6 +54,10 @@ def test_commands(broker: Mosquitto, tmp_path: Path, firmware_build: Path) -> No
         assert readings >= 6, f"{readings} readings in 1.5 s after set_interval 150 ms (before: {base - n0})"
 
         # the same command id twice: executed once, answered twice with the same bytes
+        send("c-rate", "set_interval", {"stream": "temperature", "ms": 150})
+        rec.wait(lambda r: len(results("c-rate")) == 2, 5, "the repeated set_interval answered")
+        a, b = [m[3] for m in rec.of("result") if m[2]["i"] == "c-rate"]
+        assert a == b
         send("c-info", "info")
         send("c-info", "info")
         rec.wait(lambda r: len(results("c-info")) == 2, 5, "two info results")
@@ -62,9 +66,19 @@ def test_commands(broker: Mosquitto, tmp_path: Path, firmware_build: Path) -> No
         info = results("c-info")[0]["r"]
         assert isinstance(info, dict)
         assert info["hw"] == "sim" and info["c"] == 1 and isinstance(info["mem"], int)
-        # ping, unknown, set_interval x2, info once: 5 executions, not 6
-        assert info["stats"]["commands"] == 5
         assert info["streams"] == {"temperature": 150}
+        # a result too large to keep (stats) is not kept: the repeat is not
+        # executed again and says so
+        send("c-stats", "stats")
+        send("c-stats", "stats")
+        rec.wait(lambda r: len(results("c-stats")) == 2, 5, "two stats results")
+        stats = results("c-stats")[0]["r"]
+        assert results("c-stats")[1] == {"v": 1, "i": "c-stats", "ok": False,
+                                         "e": "command c-stats already executed; its result was too large "
+                                              "to keep for a repeat"}
+        # ping, unknown, set_interval x2, info, stats once each: 6 executions, not 9
+        assert stats["commands"] == 6
+        assert stats["oom"] == 0 and stats["cmd_dropped"] == 0
 
         send("c-ping2", "ping")
         rec.wait(lambda r: bool(results("c-ping2")), 5, "ping after info")

@@ -41,7 +41,7 @@ def spawn_device(tmp: Path, port: int) -> subprocess.Popen[str]:
     (store / "config.json").write_text(json.dumps(cfg))
     code = ("from edgewire.boards.sim import SimBoard\nimport main\n"
             f"main.main(SimBoard({DEVICE!r}, storage={str(store)!r}, seed=3))\n")
-    return micropython.spawn(code, heap="80K")
+    return micropython.spawn(code)
 
 
 class Recorder:

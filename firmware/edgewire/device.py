@@ -205,15 +205,16 @@ class Device:
             cl.set_will(self.topics["status"], wire.encode_death(self.device_id, self.boot, conn, "lost"), 1, True)
             cl.discard(self._birth_pid)  # an unacknowledged older birth is superseded
             cl.connect(sock)
-            self.stats["connects"] += 1
-            if self.stats["connects"] > 1:
-                self.stats["reconnects"] += 1
             self._up_since = b.ticks_ms()
             self._birth_pid = cl.publish(self.topics["status"], self._birth(), 1, True)
             if c["commands"]:
                 granted = cl.subscribe(self.topics["cmd"], 1)
                 if granted != 1:
                     self._say("cmd subscription granted at QoS %d" % granted, True)
+            # Counted once the session is complete: birth sent, commands subscribed.
+            self.stats["connects"] += 1
+            if self.stats["connects"] > 1:
+                self.stats["reconnects"] += 1
             self._say("edgewire %s: connected to %s:%d as %s boot=%d c=%d"
                       % (b.name, c["broker_host"], c["broker_port"], self.device_id, self.boot, conn))
         except (OSError, MQTTError) as e:

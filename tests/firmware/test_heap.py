@@ -24,7 +24,7 @@ QUEUE = config.DEFAULTS["queue_size"]  # the default a user gets: 64 readings
 # gc.mem_free() (after the device's per-step collect) while sampling with the
 # queue full must stay above FLOOR; at the worst moment, the backlog going out
 # with the MQTT window full of 16-reading payloads, above BURST_FLOOR.
-FLOOR = 8 * 1024
+FLOOR = 7 * 1024
 BURST_FLOOR = 6 * 1024
 
 

@@ -52,6 +52,19 @@ def start_device(tmp: Path, device_id: str, cfg: dict[str, Any], *, seed: int = 
     return micropython.spawn(code, heap=heap)
 
 
+class Clock:
+    """A simulator's clock: time moves only when someone sleeps."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def ms(self) -> float:
+        return self.t
+
+    def sleep_ms(self, ms: int) -> None:
+        self.t += ms
+
+
 def stop_process(p: subprocess.Popen[str]) -> str:
     if p.poll() is None:
         p.kill()

@@ -13,7 +13,7 @@ from edgewire import config
 from edgewire.boards import ResetRequested, SensorError, default_board
 from edgewire.boards.sim import SimBoard
 from edgewire.device import Device
-from tests.firmware.helpers import Recorder
+from tests.firmware.helpers import Clock, Recorder
 from tests.support.broker import Mosquitto
 
 FIRMWARE = Path(__file__).resolve().parents[2] / "firmware"
@@ -32,19 +32,6 @@ def test_only_the_board_layer_imports_machine_or_network() -> None:
 def test_default_board_is_sim_here() -> None:
     b = default_board(device_id="x-1")
     assert isinstance(b, SimBoard) and b.name == "sim" and b.device_id() == "x-1"
-
-
-class Clock:
-    """A simulator's clock: time moves only when someone sleeps."""
-
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def ms(self) -> float:
-        return self.t
-
-    def sleep_ms(self, ms: int) -> None:
-        self.t += ms
 
 
 def test_sim_sensors_behave_and_replay_with_a_seed() -> None:

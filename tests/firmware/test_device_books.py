@@ -11,7 +11,7 @@ from edgewire import config
 from edgewire.boards import SensorError
 from edgewire.boards.sim import SimBoard
 from edgewire.device import Device
-from tests.firmware.helpers import Recorder
+from tests.firmware.helpers import Clock, Recorder
 from tests.support import micropython
 from tests.support.broker import Mosquitto
 
@@ -77,19 +77,6 @@ def test_stop_before_run_on_a_fresh_device_never_starts(broker: Mosquitto) -> No
     dev.stop()
     dev.run()  # would loop forever if the stop were lost
     assert dev.stats["readings"] == 0 and dev.stats["connects"] == 0 and not dev.boot
-
-
-class Clock:
-    """A simulator's clock: time moves only when someone sleeps."""
-
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def ms(self) -> float:
-        return self.t
-
-    def sleep_ms(self, ms: int) -> None:
-        self.t += ms
 
 
 def test_seeded_boards_replay_sensors_but_boot_fresh() -> None:

@@ -38,7 +38,8 @@ def handle(dev, cmd):
         # The device keeps running: the caller gets a clear answer, not silence.
         res = None
         gc.collect()
-        res = wire.encode_result(cid, False, error="out of memory (%d bytes free)" % dev.board.free_memory())
+        free = dev.board.free_memory()  # None where the board cannot tell
+        res = wire.encode_result(cid, False, error="out of memory (%s bytes free)" % free)
     # Small results are kept to answer a repeat (QoS 1 redelivery) byte for
     # byte; a large one (stats) is not, so the cache stays within about
     # cmd_cache * 180 bytes of heap instead of cmd_cache * 500.

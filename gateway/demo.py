@@ -64,14 +64,17 @@ async def run_demo(*, http_port: int, mqtt_port: int, devices: int, duration: fl
                    out: TextIO) -> None:
     loop = asyncio.get_running_loop()
     async with Gateway(demo_config(http_port=http_port, mqtt_port=mqtt_port)) as gw:
+        # From here on Ctrl-C (or SIGTERM) ends the demo cleanly, whenever it comes.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, gw.close)
         fleets = _fleets(gw.mqtt_url, devices)
-        # Waiting for the devices to connect blocks; the broker runs on this
-        # loop, so the wait happens in a thread.
         started: list[Fleet] = []
         try:
             for f in fleets:
                 f.start(wait_connected=None)  # starts device threads, returns at once
                 started.append(f)
+            # Waiting for the devices to connect blocks; the broker runs on this
+            # loop, so the wait happens in a thread.
             for f in fleets:
                 await asyncio.to_thread(f.wait_connected, 30.0)
             print(f"edgewire demo: dashboard  {gw.http_url}/\n"
@@ -81,8 +84,6 @@ async def run_demo(*, http_port: int, mqtt_port: int, devices: int, duration: fl
                   f"               fleet      {devices} simulated devices, {DEMO_RATE:g} msg/s each, QoS 0/1/2\n"
                   + ("               stop with Ctrl-C" if duration is None else f"               running for {duration:g} s"),
                   file=out, flush=True)
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, gw.close)
             if duration is None:
                 await gw.wait_closed()
             else:
@@ -91,8 +92,8 @@ async def run_demo(*, http_port: int, mqtt_port: int, devices: int, duration: fl
         finally:
             for f in started:
                 await asyncio.to_thread(f.stop)
-        total = sum(r.messages for f in started for r in f.report().per_device)
-        print(f"edgewire demo: stopped; the fleet sent {total} telemetry messages", file=out, flush=True)
+            total = sum(r.messages for f in started for r in f.report().per_device)
+            print(f"edgewire demo: stopped; the fleet sent {total} telemetry messages", file=out, flush=True)
 
 
 def demo_main(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:

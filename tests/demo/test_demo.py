@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.broker import free_port
+from tests.support.broker import free_port, wait_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -117,3 +117,18 @@ def test_demo_refuses_a_taken_http_port(clean_venv: Path) -> None:
         squatter.close()
     assert proc.returncode == 2
     assert f"port {squatter.port} on 127.0.0.1 is taken" in proc.stderr
+
+
+def test_demo_stops_cleanly_on_an_early_ctrl_c(clean_venv: Path) -> None:
+    """Ctrl-C while the fleet is still connecting: a clean stop, not a traceback."""
+    port = free_port()
+    proc = subprocess.Popen([str(clean_venv / "bin" / "edgewire"), "demo", "--port", str(port),
+                             "--mqtt-port", "0", "--devices", "30"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd="/")
+    try:
+        wait_port(port, timeout=20)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    assert "edgewire demo: stopped" in out and "Traceback" not in out, out

@@ -85,7 +85,7 @@ def plan_streams(rate: float, qos: int) -> list[dict[str, Any]]:
 
 def configured_rate(streams: Sequence[Mapping[str, Any]]) -> float:
     """Messages per second the streams produce (rounding of intervals included)."""
-    return sum(1000.0 / s["interval_ms"] for s in streams)
+    return float(sum(1000.0 / s["interval_ms"] for s in streams))
 
 
 class SimDevice:
@@ -264,7 +264,7 @@ class Fleet:
     def _build(self) -> None:
         for i, did in enumerate(self.device_ids):
             board = SimBoard(did, seed=self._device_seed(i), fault_rate=self.fault_rate)
-            cfg_in = {"keepalive_s": 30, "backoff_min_ms": 200, "backoff_max_ms": 5000}
+            cfg_in: dict[str, Any] = {"keepalive_s": 30, "backoff_min_ms": 200, "backoff_max_ms": 5000}
             cfg_in.update(self._overrides)
             cfg_in.update({
                 "device_id": did,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -23,9 +24,15 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def clean_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A new virtualenv with nothing in it but `pip install <this repo>`."""
-    venv = tmp_path_factory.mktemp("clean") / "venv"
+    base = tmp_path_factory.mktemp("clean")
+    # Install from a copy of the source, as a user's download would be: pip
+    # builds in the source tree, and the checkout under test stays untouched.
+    src = base / "src"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
+        ".git", ".venv", ".mpy-build", "build", "*.egg-info", "__pycache__", ".pytest_cache"))
+    venv = base / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    proc = subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", str(ROOT)],
+    proc = subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", str(src)],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     return venv

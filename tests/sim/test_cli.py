@@ -53,8 +53,8 @@ def test_cli_without_broker_uses_the_embedded_broker() -> None:
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--devices", "0"], "--devices 0: must be 1..10000"),
-    (["--devices", "-3"], "--devices -3: must be 1..10000"),
+    (["--devices", "0"], "--devices 0: must be 1..1000000"),
+    (["--devices", "-3"], "--devices -3: must be 1..1000000"),
     (["--rate", "-1"], "--rate -1: must be a positive number of messages per second"),
     (["--rate", "0"], "--rate 0: must be a positive number"),
     (["--rate", "nan"], "--rate nan: must be a positive number"),
@@ -79,7 +79,7 @@ def test_bad_arguments_exit_2_with_a_clear_message(args: list[str], message: str
 def test_bad_argument_exit_2_as_a_process() -> None:
     p = run_sim("--devices", "0", "--broker", "mqtt://127.0.0.1:1")
     assert p.returncode == 2
-    assert p.stderr.strip() == "edgewire sim: error: --devices 0: must be 1..10000"
+    assert p.stderr.strip() == "edgewire sim: error: --devices 0: must be 1..1000000"
     p = run_sim("--qos", "3")
     assert p.returncode == 2 and "invalid choice: 3" in p.stderr  # argparse's own check
 

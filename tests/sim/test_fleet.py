@@ -123,7 +123,7 @@ def test_stream_plan_adds_up_to_the_rate() -> None:
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"devices": 0}, "devices 0 must be an integer 1..10000"),
+    ({"devices": 0}, "devices 0 must be an integer 1..1000000"),
     ({"devices": 1, "rate": -1}, "rate -1 must be a positive number"),
     ({"devices": 1, "rate": 0}, "rate 0 must be a positive number"),
     ({"devices": 1, "rate": 5000}, "rate 5000 is above the 3200 messages per second"),

@@ -231,6 +231,8 @@ class Fleet:
         self.device_ids: list[str] = []       # this shard's devices, in fleet order
         self.stream_qos: dict[str, dict[str, int]] = {}
         self.links: list[_Link] = []
+        self.total_rate = 0.0                 # readings per second this shard's devices sample
+        self.max_interval_s = 0.0
         self._shards: list[Shard] = []
         self._observer: Observer | None = None
         self._final: list[DeviceReport] | None = None
@@ -282,6 +284,8 @@ class Fleet:
                     cfg["streams"] = [dict(s, phase_ms=rng.randrange(max(1, s["interval_ms"])))
                                       for s in base["streams"]]
                     self.specs.append(DeviceSpec(did, g.name, self._device_seed(index), g.fault_rate, cfg))
+                    self.total_rate += g.rate
+                    self.max_interval_s = max(self.max_interval_s, max(st["interval_ms"] for st in g.streams) / 1000)
                     self.device_ids.append(did)
                     self.stream_qos[did] = qos_of
                 index += 1
@@ -506,3 +510,73 @@ def _run_shard(shard: Shard, conn: Any) -> None:
         except OSError:
             pass
         log.exception("a simulator shard crashed")
+
+
+RATE_WINDOW_S = 10.0
+MIN_RATE_SHARE = 0.8
+
+
+class Overloaded(SimError):
+    """The machine cannot keep up with the fleet (late steps, stalled connects)."""
+
+
+def supervise(fleet: Fleet, seconds: float, *, max_lag: float = 10.0, connect_timeout: float = 60.0,
+              tick: Any = None, progress: Any = None) -> None:
+    """Let a started fleet run for `seconds`, watching that the machine keeps up.
+
+    Raises Overloaded (the fleet keeps running; stop it) when a device's timed
+    step ran more than `max_lag` s late (it missed sampling times; at half its
+    keepalive it misses pings and the broker drops it), or when devices that
+    started connecting made no progress for `connect_timeout` s while others
+    still wait for their first connection. tick(elapsed) runs every ~0.1 s (a
+    scenario's timeline); progress(dict) about once a second."""
+    t0 = time.monotonic()
+    last_up, last_change = -1, t0
+    next_progress = t0
+    n = len(fleet.specs)
+    all_started: float | None = None
+    window: list[tuple[float, int]] = []   # (time, readings sampled) once in steady state
+    while True:
+        now = time.monotonic()
+        elapsed = now - t0
+        if elapsed >= seconds:
+            return
+        crash = fleet.crashed()
+        if crash:
+            raise SimError(f"a shard of the fleet crashed:\n{crash}")
+        if tick is not None:
+            tick(elapsed)
+        p = fleet.progress()
+        if progress is not None and now >= next_progress:
+            progress(dict(p, elapsed=elapsed))
+            next_progress = now + 1.0
+        lag = p.get("lag", 0.0)
+        if lag > max_lag:
+            raise Overloaded(f"the machine cannot keep up: a device step ran {lag:.2f} s late (limit {max_lag:g} s), "
+                             f"so devices miss their sampling times and keepalives; run fewer devices per machine, "
+                             f"more --procs, or --shard the fleet over more machines")
+        # Sampling falls short of the configured rate: a device that falls behind
+        # skips samples rather than bursting, so this is what overload looks like
+        # when the steps themselves stay on time. Checked in steady state only
+        # (all started, every stream past its first interval), over 10 s.
+        if all_started is None and p.get("started", 0) == n:
+            all_started = now
+        if all_started is not None and now - all_started >= fleet.max_interval_s + 2.0:
+            window.append((now, p.get("sampled", 0)))
+            while len(window) > 2 and now - window[1][0] >= RATE_WINDOW_S:
+                window.pop(0)
+            dt = now - window[0][0]
+            if dt >= RATE_WINDOW_S:
+                rate = (window[-1][1] - window[0][1]) / dt
+                if rate < MIN_RATE_SHARE * fleet.total_rate:
+                    raise Overloaded(f"the machine cannot keep up: the devices sampled {rate:,.0f} readings/s over "
+                                     f"the last {dt:.0f} s, {100 * rate / fleet.total_rate:.0f}% of the configured "
+                                     f"{fleet.total_rate:,.0f}/s (devices that fall behind skip samples); run fewer "
+                                     f"devices per machine, more --procs, or --shard the fleet over more machines")
+        up = p.get("ever_connected", 0)
+        if up != last_up:
+            last_up, last_change = up, now
+        elif up < n and p.get("started", 0) > up and now - last_change > connect_timeout:
+            raise Overloaded(f"connects stalled: {up} of {n} devices connected and none more in the last "
+                             f"{connect_timeout:g} s ({p.get('conn_failures', 0)} failed attempts)")
+        time.sleep(0.1)

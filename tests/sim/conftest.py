@@ -4,17 +4,19 @@ import threading
 import time
 from collections.abc import Iterator
 
+import msgpack
 import paho.mqtt.client as mqtt
 import pytest
 
-from edgewire import wire, wire_rx
 from tests.support.broker import Mosquitto
 
 
 class Checker:
-    """An independent subscriber (paho) that decodes everything under
-    edgewire/v1/ with the wire module and counts it: distinct (device, boot,
-    seq), readings, duplicates, births and deaths per device."""
+    """An independent subscriber: paho, and the reference msgpack package (not
+    our wire_rx), counting everything under edgewire/v1/: distinct (device,
+    boot, seq), readings, duplicates, births and deaths per device, and the
+    latency of each reading from its sample time (t - (u - reading uptime),
+    docs/protocol.md) to its arrival here."""
 
     def __init__(self, port: int) -> None:
         self.lock = threading.Lock()
@@ -25,36 +27,45 @@ class Checker:
         self.births: dict[str, list[int]] = {}   # device -> boot ids of births, in order
         self.deaths: dict[str, list[str]] = {}   # device -> why
         self.refused: list[str] = []
+        self.latencies: list[float] = []   # ms, one per reading of a distinct message
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"checker-{id(self)}")
         self.client.on_message = self._on_message
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
         subscribed = threading.Event()
         self.client.on_subscribe = lambda *a: subscribed.set()
-        self.client.subscribe(f"{wire.ROOT}/#", 2)
+        self.client.subscribe("edgewire/v1/#", 2)
         assert subscribed.wait(5), "checker got no SUBACK"
 
     def _on_message(self, client: object, userdata: object, m: mqtt.MQTTMessage) -> None:
+        now = time.time() * 1000.0
+        parts = m.topic.split("/")
         try:
-            dev, kind = wire_rx.parse_topic(m.topic)
-            if kind == wire.KIND_TELEMETRY:
-                t = wire_rx.decode_telemetry(m.payload, dev)
-                key = (dev, t["boot"], t["seq"])
+            if len(parts) != 4 or parts[:2] != ["edgewire", "v1"]:
+                raise ValueError("unexpected topic")
+            dev, kind = parts[2], parts[3]
+            if kind == "telemetry":
+                env = msgpack.unpackb(m.payload, raw=False)
+                if env["v"] != 1 or env["d"] != dev:
+                    raise ValueError(f"envelope {env!r} does not match the topic")
+                key = (dev, env["b"], env["s"])
                 with self.lock:
                     if key in self.seen:
                         self.duplicates += 1
                     else:
                         self.seen.add(key)
-                        self.readings += len(t["readings"])
+                        self.readings += len(env["r"])
                         self.per_device[dev] = self.per_device.get(dev, 0) + 1
-            elif kind == wire.KIND_STATUS and m.payload:
-                s = wire_rx.decode_status(m.payload, dev)
+                        for r in env["r"]:
+                            self.latencies.append(now - (env["t"] - (env["u"] - r[2])))
+            elif kind == "status" and m.payload:
+                env = msgpack.unpackb(m.payload, raw=False)
                 with self.lock:
-                    if s["online"]:
-                        self.births.setdefault(dev, []).append(s["boot"])
+                    if env["st"] == "on":
+                        self.births.setdefault(dev, []).append(env["b"])
                     else:
-                        self.deaths.setdefault(dev, []).append(s["why"])
-        except wire.ProtocolError as e:
+                        self.deaths.setdefault(dev, []).append(env["why"])
+        except (ValueError, KeyError, TypeError, IndexError, msgpack.ExtraData) as e:
             with self.lock:
                 self.refused.append(f"{m.topic}: {e}")
 

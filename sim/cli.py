@@ -186,7 +186,7 @@ def sim_main(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | 
                 seconds = scenario.duration if scenario is not None else args.duration
                 tick = runner.tick
             else:
-                fleet.start(wait_connected=None)
+                fleet.start(wait_connected=None, wait_observer=True)
                 seconds, tick = args.duration, None
             supervise(fleet, seconds, max_lag=args.max_lag, connect_timeout=args.connect_timeout,
                       tick=tick, progress=progress)

@@ -337,16 +337,24 @@ class Fleet:
         except OSError as e:
             raise SimError(f"cannot reach the broker at {a.url}: {e.strerror or e}") from None
 
-    def start(self, *, wait_connected: float | None = 30.0) -> "Fleet":
+    def start(self, *, wait_connected: float | None = 30.0, wait_observer: bool | None = None) -> "Fleet":
         """Start every device; with wait_connected, return once all have
         connected (births sent), raising SimError if they did not within that
-        many seconds. The devices keep running (and retrying) until stop()."""
+        many seconds. The devices keep running (and retrying) until stop().
+
+        The observer subscribes first, so that it sees every message: start()
+        waits up to 5 s for its SUBACK when wait_observer is true (default: when
+        wait_connected is set). A caller that must not block (an asyncio loop
+        that itself runs the broker) passes neither; the report then says
+        whether the observer came late."""
         if self._state != "new":
             raise SimError(f"fleet already {self._state}; make a new Fleet to run again")
         self._state = "running"
         raise_file_limit()
         if self.observe:
-            self._observer = Observer(self.address.host, self.address.port, self.stream_qos).start()
+            wait = wait_observer if wait_observer is not None else wait_connected is not None
+            self._observer = Observer(self.address.host, self.address.port, self.stream_qos).start(
+                timeout=5.0 if wait else 0.0)
         self._started_at = time.monotonic()
         self._started_wall = time.time()
         n = max(1, self.procs)

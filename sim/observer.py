@@ -96,16 +96,20 @@ class Observer:
         self._stop = threading.Event()
         self._sock: socket.socket | None = None
         self._thread = threading.Thread(target=self._run, name="edgewire-sim-observer", daemon=True)
-        self.late = False
+        self.subscribed_at: float | None = None   # epoch s of the first SUBACK
         self.connects = 0
 
     def start(self, timeout: float = 5.0) -> "Observer":
         """Connect and subscribe; waits up to `timeout` s for the SUBACK. A broker
-        that is not there yet is retried in the background: `late` then says the
-        observer may have missed the first messages."""
+        that is not there yet is retried in the background (the report says when
+        the observer subscribed after the devices began to send)."""
         self._thread.start()
-        self.late = not self._subscribed.wait(timeout)
+        self._subscribed.wait(timeout)
         return self
+
+    @property
+    def subscribed(self) -> bool:
+        return self._subscribed.is_set()
 
     def stop(self) -> None:
         self._stop.set()
@@ -158,7 +162,8 @@ class Observer:
                     self.connects += 1
                     pos = self._parse(buf, out)
                 del buf[:pos]
-                if self._suback and connacked:
+                if self._suback and connacked and not self._subscribed.is_set():
+                    self.subscribed_at = time.time()
                     self._subscribed.set()
             if now - last_tx >= 15.0:
                 out += b"\xc0\x00"   # PINGREQ

@@ -121,6 +121,7 @@ class FleetReport:
     started_at: float | None = None
     shard: str = "0/1"
     failure: str | None = None
+    observer_late: str | None = None
 
     def assert_no_loss(self, qos: int | None = None, *, duplicates: bool = True) -> None:
         """AssertionError naming devices, unless every message the broker
@@ -185,6 +186,7 @@ class FleetReport:
             "started_at": self.started_at,
             "shard": self.shard,
             "failure": self.failure,
+            "observer_late": self.observer_late,
             "series": self.series,
         }
         if per_device:
@@ -233,6 +235,9 @@ class FleetReport:
             lines.append("")
             lines.append(f"  latency, sample to observer (ms): p50 {la['p50']:.1f}  p95 {la['p95']:.1f}  "
                          f"p99 {la['p99']:.1f}  max {la['max']:.1f}  ({int(la['count']):,} readings)")
+        if self.observer_late:
+            lines.append("")
+            lines.append(f"note: {self.observer_late}")
         if self.failure:
             lines.append("")
             lines.append(f"run failed: {self.failure}")
@@ -328,6 +333,12 @@ def build_report(fleet: "Fleet", per_device: list[DeviceReport], *, embedded_bro
             "reconnect_s": _pct(outs),
             "still_down": sum(1 for d in ds for _, b in d.outages if b < 0),
         })
+    observer_late = None
+    if obs is not None and fleet._started_wall is not None and (
+            obs.subscribed_at is None or obs.subscribed_at > fleet._started_wall + 0.001):
+        observer_late = ("the observer subscribed " + (f"{obs.subscribed_at - fleet._started_wall:.1f} s after the "
+                         "devices started" if obs.subscribed_at else "never") +
+                         ": messages sent before it may show as lost")
     latency = None
     if obs is not None:
         with obs.lock:
@@ -339,4 +350,4 @@ def build_report(fleet: "Fleet", per_device: list[DeviceReport], *, embedded_bro
         embedded_broker=embedded_broker, per_device=per_device, observed=obs is not None, by_qos=by_qos,
         groups=groups, latency=latency, series=merge_series(fleet._series, obs, started),
         events=list(fleet.events), started_at=started, shard=f"{fleet.shard[0]}/{fleet.shard[1]}",
-        failure=fleet.failure)
+        failure=fleet.failure, observer_late=observer_late)

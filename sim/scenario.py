@@ -308,7 +308,7 @@ class ScenarioRun:
         self.fleet.connect_to = ("127.0.0.1", self.proxy_port)
         for spec in self.fleet.specs:
             spec.cfg["broker_host"], spec.cfg["broker_port"] = "127.0.0.1", self.proxy_port
-        self.fleet.start(wait_connected=None)
+        self.fleet.start(wait_connected=None, wait_observer=True)
         self._t0 = time.monotonic()
 
     def _proxy_cmd(self, *msg: Any) -> None:

@@ -8,7 +8,7 @@
 # wire raises MQTTError (the message says what) and closes the socket; the caller reconnects
 # and calls connect() again on the same client, which resends what is in flight
 # into a resumed session, or publishes again what was never acknowledged into a
-# new one (docs/decisions.md, D8). An inbound PUBLISH larger than max_packet is
+# new one (docs/decisions.md, D9). An inbound PUBLISH larger than max_packet is
 # read past without buffering, acknowledged at its QoS and reported to on_message;
 # a refused subscription (SUBACK 0x80) is returned, not raised.
 #
@@ -246,7 +246,7 @@ class MQTTClient:
             # PUBLISH (DUP) and PUBREL, in order. A new session holds none of them
             # (MQTT-3.1.2-6): never-acknowledged messages go again as new ones (DUP 0;
             # every packet id is free in it); a QoS 2 message past PUBREC cannot be
-            # completed, and sending it again could deliver it twice (D8).
+            # completed, and sending it again could deliver it twice (D9).
             for pid, e in sorted(self._out.items(), key=lambda kv: kv[1][_ORDER]):
                 if sp or e[_STAGE] == _PUB:
                     self._resend(pid, e, sp)

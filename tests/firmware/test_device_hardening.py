@@ -113,7 +113,7 @@ def test_qos2_across_reconnects_persistent_session(broker: Mosquitto, tmp_path: 
     assert dups == 0, sorted(seqs)
     if clean:
         # a message past PUBREC cannot be completed in a new session: dropped and
-        # counted (docs/decisions.md, D8); it is missing only where its PUBREL was lost
+        # counted (docs/decisions.md, D9); it is missing only where its PUBREL was lost
         assert st.get("q2_dropped", 0) >= len(missing) and len(missing) >= 1, (st, missing)
     else:
         assert missing == set() and st.get("q2_dropped", 0) == 0, (st, missing)

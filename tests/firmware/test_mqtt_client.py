@@ -274,7 +274,7 @@ def test_new_session_republishes_unacknowledged_and_drops_past_pubrec(peer: Peer
     # #6.3: a clean session holds nothing of the old one (MQTT-3.1.2-6), so nothing
     # is resent with DUP and no PUBREL goes out; what the broker never acknowledged
     # is published again as a new message, a QoS 2 message past PUBREC is dropped
-    # and counted (docs/decisions.md, D8).
+    # and counted (docs/decisions.md, D9).
     c = connected(peer)
     p1 = c.publish("t", b"one", 2)
     peer.read()

@@ -26,17 +26,15 @@ commands, reconnect backoff, the books) is the SDK's own code.
 """
 from __future__ import annotations
 
+import select
 import socket
 from typing import Any
 
 from edgewire import wire
 from edgewire.device import Device
-from edgewire.mqtt import (CONNACK_ERRORS, ConnectRefused, MQTTClient, MQTTError, MQTTProtocolError,
-                           MQTTTimeout)
+from edgewire.mqtt import REFUSED, MQTTClient, MQTTError, MQTTProtocolError, MQTTTimeout
 
 __all__ = ["Deferred", "LoopClient", "LoopDevice"]
-
-_CONNACK = 2
 
 
 class Deferred(Exception):
@@ -68,31 +66,39 @@ class LoopClient(MQTTClient):
         return int(due)
 
     def poll_connack(self) -> bool:
-        """After connect() deferred: True once CONNACK accepted the session (then
-        as after MQTTClient.connect: in-flight messages resent), False while it
-        has not come. Raises as connect() does."""
+        """After connect() deferred: False while nothing came; once the socket
+        is readable, MQTTClient.connect() itself runs again on the same socket,
+        without closing it and without sending CONNECT twice, so CONNACK is read
+        and the session set up by the SDK's own code. Raises as connect() does."""
+        sock = self._sock
+        if sock is None:
+            raise MQTTError("not connected")
         try:
-            pkt = self._read_packet(0)
-            if pkt is None:
+            if not self._wait(select.POLLIN, 0, False):
                 return False
-            typ, flags, body = pkt
-            if typ != _CONNACK:
-                raise MQTTProtocolError("expected CONNACK, got packet type %d" % typ)
-            if flags or len(body) != 2 or body[0] & 0xFE:
-                raise MQTTProtocolError("malformed CONNACK %r" % (bytes(body),))
-            if body[1]:
-                c = body[1]
-                raise ConnectRefused("broker refused the connection: %s (CONNACK %d)"
-                                     % (CONNACK_ERRORS[c - 1] if c <= 5 else "unknown reason", c))
-            self.connected = True
-            if self.clean_session:
-                self._rx2 = []
-            for pid, e in sorted(self._out.items(), key=lambda kv: kv[1][6]):
-                self._resend(pid, e)
-            return True
         except MQTTError:
             self.close()
             raise
+        self._replay = 2   # the close() and the CONNECT write at the start of connect()
+        try:
+            MQTTClient.connect(self, sock)
+        finally:
+            self._replay = 0
+        return True
+
+    _replay = 0
+
+    def close(self) -> None:
+        if self._replay == 2:
+            self._replay = 1
+            return
+        MQTTClient.close(self)
+
+    def _write(self, data: Any) -> None:
+        if self._replay == 1:
+            self._replay = 0
+            return
+        MQTTClient._write(self, data)
 
     def send_subscribe(self, topic: str, qos: int) -> None:
         """subscribe() without waiting for SUBACK (poll() reads it; granted() tells)."""
@@ -105,17 +111,15 @@ class LoopClient(MQTTClient):
             self._defer = False
 
     def granted(self) -> int | None:
-        """The QoS granted by the SUBACK of send_subscribe(), None while it has not come."""
+        """The QoS granted by the SUBACK of send_subscribe() (or REFUSED), None
+        while it has not come; as MQTTClient.subscribe() returns it."""
         codes = self._suback
         if codes is None:
             return None
         self._sub_pid = 0
-        if len(codes) != 1 or (codes[0] > 2 and codes[0] != 0x80):
+        if len(codes) != 1 or (codes[0] > 2 and codes[0] != REFUSED):
             self.close()
             raise MQTTProtocolError("bad SUBACK %r" % (bytes(codes),))
-        if codes[0] == 0x80:
-            self.close()
-            raise MQTTError("broker refused the command subscription")
         return int(codes[0])
 
 
@@ -241,8 +245,8 @@ class LoopDevice(Device):  # type: ignore[misc]
                         raise MQTTTimeout("no SUBACK within %d ms" % c["timeout_ms"])
                     return
             self._hs = 0
-            if granted != 1:
-                self._say("cmd subscription granted at QoS %d" % granted, True)
+            if granted != 1:  # REFUSED: the session goes on without commands (as the SDK does)
+                self._say("cmd subscription granted at QoS %d" % granted)
             # Counted as Device._try_connect counts: birth sent, commands subscribed.
             self.stats["connects"] += 1
             if self.stats["connects"] > 1:

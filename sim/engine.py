@@ -293,7 +293,9 @@ class Shard:
             sampled += c.get("readings", 0)
             fails += c.get("conn_failures", 0)
             reconn += c.get("reconnects", 0)
-        p = {"t": time.time(), "shard": self.name, "devices": len(self.sims), "started": self.started, "connected": conn,
+        errors = [sim for sim in self.sims if sim.error]
+        p = {"t": time.time(), "shard": self.name, "errors": len(errors),
+             "error": f"{errors[0].spec.device_id}: {errors[0].error}" if errors else "", "devices": len(self.sims), "started": self.started, "connected": conn,
              "ever_connected": ever, "sent": sent, "acked": acked, "sampled": sampled, "conn_failures": fails,
              "reconnects": reconn, "lag": round(self.lag_max, 4)}
         self.lag_max = 0.0

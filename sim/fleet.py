@@ -391,6 +391,8 @@ class Fleet:
             for k, v in p.items():
                 if k == "lag":
                     out[k] = max(out.get(k, 0.0), v)
+                elif k == "error":
+                    out[k] = out.get(k) or v
                 elif k != "t":
                     out[k] = out.get(k, 0) + v
         if self._observer is not None:
@@ -415,8 +417,9 @@ class Fleet:
             if crash:
                 raise SimError(f"a shard of the fleet crashed:\n{crash}")
             if time.monotonic() >= deadline:
+                errs = f"; {p['errors']} devices stopped with an error, e.g. {p['error']}" if p.get("errors") else ""
                 raise SimError(f"only {up} of {n} devices connected to {self.address.url} within "
-                               f"{timeout:g} s ({p.get('conn_failures', 0)} failed connection attempts)")
+                               f"{timeout:g} s ({p.get('conn_failures', 0)} failed connection attempts{errs})")
             time.sleep(0.05)
 
     def run(self, seconds: float) -> FleetReport:
@@ -558,6 +561,8 @@ def supervise(fleet: Fleet, seconds: float, *, max_lag: float = 10.0, connect_ti
         if progress is not None and now >= next_progress:
             progress(dict(p, elapsed=elapsed))
             next_progress = now + 1.0
+        if p.get("errors", 0) == n:
+            raise SimError(f"every device stopped with an error, e.g. {p['error']}")
         lag = p.get("lag", 0.0)
         if lag > max_lag:
             raise Overloaded(f"the machine cannot keep up: a device step ran {lag:.2f} s late (limit {max_lag:g} s), "

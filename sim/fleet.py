@@ -422,6 +422,11 @@ class Fleet:
                                f"{timeout:g} s ({p.get('conn_failures', 0)} failed connection attempts{errs})")
             time.sleep(0.05)
 
+    def finish(self) -> FleetReport:
+        """stop(), then the report (what the observer counted included)."""
+        self.stop()
+        return self.report()
+
     def run(self, seconds: float) -> FleetReport:
         """start(), run for `seconds`, stop(); returns the report. Ctrl-C stops early."""
         self.start()

@@ -357,13 +357,18 @@ class Shard:
         conn.send(("done", [s.report() for s in self.sims], self.series))
 
 
-def shard_main(conn: Any, specs: list[DeviceSpec], ramp: float, name: int = 0) -> None:
-    """Entry point of a shard's process."""
+def report_crash(conn: Any, target: Any, *args: Any) -> None:
+    """target(*args), sending ("crash", traceback) to the fleet if it raises."""
     try:
-        Shard(specs, ramp=ramp, name=name).run(conn)
+        target(*args)
     except BaseException:
         try:
             conn.send(("crash", traceback.format_exc()))
         except OSError:
             pass
         raise
+
+
+def shard_main(conn: Any, specs: list[DeviceSpec], ramp: float, name: int = 0) -> None:
+    """Entry point of a shard's process."""
+    report_crash(conn, lambda: Shard(specs, ramp=ramp, name=name).run(conn))

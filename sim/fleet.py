@@ -37,7 +37,7 @@ from typing import Any
 from edgewire import config as device_config
 from edgewire import wire
 from edgewire.boards.sim import MODELS, SimBoard
-from edgewire.sim.engine import DeviceSpec, Shard, raise_file_limit, shard_main
+from edgewire.sim.engine import DeviceSpec, Shard, raise_file_limit, report_crash, shard_main
 from edgewire.sim.errors import SimError
 from edgewire.sim.observer import Observer
 from edgewire.sim.report import DeviceReport, FleetReport, build_report
@@ -518,13 +518,8 @@ class Fleet:
 
 def _run_shard(shard: Shard, conn: Any) -> None:
     try:
-        shard.run(conn)
+        report_crash(conn, shard.run, conn)
     except BaseException:
-        import traceback
-        try:
-            conn.send(("crash", traceback.format_exc()))
-        except OSError:
-            pass
         log.exception("a simulator shard crashed")
 
 

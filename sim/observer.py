@@ -35,6 +35,21 @@ from edgewire.mqtt import encode_connect, encode_subscribe
 MAX_SAMPLES = 1_000_000   # latencies kept for the overall percentiles (reservoir beyond)
 
 
+def remaining_length(buf: bytes | bytearray, i: int) -> tuple[int, int] | None:
+    """The MQTT remaining length starting at buf[i] -> (length, index after it);
+    None while incomplete; ValueError past 4 bytes."""
+    rl, mul, n = 0, 1, len(buf)
+    for k in range(4):
+        if i + k >= n:
+            return None
+        c = buf[i + k]
+        rl += (c & 0x7F) * mul
+        if not c & 0x80:
+            return rl, i + k + 1
+        mul *= 128
+    raise ValueError("malformed remaining length (more than 4 bytes)")
+
+
 class _Seen:
     """Distinct seqs of one (device, boot): all <= hi, plus `extra` above it."""
 
@@ -180,20 +195,10 @@ class Observer:
         n = len(buf)
         while n - pos >= 2:
             b0 = buf[pos]
-            rl = 0
-            mul = 1
-            i = pos + 1
-            while i < n:
-                c = buf[i]
-                rl += (c & 0x7F) * mul
-                i += 1
-                if not c & 0x80:
-                    break
-                mul *= 128
-                if mul > 128 ** 3:
-                    raise ValueError("malformed remaining length")
-            if buf[i - 1] & 0x80 or i + rl > n:
+            got = remaining_length(buf, pos + 1)
+            if got is None or got[1] + got[0] > n:
                 break   # the rest of this packet has not come yet
+            rl, i = got
             typ = b0 >> 4
             if typ == 3:
                 qos = (b0 >> 1) & 3

@@ -32,12 +32,12 @@ import selectors
 import socket
 import struct
 import time
-import traceback
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgewire.sim.engine import raise_file_limit
+from edgewire.sim.engine import raise_file_limit, report_crash
+from edgewire.sim.observer import remaining_length
 
 RTO_S = 0.2
 CHUNK = 65536
@@ -76,18 +76,13 @@ def client_id_of(data: bytes | bytearray) -> str | None:
         return None
     if data[0] != 0x10:
         return ""
-    i, rl, mul = 1, 0, 1
-    while True:
-        if i >= len(data):
-            return None
-        c = data[i]
-        rl += (c & 0x7F) * mul
-        i += 1
-        if not c & 0x80:
-            break
-        mul *= 128
-        if i > 4:
-            return ""
+    try:
+        got = remaining_length(data, 1)
+    except ValueError:
+        return ""
+    if got is None:
+        return None
+    i = got[1]
     if len(data) < i + 2:
         return None
     pn = struct.unpack_from("!H", data, i)[0]
@@ -321,11 +316,4 @@ class FaultProxy:
 
 def proxy_main(conn: Any, upstream: tuple[str, int], seed: int) -> None:
     """Entry point of the proxy's process."""
-    try:
-        FaultProxy(upstream, seed=seed).run(conn)
-    except BaseException:
-        try:
-            conn.send(("crash", traceback.format_exc()))
-        except OSError:
-            pass
-        raise
+    report_crash(conn, lambda: FaultProxy(upstream, seed=seed).run(conn))

@@ -18,7 +18,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from edgewire import wire
-from edgewire.gateway.config import CommandsConfig, GatewayConfig, HttpConfig, HubConfig, MqttConfig
+from edgewire.gateway.config import CommandsConfig, GatewayConfig, HttpConfig, HubConfig, JournalConfig, MqttConfig
 from edgewire.gateway.service import Gateway
 from tests.support.broker import Mosquitto
 
@@ -32,6 +32,8 @@ def gateway_config(broker: Mosquitto, **sections: Any) -> GatewayConfig:
         http=HttpConfig(host="127.0.0.1", port=0, heartbeat=0.5),
         commands=CommandsConfig(timeout=3.0),
         hub=HubConfig(),
+        # the default settings, in the test's own folder
+        journal=JournalConfig(path=str(broker.workdir / f"journal-{uuid.uuid4().hex[:8]}.db")),
     )
     return cfg.replace(**sections) if sections else cfg
 

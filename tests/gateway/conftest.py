@@ -90,6 +90,22 @@ class Publisher:
 
 
 @pytest.fixture
+def burst_broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    """A private mosquitto for tests that publish a burst faster than the
+    gateway commits it. Why not the defaults: mosquitto queues at most
+    max_queued_messages (default 1000) per client beyond the 20 in flight and
+    DROPS the rest, so a burst that outruns the gateway loses messages at the
+    broker before the gateway sees them, which is not what such tests are
+    about. Sites size this setting for their bursts (docs/gateway.md, "Broker
+    settings"); max_inflight_messages stays at its default."""
+    b = Mosquitto(tmp_path, extra_conf="max_queued_messages 1000000\n").start()
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
+@pytest.fixture
 def publisher(broker: Mosquitto) -> Iterator[Publisher]:
     p = Publisher(broker.port)
     try:

@@ -25,9 +25,9 @@ def burst(publisher: Publisher, device: str, first: int, n: int, per_msg: int = 
         publisher.telemetry(device, 1, s, readings, qos=qos)
 
 
-async def test_stalled_sse_client_does_not_slow_others(broker: Mosquitto, publisher: Publisher,
-                                                       http: aiohttp.ClientSession) -> None:
-    cfg = gateway_config(broker, hub=HubConfig(client_queue=1000))
+async def test_stalled_sse_client_does_not_slow_others(burst_broker: Mosquitto, http: aiohttp.ClientSession) -> None:
+    cfg = gateway_config(burst_broker, hub=HubConfig(client_queue=1000))
+    publisher = Publisher(burst_broker.port)
     async with Gateway(cfg) as gw:
         await gw.mqtt.wait_connected(5)  # type: ignore[union-attr]
         port = gw.http_port
@@ -59,6 +59,7 @@ async def test_stalled_sse_client_does_not_slow_others(broker: Mosquitto, publis
             assert stalled_stats["dropped"] == 0 and stats["hub"]["dropped_total"] == 0
         finally:
             stalled.close()
+            publisher.close()
 
 
 async def test_sse_resume_with_last_event_id(gateway: Gateway, publisher: Publisher,
@@ -79,12 +80,13 @@ async def test_sse_resume_with_last_event_id(gateway: Gateway, publisher: Publis
     assert ids == sorted(set(ids))  # none twice, none missing
 
 
-async def test_sse_resume_older_than_retention_gets_a_gap(broker: Mosquitto, publisher: Publisher,
+async def test_sse_resume_older_than_retention_gets_a_gap(burst_broker: Mosquitto,
                                                           http: aiohttp.ClientSession) -> None:
     # A 1 MiB journal (the smallest allowed) and a small ring, so that the resume point
     # is gone from both: 400 messages of 16 readings of 200 characters are ~2 MB.
-    cfg = gateway_config(broker, hub=HubConfig(ring=5))
+    cfg = gateway_config(burst_broker, hub=HubConfig(ring=5))
     cfg = cfg.replace(journal=dataclasses.replace(cfg.journal, max_bytes=1 << 20, retention_interval=0.05))
+    publisher = Publisher(burst_broker.port)
     async with Gateway(cfg) as gw:
         await gw.mqtt.wait_connected(5)  # type: ignore[union-attr]
         await asyncio.to_thread(burst, publisher, "dev-ring", 1, 400, 16)
@@ -101,6 +103,7 @@ async def test_sse_resume_older_than_retention_gets_a_gap(broker: Mosquitto, pub
                     if len(events) == 6:
                         break
         stats = gw.journal.stats()
+    publisher.close()
     assert events[0]["event"] == "gap"
     assert events[0].data_json == {"after": 2, "first_available": first, "missed": first - 3, "reason": "retention"}
     assert [int(e["id"]) for e in events[1:]] == list(range(first, first + 5))

@@ -56,7 +56,7 @@ class Core:
         self.refusals.count(kind, detail)
 
     # ------------------------------------------------------------------ accept
-    def accept_telemetry(self, batch: Sequence[Telemetry], received_ms: int, adapter: str = "mqtt") -> None:
+    def accept_telemetry(self, batch: Sequence[Telemetry], received_ms: int, *, adapter: str = "mqtt") -> None:
         """Account and deduplicate telemetry messages; their readings become events."""
         registry = self.registry
         reg_telemetry = registry.telemetry
@@ -105,9 +105,10 @@ class Core:
         self.messages += accepted
         self.readings += readings
 
-    def accept_status(self, status: Status, received_ms: int, adapter: str = "mqtt") -> None:
+    def accept_status(self, status: Status, received_ms: int, *, adapter: str = "mqtt",
+                      retained: bool = False) -> None:
         try:
-            outcome = self.registry.status(status, received_ms)
+            outcome = self.registry.status(status, received_ms, retained=retained)
         except RegistryFull as e:
             self.refuse("capacity", str(e))
             return
@@ -136,6 +137,10 @@ class Core:
         rows, events, results, counted = self._rows, self._events, self._results, self._counted
         self._rows, self._events, self._results, self._counted = [], [], [], []
         devices = self.registry.devices
+        evicted = self.registry.evicted_ids
+        if evicted:
+            self._dirty.update(evicted)   # gone from the registry: deleted from the journal's copy
+            evicted.clear()
         states = [(d, device_state(devices[d]) if d in devices else None) for d in self._dirty]
         self._dirty = set()
         upto = rows[-1].id + rows[-1].n - 1 if rows else 0

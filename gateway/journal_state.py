@@ -101,4 +101,5 @@ def restore_registry(reg: Registry, devices: dict[str, Any], meta: Any) -> int:
             setattr(dev, name, v)
         reg.devices[dev_id] = dev
         n += 1
+    reg.restored()
     return n

@@ -47,6 +47,9 @@ class MqttIngest:
                 if m.size:  # larger than [mqtt] max_packet: refused unread
                     raise ProtocolError("oversized", f"message of {m.size} bytes exceeds the MQTT packet limit")
                 if kind == "telemetry":
+                    if m.retain:  # the broker's stored copy, replayed at every subscribe: not a new reading
+                        raise ProtocolError("retained", "retained telemetry ignored (publish telemetry "
+                                                        "without the retain flag)")
                     add(telemetry(m.payload, device))
                 elif kind == "status" or kind == "result":
                     if pending:  # keep the journal in arrival order
@@ -54,7 +57,7 @@ class MqttIngest:
                         pending = []
                         add = pending.append
                     if kind == "status":
-                        core.accept_status(self.decoder.status(m.payload, device), now_ms)
+                        core.accept_status(self.decoder.status(m.payload, device), now_ms, retained=m.retain)
                     else:
                         core.accept_result(self.decoder.result(m.payload, device), now_ms)
                 # kind "cmd": our own commands, echoed by the '#' subscription

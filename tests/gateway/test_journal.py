@@ -128,14 +128,16 @@ async def test_redelivery_after_restart_is_a_counted_duplicate(broker: Mosquitto
         base = gw.http_url
         async with http.get(base + "/api/v1/stream?device=dev-dup", headers={"Last-Event-ID": "3"}) as sse:
             await asyncio.to_thread(publisher.telemetry, "dev-dup", 4, 2, [["t", 2, 0]])   # the window catches it
-            await asyncio.to_thread(publisher.telemetry, "dev-dup", 4, 40, [["t", 40, 0]])
+            for seq in range(4, 14):  # the window (8) moves on past 1
+                await asyncio.to_thread(publisher.telemetry, "dev-dup", 4, seq, [["t", seq, 0]])
             await asyncio.to_thread(publisher.telemetry, "dev-dup", 4, 1, [["t", 1, 0]])   # beyond the window
-            await asyncio.to_thread(publisher.telemetry, "dev-dup", 4, 41, [["t", 41, 0]])
-            got = await read_readings(sse, 2)
-        assert [(e["id"], e["seq"]) for e in got] == [(4, 40), (6, 41)]   # id 5 was the refused repeat
+            await asyncio.to_thread(publisher.telemetry, "dev-dup", 4, 14, [["t", 14, 0]])
+            got = await read_readings(sse, 11)
+        # ids 4-13 for seq 4-13; id 14 was the refused repeat of seq 1
+        assert [(e["id"], e["seq"]) for e in got] == [(i, i) for i in range(4, 14)] + [(15, 14)]
         assert gw.core.duplicates_journal == 1 and gw.journal.duplicates == 1
         d = await (await http.get(base + "/api/v1/devices/dev-dup")).json()
-        assert (d["messages"], d["duplicates"]) == (5, 2)
+        assert (d["messages"], d["duplicates"]) == (14, 2)
 
 
 async def test_registry_and_resume_survive_a_restart(broker: Mosquitto, publisher: Publisher,

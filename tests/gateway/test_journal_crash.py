@@ -213,15 +213,35 @@ async def crash_run(tmp_path: Path, qos: int) -> None:
         await asyncio.to_thread(fleet.stop)
         report = fleet.report()
         assert sum(d.unacked + d.dropped for d in report.per_device) == 0  # the devices lost nothing either
-        seen = {(d, b, s, st, v) for (d, b, s), rs in rec.seen.items() for st, v in rs}
+        state: dict[str, Any] = {}
 
         async def settled() -> bool:
             devs = (await get_json(gw.url + "/api/v1/devices"))["devices"]
             stats = await get_json(gw.url + "/api/v1/stats")
-            return (sum(d["messages"] for d in devs) == len(rec.seen) and all(not d["online"] for d in devs)
-                    and stats["journal"]["backlog"] == 0 and len(sse.events) >= sum(len(r) for r in rec.seen.values()))
+            with rec.lock:
+                sent, readings = len(rec.seen), rec.readings
+            conn = sqlite3.connect(f"file:{gw.journal}?mode=ro", uri=True)
+            deaths = conn.execute("SELECT count(DISTINCT device) FROM journal WHERE kind = 2").fetchone()[0]
+            conn.close()
+            state.update(journaled=sum(d["messages"] for d in devs), seen=sent, sse=len(sse.events),
+                         readings=readings, deaths=deaths, online=[d["id"] for d in devs if d["online"]],
+                         backlog=stats["journal"]["backlog"], mqtt=stats["mqtt"])
+            # (not "every device offline": a shutdown death can reach the gateway before the
+            # device's last QoS 2 telemetry, which then counts as the session being alive)
+            return (state["journaled"] == sent and deaths == DEVICES and state["backlog"] == 0
+                    and len(sse.events) >= readings)
 
-        await wait_for(settled, timeout=60, what="every message journaled, every device offline, SSE caught up")
+        try:
+            await wait_for(settled, timeout=60, what="every message and every death journaled, SSE caught up")
+        except AssertionError as e:
+            conn = sqlite3.connect(f"file:{gw.journal}?mode=ro", uri=True)
+            tail = {d: conn.execute("SELECT id, kind, seq, received FROM journal WHERE device = ? ORDER BY id DESC "
+                                    "LIMIT 4", (d,)).fetchall() for d in state["online"][:3]}
+            conn.close()
+            details = [await get_json(gw.url + f"/api/v1/devices/{d}") for d in state["online"][:2]]
+            raise AssertionError(f"{e}: {state}; journal tails {tail}; {details}") from None
+        with rec.lock:
+            seen = {(d, b, s, st, v) for (d, b, s), rs in rec.seen.items() for st, v in rs}
         stats = await get_json(gw.url + "/api/v1/stats")
         journal, ids = journal_readings(gw.journal)
         # every reading the subscriber saw is in the journal, exactly once (and nothing else is)

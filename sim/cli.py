@@ -100,6 +100,9 @@ def add_arguments(s: argparse.ArgumentParser) -> None:
                    help="stop with exit 1 when a device step runs more than S seconds late (default 10)")
     s.add_argument("--connect-timeout", type=float, default=60.0, metavar="S",
                    help="stop with exit 1 when no device connects for S seconds while some wait (default 60)")
+    s.add_argument("--gateway", metavar="URL", default=None,
+                   help="http://host:port of an edgewire gateway: the report counts what its SSE stream delivered "
+                        "(default: what an MQTT subscriber on the broker received)")
     s.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="a live progress line on stderr (default: when stderr is a terminal)")
 
@@ -171,11 +174,12 @@ def sim_main(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | 
             if scenario is not None:
                 from edgewire.sim.scenario import ScenarioRun
                 runner = ScenarioRun(scenario, url, procs=procs, ramp=ramp, shard=parse_shard(args.shard),
-                                     seed=args.seed)
+                                     seed=args.seed, gateway=args.gateway)
                 fleet = runner.fleet
             else:
                 fleet = Fleet(url, devices=args.devices, rate=args.rate, qos=args.qos, seed=args.seed,
-                              prefix=args.prefix, procs=procs, ramp=ramp, shard=parse_shard(args.shard))
+                              prefix=args.prefix, procs=procs, ramp=ramp, shard=parse_shard(args.shard),
+                              gateway=args.gateway)
         except SimError as e:
             return _fail(str(e), 2, err)
         try:

@@ -39,7 +39,7 @@ from edgewire import wire
 from edgewire.boards.sim import MODELS, SimBoard
 from edgewire.sim.engine import DeviceSpec, Shard, raise_file_limit, report_crash, shard_main
 from edgewire.sim.errors import SimError
-from edgewire.sim.observer import Observer
+from edgewire.sim.observer import GatewayObserver, Observer
 from edgewire.sim.report import DeviceReport, FleetReport, build_report
 from edgewire.sim.url import BrokerAddress, parse_broker_url
 
@@ -191,15 +191,18 @@ class Fleet:
       ramp        connections started per second (all shards together)
       shard       (i, N): run only the devices whose index % N == i (one of N hosts)
       observe     run the observer (received, lost, duplicated, latency)
-      connect_host  connect the devices here instead (a fault-injecting proxy);
-                  reports still name broker_url
+      connect_to  (host, port): connect the devices here instead (a fault-injecting
+                  proxy); reports still name broker_url
+      gateway     http://host:port of a gateway: the observer reads its SSE stream
+                  (what the gateway accepted) instead of subscribing to the broker
     """
 
     def __init__(self, broker_url: str, *, devices: int | None = None, rate: float = 1.0, qos: int = 1,
                  seed: int | None = None, prefix: str = "sim", fault_rate: float = 0.01,
                  overrides: Mapping[str, Any] | None = None, groups: Sequence[Group] | None = None,
                  procs: int = 0, ramp: float = DEFAULT_RAMP, shard: tuple[int, int] = (0, 1),
-                 observe: bool = True, connect_to: tuple[str, int] | None = None) -> None:
+                 observe: bool = True, connect_to: tuple[str, int] | None = None,
+                 gateway: str | None = None) -> None:
         self.address: BrokerAddress = parse_broker_url(broker_url)
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise SimError(f"seed {seed!r} must be an integer or None")
@@ -213,6 +216,9 @@ class Fleet:
         self.shard = shard
         self.observe = observe
         self.connect_to = connect_to
+        if gateway is not None and not (isinstance(gateway, str) and gateway.startswith("http://")):
+            raise SimError(f"gateway {gateway!r}: expected the gateway's http://host:port")
+        self.gateway = gateway
         if groups is None:
             if isinstance(devices, bool) or not isinstance(devices, int) or not 1 <= devices <= MAX_DEVICES:
                 raise SimError(f"devices {devices!r} must be an integer 1..{MAX_DEVICES}")
@@ -353,8 +359,9 @@ class Fleet:
         raise_file_limit()
         if self.observe:
             wait = wait_observer if wait_observer is not None else wait_connected is not None
-            self._observer = Observer(self.address.host, self.address.port, self.stream_qos).start(
-                timeout=5.0 if wait else 0.0)
+            obs = GatewayObserver(self.gateway, self.stream_qos) if self.gateway else \
+                Observer(self.address.host, self.address.port, self.stream_qos)
+            self._observer = obs.start(timeout=5.0 if wait else 0.0)
         self._started_at = time.monotonic()
         self._started_wall = time.time()
         n = max(1, self.procs)

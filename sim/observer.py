@@ -19,6 +19,8 @@ proxy stands between the devices and the broker).
 from __future__ import annotations
 
 import array
+import http.client
+import json
 import random
 import select
 import socket
@@ -26,6 +28,7 @@ import threading
 import time
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 import msgpack
 
@@ -241,7 +244,15 @@ class Observer:
                 msgpack.StackError):
             self.bad += 1
             return
+        samples = [t - (u - int(r[2])) for r in rs] if isinstance(t, int) else []
+        self._count(dev, key[1], seq, qos, len(rs), samples, now)
+
+    def _count(self, dev: str, boot: int, seq: int, qos: int, readings: int, samples: list[float],
+               now: float) -> None:
+        """One message of `dev` arrived at `now` (epoch ms); samples: its readings'
+        sample times (epoch ms)."""
         with self.lock:
+            key = (dev, boot)
             seen = self._seen.get(key)
             if seen is None:
                 seen = self._seen[key] = _Seen()
@@ -255,13 +266,13 @@ class Observer:
             if got is None:
                 got = self.received[dev] = [0, 0, 0]
             got[qos] += 1
-            self.readings += len(rs)
+            self.readings += readings
             sec = int(now // 1000)
             self.received_per_second[sec] = self.received_per_second.get(sec, 0) + 1
-            if isinstance(t, int):
+            if samples:
                 bucket = self.per_second.setdefault(sec, [])
-                for r in rs:
-                    lat = now - (t - (u - int(r[2])))
+                for sample in samples:
+                    lat = now - sample
                     bucket.append(lat)
                     self._n_lat += 1
                     if len(self.latency) < MAX_SAMPLES:
@@ -289,3 +300,78 @@ class Observer:
     def total_received(self) -> int:
         with self.lock:
             return sum(sum(v) for v in self.received.values())
+
+
+class GatewayObserver(Observer):
+    """The observer reading the gateway's Server-Sent Events stream
+    (`GET /api/v1/stream`, docs/api.md) instead of the broker: what arrived is
+    then what the gateway accepted (it removes duplicates itself), and latency
+    runs from the sample time (`ts`) to the event's arrival here. A dropped
+    stream resumes with Last-Event-ID."""
+
+    def __init__(self, gateway_url: str, devices: Mapping[str, Mapping[str, int]]) -> None:
+        u = urlsplit(gateway_url)
+        if u.scheme != "http" or not u.hostname:
+            raise ValueError(f"gateway URL {gateway_url!r}: expected http://host:port")
+        Observer.__init__(self, u.hostname, u.port or 80, devices)
+        self.base = gateway_url.rstrip("/")
+        self.last_id: str | None = None
+        self.gaps = 0
+
+    def _session(self) -> None:
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
+        headers = {"Accept": "text/event-stream"}
+        if self.last_id is not None:
+            headers["Last-Event-ID"] = self.last_id
+        try:
+            conn.request("GET", "/api/v1/stream", headers=headers)
+            r = conn.getresponse()
+            if r.status != 200:
+                raise OSError(f"the gateway answered {r.status} to GET /api/v1/stream")
+            self.connects += 1
+            if not self._subscribed.is_set():
+                self.subscribed_at = time.time()
+                self._subscribed.set()
+            event = data = ""
+            ident: str | None = None
+            while not self._stop.is_set():
+                raw = r.readline()
+                if not raw:
+                    raise OSError("the gateway closed the stream")
+                line = raw.decode("utf-8", "replace").rstrip("\r\n")
+                if line.startswith("event:"):
+                    event = line[6:].strip()
+                elif line.startswith("data:"):
+                    data += line[5:].strip()
+                elif line.startswith("id:"):
+                    ident = line[3:].strip()
+                elif not line:
+                    if event == "reading" and data:
+                        self._reading(data)
+                    elif event == "gap":
+                        self.gaps += 1
+                    if ident is not None:
+                        self.last_id = ident
+                    event, data, ident = "", "", None
+        finally:
+            conn.close()
+
+    def _reading(self, data: str) -> None:
+        now = time.time() * 1000.0
+        try:
+            ev = json.loads(data)
+            dev = ev["device"]
+            streams = self.devices.get(dev)
+            if streams is None:
+                self.foreign += 1
+                return
+            qos = streams.get(ev["stream"], 1)
+            ts = ev.get("ts")
+            self._count(dev, int(ev["boot"]), int(ev["seq"]), qos, 1,
+                        [float(ts)] if isinstance(ts, (int, float)) else [], now)
+        except (ValueError, KeyError, TypeError):
+            self.bad += 1
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5.0)

@@ -633,13 +633,15 @@ def render(repeats: list[Repeat], args: argparse.Namespace, load_before: str, lo
             rm, rlo, rhi = spread(ratios)
             rss = max((g.peak_rss_mb or 0.0) for g in runs)
             lost = sum(g.lost for g in runs)
+            cpu = statistics.median([g.cpu_percent.get("gateway", 0.0) for g in runs])
             lines.append(f"{qos:>3}  {gw:34s} {m:>13,.0f} {f'{lo:,.0f}-{hi:,.0f}':>17}  "
-                         f"{f'{rm:.2f} ({rlo:.2f}-{rhi:.2f})':>24}  peak RSS {rss:.1f} MB, lost {lost:,}")
+                         f"{f'{rm:.2f} ({rlo:.2f}-{rhi:.2f})':>24}  peak RSS {rss:.1f} MB, CPU {cpu:.0f}%, "
+                         f"lost {lost:,}")
             summary.setdefault("gateways", {})[f"{gw} qos{qos}"] = {"rate_median": m, "ratio_median": rm,
                                                                    "ratio_min": rlo, "ratio_max": rhi,
                                                                    "peak_rss_mb": rss, "lost": lost}
             if gw.startswith("gateway/ours"):
-                goals.append(f"QoS {qos} {gw}: ratio {rm:.2f} (min {rlo:.2f}, max {rhi:.2f}) against goal >= "
+                goals.append(f"QoS {qos} {gw}: ratio {rm:.3f} (min {rlo:.3f}, max {rhi:.3f}) against goal >= "
                              f"{GOAL_RATIO}: {'MET' if rm >= GOAL_RATIO else 'NOT MET'}"
                              f"{' (not in every repeat)' if rm >= GOAL_RATIO and rlo < GOAL_RATIO else ''}")
                 goals.append(f"QoS {qos} {gw}: peak RSS {rss:.1f} MB against goal < {GOAL_RSS_MB:.0f} MB: "

@@ -640,6 +640,15 @@ def render(repeats: list[Repeat], args: argparse.Namespace, load_before: str, lo
             summary.setdefault("gateways", {})[f"{gw} qos{qos}"] = {"rate_median": m, "ratio_median": rm,
                                                                    "ratio_min": rlo, "ratio_max": rhi,
                                                                    "peak_rss_mb": rss, "lost": lost}
+            ours = next((k for k in r.gateways if k.startswith("gateway/ours")), None) if (r := reps[0]) else None
+            if ours is not None and gw != ours:
+                vs = [g.rate / o.rate for rr in reps if (g := rr.gateways.get(gw)) and (o := rr.gateways.get(ours))
+                      and g.rate and o.rate]
+                if vs:
+                    vm, vlo, vhi = spread(vs)
+                    lines.append(f"{'':>3}  {'':34s} {'':>13} {'':>17}  {'':>24}  "
+                                 f"= {vm:.2f}x ours ({vlo:.2f}-{vhi:.2f}) in the same repeats")
+                    summary["gateways"][f"{gw} qos{qos}"]["vs_ours_median"] = vm
             if gw.startswith("gateway/ours"):
                 goals.append(f"QoS {qos} {gw}: ratio {rm:.3f} (min {rlo:.3f}, max {rhi:.3f}) against goal >= "
                              f"{GOAL_RATIO}: {'MET' if rm >= GOAL_RATIO else 'NOT MET'}"

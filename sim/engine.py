@@ -24,8 +24,11 @@ from __future__ import annotations
 import heapq
 import resource
 import selectors
+import socket
 import time
 import traceback
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +38,7 @@ from edgewire.sim.loop import LoopDevice
 from edgewire.sim.report import DeviceReport
 
 PROGRESS_S = 0.5
+WORKERS = 32   # threads per shard running the SDK's blocking connect and goodbye
 STOP_S = 20.0  # a stopping shard gives its devices this long to say goodbye
 
 
@@ -98,9 +102,11 @@ class SimDevice:
     down_at: float | None = None          # epoch s the connection was lost
     outages: list[tuple[float, float]] = field(default_factory=list)  # (lost, back) epoch s
     finished: bool = False
+    reboot_pending: bool = False
+    offload: Any = None
 
     def new_boot(self) -> None:
-        self.dev = LoopDevice(self.board, self.spec.cfg)
+        self.dev = LoopDevice(self.board, self.spec.cfg, offload=self.offload)
 
     def fold(self) -> None:
         d = self.dev
@@ -173,6 +179,24 @@ class Shard:
         self.lag_max = 0.0
         self.stopping = False
         self.series: list[dict[str, Any]] = []
+        self.pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="edgewire-sim-connect")
+        self._back: deque[SimDevice] = deque()   # handed back by a worker
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        for sim in self.sims:
+            sim.offload = (lambda job, sim=sim: self.pool.submit(self._work, sim, job))
+
+    def _work(self, sim: SimDevice, job: Any) -> None:
+        """On a worker: the device's blocking part, then hand it back to the loop."""
+        try:
+            job()
+        finally:
+            self._back.append(sim)
+            try:
+                self._wake_w.send(b"x")
+            except (BlockingIOError, OSError):
+                pass   # the loop is being woken anyway
 
     # ------------------------------------------------------------ scheduling
 
@@ -181,11 +205,26 @@ class Shard:
         self.n += 1
         heapq.heappush(self.heap, (t, self.n, sim))
 
+    def _power_cut(self, sim: SimDevice) -> None:
+        """A reboot without goodbye: the broker sends the will; RAM (the queue) is lost."""
+        sim.reboot_pending = False
+        sim.resets += 1
+        sim.board.resets += 1
+        sim.fold()
+        self._watch(sim, None)
+        sim.new_boot()
+
     def _run(self, sim: SimDevice, now: float) -> None:
         if sim.finished:
             return
         d = sim.dev
         assert d is not None
+        if d.busy:
+            return   # a worker has it; it comes back through _back
+        if sim.reboot_pending:
+            self._power_cut(sim)
+            d = sim.dev
+            assert d is not None
         try:
             ms = d.step(block=False)
         except ResetRequested:
@@ -202,6 +241,9 @@ class Shard:
             return
         d = sim.dev
         assert d is not None
+        if d.busy:
+            self._watch(sim, None)   # the worker reads the socket now, not the loop
+            return
         up = d.connected and not d.handshaking
         if up != sim.up:
             wall = time.time()
@@ -211,8 +253,7 @@ class Shard:
             elif not up and not self.stopping:
                 sim.down_at = wall
             sim.up = up
-        cl = d.client
-        self._watch(sim, cl.sock if cl is not None else None)
+        self._watch(sim, d.sock)
         if ms < 0:
             sim.finished = True
             self._watch(sim, None)
@@ -271,12 +312,11 @@ class Shard:
             for i in msg[1] if msg[1] is not None else self.by_id:
                 sim = self.by_id.get(i)
                 if sim is not None and sim.dev is not None and not sim.finished:
-                    sim.resets += 1
-                    sim.board.resets += 1
-                    sim.fold()
-                    self._watch(sim, None)
-                    sim.new_boot()
-                    self._at(sim, now)
+                    if sim.dev.busy:
+                        sim.reboot_pending = True   # when the worker hands it back
+                    else:
+                        self._power_cut(sim)
+                        self._at(sim, now)
         elif kind == "snapshot":
             conn.send(("snapshot", msg[1], [s.report() for s in self.sims]))
 
@@ -304,6 +344,16 @@ class Shard:
     def run(self, conn: Any) -> None:
         raise_file_limit()
         self.sel.register(conn, selectors.EVENT_READ, None)
+        self.sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+        try:
+            self._loop(conn)
+        finally:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.sel.close()
+            self._wake_r.close()
+            self._wake_w.close()
+
+    def _loop(self, conn: Any) -> None:
         step = 1.0 / self.ramp if self.ramp > 0 else 0.0
         next_start = time.monotonic()
         next_progress = next_start
@@ -341,6 +391,14 @@ class Shard:
                 if key.data is None:
                     while conn.poll():
                         self._command(conn.recv(), conn)
+                elif key.data == "wake":
+                    try:
+                        while self._wake_r.recv(4096):
+                            pass
+                    except (BlockingIOError, OSError):
+                        pass
+                    while self._back:
+                        self._run(self._back.popleft(), now)
                 else:
                     self._run(key.data, now)
             now = time.monotonic()

@@ -282,3 +282,45 @@ def test_cli_runs_a_scenario_with_every_network_and_device_fault(broker: Mosquit
     page = out_html.read_text()
     assert page.startswith("<!doctype html>") and page.count("<svg") == 3
     assert "reboot_storm" in page and "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
+
+
+@pytest.mark.slow
+def test_command_burst_goes_through_the_gateway_to_the_devices(broker: Mosquitto, tmp_path: Path) -> None:
+    from edgewire.sim.pytest_plugin import GatewayProcess
+
+    gw = GatewayProcess(tmp_path, broker.url).start()
+    try:
+        doc = tomllib.loads(f"""
+[scenario]
+name = "commands"
+duration_s = 12
+seed = 5
+gateway = "{gw.http_url}"
+[[group]]
+name = "g"
+count = 6
+rate = 2
+qos = 1
+fault_rate = 0
+[[event]]
+kind = "command_burst"
+command = "ping"
+count = 30
+at_s = 3
+for_s = 3
+timeout_s = 5
+""")
+        sc = parse_scenario(doc, "commands")
+        run = ScenarioRun(sc, broker.url, procs=0)
+        try:
+            run.start()
+            supervise(run.fleet, sc.duration, tick=run.tick)
+            run.fleet.stop()
+        finally:
+            run.close()
+    finally:
+        gw.stop()
+    ev = run.fleet.report().events[0]
+    assert ev["kind"] == "command_burst" and ev["ended"] is not None
+    assert ev["result"]["sent"] == 30 and ev["result"]["ok"] == 30 and ev["result"]["failed"] == 0, ev["result"]
+    assert ev["result"]["latency_ms"]["count"] == 30

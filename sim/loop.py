@@ -30,7 +30,10 @@ from collections.abc import Callable
 from typing import Any
 
 from edgewire.device import Device
-from edgewire.mqtt import MQTTError
+from edgewire.mqtt import MQTTClient, MQTTError
+
+_BaseClient = MQTTClient
+_STEP_MS = 200   # edgewire.device's longest wait in one step
 
 __all__ = ["LoopDevice", "client_due", "client_sock"]
 
@@ -58,6 +61,17 @@ def client_due(cl: Any, now: int) -> int:
         return now + 1000
 
 
+class _NoWaitClient(MQTTClient):  # type: ignore[misc]
+    """The SDK's client while the loop runs a device's round: poll() does not
+    wait; the wait it was asked for is kept in `asked`."""
+
+    asked: int | None = None
+
+    def poll(self, timeout_ms: int = 0) -> int:
+        self.asked = timeout_ms
+        return MQTTClient.poll(self, 0)  # type: ignore[no-any-return]
+
+
 class LoopDevice(Device):  # type: ignore[misc]
     """edgewire.device.Device whose step(block=False) never waits (see the module doc).
 
@@ -71,6 +85,9 @@ class LoopDevice(Device):  # type: ignore[misc]
         self.busy = False          # a worker runs the SDK's connect or goodbye
         self.crash: BaseException | None = None
         self._bye = 0              # after stop(): 1 goodbye handed out, 2 done
+        self._nb = False
+        self._want_connect = False
+        self._asked_sleep: int | None = None
 
     def _begin(self) -> None:
         Device._begin(self)
@@ -105,45 +122,73 @@ class LoopDevice(Device):  # type: ignore[misc]
         if self.busy:
             return 60000   # the worker hands the device back
         b = self.board
-        if not self.boot:
+        if self._client is None:
             self._begin()
-        cl = self._client
         if self._stopping:
             if self._bye == 2:
                 return -1
             self._bye = 1
             self._hand_out(self._finish)
-            return 60000 if self.busy else (-1 if self._bye == 2 else 0)
-        now = b.ticks_ms()
-        self._sample(now)
+            return 60000 if self.busy else -1
+        if not self.connected and b.ticks_ms() >= self._next_try:
+            self._hand_out(self._connect)
+            if self.busy:
+                return 60000
+        cl = self._client
         if self.connected:
+            # On a board the previous round ended waiting in poll(), so acks and
+            # commands that came are read before the next round looks at the
+            # window (a reboot waits for it to empty); here they are read now.
             try:
                 cl.poll(0)
             except MQTTError as e:
                 self._lost(e)
-        if self.connected:
-            self._flush()
-            self._run_commands()
-        if self._reboot and (now >= self._reboot or (self.connected and not cl.inflight())):
-            b.reset()
-        if not self.connected and now >= self._next_try:
+        # The SDK's own round, with its waits handed back: poll(timeout) polls
+        # with 0 and board.sleep_ms() returns at once; what they asked for is kept.
+        cl.__class__ = _NoWaitClient
+        cl.asked = None
+        self._asked_sleep = None
+        self._want_connect = False
+        b.sleep_ms = self._no_sleep   # an instance attribute: the board's own method is untouched
+        self._nb = True
+        try:
+            Device.step(self)
+        finally:
+            self._nb = False
+            del b.sleep_ms
+            cl = self._client
+            asked = cl.asked if cl.asked is not None else self._asked_sleep
+            cl.__class__ = _BaseClient
+        if self._want_connect:
             self._hand_out(self._connect)
             if self.busy:
                 return 60000
-            now = b.ticks_ms()
+        if asked is not None and asked < _STEP_MS:
+            return max(0, int(asked))   # due before the SDK's longest wait: trust it
+        # The SDK caps a wait at _STEP_MS (its stop() latency on a board); the
+        # loop needs no cap, so the device next runs when something is due.
         now = b.ticks_ms()
         nxt = now + 60000
-        for s in self.streams:
-            nxt = min(nxt, s[5])
+        for st in self.streams:
+            nxt = min(nxt, st[5])
         if self._reboot:
             nxt = min(nxt, self._reboot)
         if self.connected:
             nxt = min(nxt, client_due(cl, now))
-            if self._qn and cl.inflight() < cl.max_inflight:
-                nxt = now
+            if self._next_try > now:
+                nxt = min(nxt, self._next_try)   # a pause after running out of heap
         else:
             nxt = min(nxt, self._next_try)
         return max(0, int(nxt - now))
+
+    def _no_sleep(self, ms: int) -> None:
+        self._asked_sleep = ms
+
+    def _try_connect(self) -> None:
+        if self._nb:   # inside the SDK's round: connect on a worker once the round is over
+            self._want_connect = True
+            return
+        Device._try_connect(self)
 
     def _hand_out(self, job: Callable[[], None]) -> None:
         self.busy = True
@@ -165,10 +210,9 @@ class LoopDevice(Device):  # type: ignore[misc]
         Device._try_connect(self)   # the SDK's connect, CONNACK to SUBACK, as on a board
 
     def _finish(self) -> None:
-        """The end of Device.run(): goodbye (queued readings, acks, death, DISCONNECT), close."""
+        """Device.run() after stop(): its goodbye (queued readings, acks, death
+        "shutdown", DISCONNECT) and close, exactly as on a board."""
         try:
-            self._goodbye()
+            Device.run(self)
         finally:
-            if self._client is not None:
-                self._client.close()
             self._bye = 2

@@ -56,7 +56,7 @@ from edgewire.gateway.errors import GatewayError
 log = logging.getLogger("edgewire.gateway.journal")
 
 __all__ = ["Entry", "Journal", "JournalCorrupt", "JournalError", "JournalLocked", "KIND_BIRTH", "KIND_DEATH",
-           "KIND_RESULT", "KIND_TELEMETRY", "Row", "check_file", "export_file", "repair_file"]
+           "KIND_NAMES", "KIND_RESULT", "KIND_TELEMETRY", "Row", "SCHEMA", "pack", "unpack"]
 
 SCHEMA_VERSION = 1
 
@@ -66,7 +66,7 @@ KIND_DEATH = 2
 KIND_RESULT = 3
 KIND_NAMES = {KIND_TELEMETRY: "telemetry", KIND_BIRTH: "birth", KIND_DEATH: "death", KIND_RESULT: "result"}
 
-_SCHEMA = """
+SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value BLOB) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS journal(
     id INTEGER PRIMARY KEY,     -- first gateway sequence number of the entry
@@ -217,7 +217,7 @@ class Journal:
                 p.parent.mkdir(parents=True, exist_ok=True)
             except OSError as e:
                 raise JournalError(f"journal {self.path}: cannot create its folder: {e.strerror}") from None
-        self._lock()
+        self.lock()
         try:
             conn = _connect(self.path, self.synchronous, check=True)
             try:
@@ -225,7 +225,7 @@ class Journal:
             finally:
                 conn.close()
         except BaseException:
-            self._unlock()
+            self.unlock()
             raise
         self._thread = threading.Thread(target=self._writer, name="journal-writer", daemon=True)
         self._thread.start()
@@ -233,7 +233,8 @@ class Journal:
         log.info("journal %s: ids %d..%d, %d devices, synchronous=%s", self.path, self.first_id, self.last_id,
                  len(self.devices), self.synchronous.upper())
 
-    def _lock(self) -> None:
+    def lock(self) -> None:
+        """Take the journal file's lock (one process at a time); JournalLocked if held."""
         try:
             fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
@@ -246,14 +247,14 @@ class Journal:
                                 "[journal] path?)") from None
         self._lock_fd = fd
 
-    def _unlock(self) -> None:
+    def unlock(self) -> None:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
 
     def _load(self, conn: sqlite3.Connection) -> None:
         try:
-            conn.executescript(_SCHEMA)
+            conn.executescript(SCHEMA)
             version = conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
             if version is None:
                 conn.execute("INSERT INTO meta(key, value) VALUES ('schema', ?)", (SCHEMA_VERSION,))
@@ -290,7 +291,7 @@ class Journal:
         if self._reader is not None:
             self._reader.shutdown(wait=True)
             self._reader = None
-        self._unlock()
+        self.unlock()
 
     # ------------------------------------------------------------------ writing
     def reserve(self, n: int) -> int:
@@ -611,19 +612,3 @@ def _size(conn: sqlite3.Connection) -> int:
     free = conn.execute("PRAGMA freelist_count").fetchone()[0]
     size = conn.execute("PRAGMA page_size").fetchone()[0]
     return int((pages - free) * size)
-
-
-# ---------------------------------------------------------------------- offline tools
-
-def check_file(path: str) -> tuple[bool, str]:
-    """(ok, report) for `edgewire journal check`."""
-    raise NotImplementedError
-
-
-def repair_file(path: str) -> str:
-    raise NotImplementedError
-
-
-def export_file(path: str, out: Any) -> int:
-    raise NotImplementedError
-

@@ -85,6 +85,8 @@ CREATE TABLE IF NOT EXISTS cursors(name TEXT PRIMARY KEY, id INTEGER NOT NULL, u
     WITHOUT ROWID;
 """
 
+_SCHEMA = SCHEMA  # the old name (bench/journal_bench.py uses it)
+
 _INSERT = "INSERT OR IGNORE INTO journal(id, n, kind, device, boot, seq, received, body) VALUES (?,?,?,?,?,?,?,?)"
 
 
@@ -190,6 +192,7 @@ class Journal:
         self.removed_by_age = 0
         self.removed_by_size = 0
         self.write_errors = 0
+        self.failing = False         # the last write failed (cleared by the next commit)
         self.last_error = ""
         self.pending_rows = 0        # rows appended, not committed yet
         self._pending: list[_Append] = []
@@ -358,6 +361,7 @@ class Journal:
                     except sqlite3.Error as e:
                         # Nothing was committed: keep the items (their acks wait), retry with backoff.
                         self.write_errors += 1
+                        self.failing = True
                         self.last_error = f"{type(e).__name__}: {e}"
                         log.error("journal %s: write failed (%s); retrying in %.2f s, nothing acknowledged "
                                   "meanwhile", self.path, self.last_error, delay)
@@ -369,6 +373,7 @@ class Journal:
                         delay = min(delay * 2, 5.0)
                         continue
                     delay = 0.05
+                    self.failing = False
                     _post(loop, self._committed, items, refused, seconds)
                 if time.monotonic() >= next_retention:
                     next_retention = time.monotonic() + self.retention_interval
@@ -553,9 +558,9 @@ class Journal:
 
     # ------------------------------------------------------------------ observability
     def health(self) -> tuple[bool, dict[str, Any]]:
-        ok = self._thread is not None and not self.last_error
+        ok = self._thread is not None and not self.failing
         return ok, {"path": self.path, "last_id": self.last_id, "backlog": self.pending_rows,
-                    "last_error": self.last_error}
+                    "writing": ok, "last_error": self.last_error}
 
     def stats(self) -> dict[str, Any]:
         lat = sorted(self.latencies)

@@ -207,6 +207,7 @@ class Gateway:
                 "client_id": c.client_id, "connects": c.stats.connects, "disconnects": c.stats.disconnects,
                 "received": c.stats.received, "reads": c.stats.reads, "oversized": c.stats.oversized,
                 "qos2_duplicates": c.stats.duplicates_qos2, "paused": c.stats.paused,
+                "acks_sent": c.stats.acks_sent, "acks_moot": c.stats.acks_moot,
                 "last_error": c.stats.last_error}
 
     def stats(self) -> dict[str, Any]:

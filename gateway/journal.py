@@ -195,6 +195,7 @@ class Journal:
         self.failing = False         # the last write failed (cleared by the next commit)
         self.last_error = ""
         self.pending_rows = 0        # rows appended, not committed yet
+        self.space_waits = 0         # times ingest waited for the writer (max_pending reached)
         self._pending: list[_Append] = []
         self._cv = threading.Condition()
         self._closing = False
@@ -329,6 +330,7 @@ class Journal:
         """Wait while more than max_pending rows wait for the writer (ingest
         calls this between batches: the transport then applies back-pressure)."""
         if self._space is not None and not self._space.is_set():
+            self.space_waits += 1
             await self._space.wait()
 
     async def flush(self) -> None:
@@ -573,7 +575,7 @@ class Journal:
             "commit_ms_avg": round(1000 * self.commit_seconds / self.commits, 3) if self.commits else 0.0,
             "commit_ms_max": round(1000 * self.commit_max, 3),
             "append_to_commit_ms_p99": round(1000 * p99, 3),
-            "backlog": self.pending_rows, "size_bytes": self.size_bytes,
+            "backlog": self.pending_rows, "space_waits": self.space_waits, "size_bytes": self.size_bytes,
             "max_bytes": self.max_bytes, "max_age": self.max_age,
             "removed_entries": self.removed_entries, "removed_ids": self.removed_ids,
             "removed_by_age": self.removed_by_age, "removed_by_size": self.removed_by_size,

@@ -204,7 +204,7 @@ class Journal:
         self._reader: ThreadPoolExecutor | None = None
         self._reader_local = threading.local()
         self._lock_fd: int | None = None
-        self._drained = asyncio.Event()
+        self.listeners: list[Callable[[], None]] = []  # told after every commit (sinks)
         self._space: asyncio.Event | None = None
         self.size_bytes = 0
 
@@ -469,6 +469,8 @@ class Journal:
                     it.then(mine)
                 except Exception:  # a callback's bug must not stop the next ones
                     log.exception("journal commit callback failed")
+        for listener in self.listeners:
+            listener()
 
     # ------------------------------------------------------------------ retention
     def _retain(self, conn: sqlite3.Connection) -> None:

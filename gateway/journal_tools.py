@@ -24,9 +24,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from edgewire.gateway.journal import KIND_NAMES, KIND_TELEMETRY, SCHEMA, SCHEMA_VERSION, Journal, JournalError, pack, unpack
+from edgewire.gateway.journal import (KIND_NAMES, KIND_TELEMETRY, SCHEMA, SCHEMA_VERSION, Entry, Journal, JournalError,
+                                      pack, unpack)
 
-__all__ = ["check_file", "export_file", "journal_main", "repair_file", "salvage"]
+__all__ = ["check_file", "entry_record", "export_file", "journal_main", "repair_file", "salvage"]
 
 _ROW = "id, n, kind, device, boot, seq, received, body"
 
@@ -256,6 +257,19 @@ def _clean(v: Any) -> Any:
     return v
 
 
+def entry_record(e: Entry) -> dict[str, Any]:
+    """A journal entry as a JSON-ready dict (export and the jsonl sink)."""
+    rec: dict[str, Any] = {"id": e.id, "kind": KIND_NAMES.get(e.kind, e.kind), "device": e.device,
+                           "received": e.received}
+    if e.kind == KIND_TELEMETRY:
+        rec["boot"], rec["seq"] = e.boot, e.seq
+        rec["readings"] = [{"id": e.id + k, "stream": r[0], "value": r[1], "ts": r[2], "error": r[3]}
+                           for k, r in enumerate(e.data)] if isinstance(e.data, list) else e.data
+    else:
+        rec["data"] = e.data
+    return _clean(rec)  # type: ignore[no-any-return]
+
+
 def export_file(path: str, out: TextIO, *, after: int = 0) -> int:
     """Readable entries with ids > after as JSON lines; returns how many."""
     if not os.path.exists(path):
@@ -274,14 +288,8 @@ def export_file(path: str, out: TextIO, *, after: int = 0) -> int:
                 data = unpack(body)
             except Exception as e:  # a damaged body: say so, keep going
                 data = {"unreadable": str(e)}
-            rec: dict[str, Any] = {"id": i, "kind": KIND_NAMES.get(kind, kind), "device": device, "received": received}
-            if kind == KIND_TELEMETRY:
-                rec["boot"], rec["seq"] = boot, seq
-                rec["readings"] = [{"id": i + k, "stream": r[0], "value": r[1], "ts": r[2], "error": r[3]}
-                                   for k, r in enumerate(data)] if isinstance(data, list) else data
-            else:
-                rec["data"] = data
-            out.write(json.dumps(_clean(rec), separators=(",", ":"), allow_nan=False) + "\n")
+            rec = entry_record(Entry(i, cnt, kind, device, boot, seq, received, data))
+            out.write(json.dumps(rec, separators=(",", ":"), allow_nan=False) + "\n")
             n += 1
     finally:
         conn.close()

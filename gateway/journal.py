@@ -338,7 +338,12 @@ class Journal:
         if self._thread is None:
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.append([], then=lambda _: fut.done() or fut.set_result(None))
+
+        def done(_: set[int]) -> None:
+            if not fut.done():
+                fut.set_result(None)
+
+        self.append([], then=done)
         await fut
 
     def _writer(self) -> None:

@@ -295,11 +295,15 @@ def test_example_broker_config_is_one_mosquitto_accepts(tmp_path: Path) -> None:
     src = Path(__file__).resolve().parents[2] / "docs" / "examples" / "mosquitto-edgewire.conf"
     text = src.read_text()
     assert "max_queued_messages 100000" in text and "persistence true" in text
+    import tempfile
+
     port = free_port()
-    tmp_path.chmod(0o777)  # mosquitto started as root saves as its own user
+    # mosquitto started as root saves its store as its own user: a folder it can reach
+    store = Path(tempfile.mkdtemp(prefix="edgewire-mosq-"))
+    store.chmod(0o777)
     conf = tmp_path / "m.conf"
     conf.write_text(text.replace("listener 1883", f"listener {port} 127.0.0.1")
-                    + f"persistence_location {tmp_path}/\nlog_dest stderr\n")
+                    + f"persistence_location {store}/\nlog_dest stderr\n")
     mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     p = subprocess.Popen([mosquitto, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -307,4 +311,5 @@ def test_example_broker_config_is_one_mosquitto_accepts(tmp_path: Path) -> None:
     finally:
         p.terminate()
         _, err = p.communicate(timeout=10)
+        shutil.rmtree(store, ignore_errors=True)
     assert b"Error" not in err, err

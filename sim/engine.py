@@ -39,7 +39,7 @@ from edgewire.sim.report import DeviceReport
 
 PROGRESS_S = 0.5
 WORKERS = 32   # threads per shard running the SDK's blocking connect and goodbye
-STOP_S = 20.0  # a stopping shard gives its devices this long to say goodbye
+STOP_S = 60.0  # a stopping shard gives its devices this long to say goodbye
 
 
 def raise_file_limit() -> tuple[int, int]:
@@ -381,6 +381,9 @@ class Shard:
                     for s in self.sims:
                         if not s.finished and s.dev is not None and s.dev.client is not None:
                             s.dev.client.close()
+                    # Workers still in a goodbye fail fast on the closed sockets; wait
+                    # for them, so that the counters reported are final.
+                    self.pool.shutdown(wait=True, cancel_futures=True)
                     break
             wake = next_progress
             if self.heap:

@@ -445,7 +445,7 @@ class Fleet:
             self.stop()
         return self.report()
 
-    def stop(self, timeout: float = 40.0) -> None:
+    def stop(self, timeout: float = 120.0) -> None:
         """Stop every device cleanly: each sends what it has queued, waits for
         the acks (up to its timeout_ms), publishes its death ('shutdown') and
         DISCONNECTs. Safe to call twice."""

@@ -43,6 +43,12 @@ def client_sock(cl: Any) -> socket.socket | None:
     return getattr(cl, "_sock", None)
 
 
+def _window(cl: Any) -> int:
+    """QoS 1/2 messages the client still waits on."""
+    w = getattr(cl, "window", None)
+    return len(w) if w is not None else int(cl.inflight())
+
+
 def client_due(cl: Any, now: int) -> int:
     """When (clock() ms) the client's poll() next has keepalive or retry work:
     half the keepalive after the last traffic, a pending PINGRESP's deadline, an
@@ -111,7 +117,7 @@ class LoopDevice(Device):  # type: ignore[misc]
 
     @property
     def handshaking(self) -> bool:
-        return self.busy and not self._bye
+        return self.busy and self._bye < 3
 
     def step(self, block: bool = True) -> int:
         if block:
@@ -127,10 +133,19 @@ class LoopDevice(Device):  # type: ignore[misc]
         if self._stopping:
             if self._bye == 2:
                 return -1
-            self._bye = 1
-            self._hand_out(self._finish)
-            return 60000 if self.busy else -1
-        if not self.connected and b.ticks_ms() >= self._next_try:
+            if self._bye == 0:
+                # Drain first, in the loop: sample no more, send what is queued and
+                # read the acks in ordinary rounds (all devices at once), up to
+                # timeout_ms; then the worker's goodbye has only the death to wait for.
+                self._bye = 1
+                self._drain_until = b.ticks_ms() + self.cfg["timeout_ms"]
+                for st in self.streams:
+                    st[5] = 1 << 62
+            if not (self.connected and (self._qn or _window(self._client)) and b.ticks_ms() < self._drain_until):
+                self._bye = 3
+                self._hand_out(self._finish)
+                return 60000 if self.busy else -1
+        if not self.connected and b.ticks_ms() >= self._next_try and not self._bye:
             self._hand_out(self._connect)
             if self.busy:
                 return 60000
@@ -159,7 +174,7 @@ class LoopDevice(Device):  # type: ignore[misc]
             cl = self._client
             asked = cl.asked if cl.asked is not None else self._asked_sleep
             cl.__class__ = _BaseClient
-        if self._want_connect:
+        if self._want_connect and not self._bye:
             self._hand_out(self._connect)
             if self.busy:
                 return 60000
@@ -179,7 +194,11 @@ class LoopDevice(Device):  # type: ignore[misc]
                 nxt = min(nxt, self._next_try)   # a pause after running out of heap
         else:
             nxt = min(nxt, self._next_try)
+        if self._bye == 1:
+            nxt = min(nxt, self._drain_until)
         return max(0, int(nxt - now))
+
+    _drain_until = 0
 
     def _no_sleep(self, ms: int) -> None:
         self._asked_sleep = ms

@@ -368,7 +368,9 @@ class ScenarioRun:
             t.start()
 
     def _storm(self, e: Event, elapsed: float) -> None:
-        plan = e.result["plan"]
+        plan = e.result.get("plan")
+        if not plan:
+            return
         k = e.result["rebooted"]
         due = []
         while k < len(plan) and elapsed - e.at_s >= plan[k][0]:

@@ -68,7 +68,7 @@ def _getter(cls: type) -> tuple[list[str], Callable[[Any], tuple[Any, ...]]]:
     get = operator.attrgetter(*names)
     if len(names) == 1:
         return names, lambda o: (get(o),)
-    return names, get  # type: ignore[return-value]
+    return names, get
 
 
 def _settings(reg: Registry) -> frozenset[str]:
@@ -77,7 +77,7 @@ def _settings(reg: Registry) -> frozenset[str]:
 
 @functools.cache
 def _init_params(cls: type) -> frozenset[str]:
-    return frozenset(inspect.signature(cls.__init__).parameters)
+    return frozenset(inspect.signature(cls).parameters)
 
 
 def registry_state(reg: Registry) -> bytes:

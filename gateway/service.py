@@ -51,6 +51,7 @@ class Gateway:
                                  max_timeout=cfg.commands.max_timeout, max_pending=cfg.commands.max_pending)
         self._core = Core(registry=self.registry, hub=self.hub, commands=self.commands, refusals=self.refusals)
         self._broker: Any = None
+        self._broker_watch: Any = None
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = asyncio.Event()
@@ -97,14 +98,15 @@ class Gateway:
                 host, port = cfg.mqtt.host_port
                 self.mqtt_url = cfg.mqtt.url
             else:
-                from edgewire.gateway.embedded_broker import start_embedded_broker
+                from edgewire.gateway.embedded_broker import IngestWatch, start_embedded_broker
 
                 eb = cfg.embedded_broker
                 self._broker = await start_embedded_broker(host=eb.host, port=eb.port,
                                                            allow_fallback=eb.allow_fallback)
                 host, port = eb.host, int(self._broker.port)
                 self.mqtt_url = str(self._broker.url)
-                log.info("no [mqtt] url: embedded broker at %s", self.mqtt_url)
+                self._broker_watch = IngestWatch(threshold=eb.warn_rate)
+                log.info("no [mqtt] url: embedded broker at %s (process %s)", self.mqtt_url, self._broker.pid)
             m = cfg.mqtt
             self.mqtt = MqttClient(host=host, port=port, client_id=m.client_id, subscriptions=SUBSCRIPTIONS,
                                    keepalive=m.keepalive, clean_session=m.clean_session,
@@ -116,6 +118,10 @@ class Gateway:
             self.mqtt.start()
             ingest = MqttIngest(client=self.mqtt, core=self._core)
             self._tasks.append(asyncio.get_running_loop().create_task(ingest.run(), name="ingest-mqtt"))
+            if self._broker_watch is not None:
+                client = self.mqtt
+                self._tasks.append(asyncio.get_running_loop().create_task(
+                    self._broker_watch.run(lambda: client.stats.received), name="embedded-broker-watch"))
             self._runner = web.AppRunner(build_app(self), access_log=None, shutdown_timeout=1.0,
                                          handle_signals=False, handler_cancellation=True)
             await self._runner.setup()
@@ -144,7 +150,7 @@ class Gateway:
                 pass
         self._tasks.clear()
         if self._broker is not None:
-            await self._broker.stop()
+            await self._broker.aclose()
             self._broker = None
         self._closed.set()
 
@@ -173,7 +179,11 @@ class Gateway:
         c = self.mqtt
         if c is None:
             return {"connected": False, "url": self.mqtt_url}
-        return {"connected": c.connected, "url": self.mqtt_url, "embedded": self._broker is not None,
+        embedded: dict[str, Any] | bool = False
+        if self._broker is not None and self._broker_watch is not None:
+            embedded = {"pid": self._broker.pid, "ingest_rate": round(self._broker_watch.rate, 1),
+                        "warn_rate": self._broker_watch.threshold, "warnings": self._broker_watch.warnings}
+        return {"connected": c.connected, "url": self.mqtt_url, "embedded": embedded,
                 "client_id": c.client_id, "connects": c.stats.connects, "disconnects": c.stats.disconnects,
                 "received": c.stats.received, "reads": c.stats.reads, "oversized": c.stats.oversized,
                 "qos2_duplicates": c.stats.duplicates_qos2, "paused": c.stats.paused,

@@ -70,7 +70,12 @@ class Recorder:
             return list(self.messages)
 
     def close(self) -> None:
+        # Stop the network thread only once paho has sent DISCONNECT and closed
+        # the socket; stopping it earlier leaves the socket open.
+        gone = threading.Event()
+        self.client.on_disconnect = lambda *a: gone.set()
         self.client.disconnect()
+        gone.wait(10)
         self.client.loop_stop()
 
 
@@ -347,33 +352,44 @@ def _string(s: str) -> bytes:
     return struct.pack("!H", len(s)) + s.encode()
 
 
-def _burst_publisher(port: int, client_id: str, count: int, end: str) -> None:
-    """CONNECT, wait for CONNACK, then write `count` QoS 0 PUBLISH packets and
-    a DISCONNECT (or nothing) in one go and close the socket at once."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-    sock.sendall(_packet(0x10, _string("MQTT") + bytes([4, 0x02]) + struct.pack("!H", 60) + _string(client_id)))
+def _burst_publisher(broker: EmbeddedBroker, client_id: str, count: int, end: str) -> None:
+    """CONNECT, wait for CONNACK, then write `count` small QoS 0 PUBLISH
+    packets and a DISCONNECT (or nothing) in one go and close the socket.
+
+    The broker is paused (SIGSTOP) while the burst is written, so that all of
+    it and the end of the connection are waiting when it reads: the worst case,
+    made certain. Keepalive 0 because then amqtt parses a buffered burst
+    without yielding to its event loop (on Python 3.12+ it does so with any
+    keepalive), which is where the loss happened."""
+    assert broker.pid is not None
+    sock = socket.create_connection(("127.0.0.1", broker.port), timeout=10)
+    sock.sendall(_packet(0x10, _string("MQTT") + bytes([4, 0x02]) + struct.pack("!H", 0) + _string(client_id)))
     connack = b""
     while len(connack) < 4:
         chunk = sock.recv(4 - len(connack))
         assert chunk, "broker closed before CONNACK"
         connack += chunk
     assert connack == b"\x20\x02\x00\x00", connack
-    burst = b"".join(_packet(0x30, _string("burst/t") + b"%06d" % i) for i in range(count))
+    burst = b"".join(_packet(0x30, _string("burst/t") + b"%04d" % i) for i in range(count))
     if end == "disconnect":
         burst += b"\xe0\x00"
-    sock.sendall(burst)
-    sock.close()
+    os.kill(broker.pid, signal.SIGSTOP)
+    try:
+        sock.sendall(burst)  # 55 KB: fits the loopback socket buffers
+        sock.close()
+    finally:
+        os.kill(broker.pid, signal.SIGCONT)
 
 
 @pytest.mark.parametrize("end", ["disconnect", "close"])
 def test_qos0_burst_written_just_before_leaving_arrives_whole(embedded: EmbeddedBroker, end: str) -> None:
     """5,000 QoS 0 messages written at once, then DISCONNECT (or a bare
     close): every one reaches the subscriber, in order. amqtt cancelled the
-    handling of every packet not yet processed when the connection ended, and
-    3 of 5,000 got through."""
+    handling of every packet not yet processed when the connection ended:
+    1 of 5,000 got through here."""
     sub = Recorder(embedded.port, "sub")
     sub.subscribe("burst/#", 2)
-    _burst_publisher(embedded.port, "burster", 5000, end)
+    _burst_publisher(embedded, "burster", 5000, end)
     got = sub.wait_for(5000, timeout=90)
     # Barrier: nothing more (no duplicates) after a message published later.
     tail = Recorder(embedded.port, "tail")
@@ -383,6 +399,6 @@ def test_qos0_burst_written_just_before_leaving_arrives_whole(embedded: Embedded
     sub.close()
     payloads = [p for t, p, _, _ in got if t == "burst/t"]
     assert len(payloads) == 5000, f"{len(payloads)} of 5000 arrived"
-    assert payloads == [b"%06d" % i for i in range(5000)]
+    assert payloads == [b"%04d" % i for i in range(5000)]
     assert {q for t, _, q, _ in got if t == "burst/t"} == {0}
     assert got[-1][:2] == ("burst/zz-after", b"after")

@@ -81,7 +81,7 @@ _DRAIN_LIMIT = 30.0  # seconds a disconnecting client's already-read messages ma
 # it saturates its core: the lowest of its QoS 0/1/2 figures, measured with
 # scripts/embedded_broker_limit.py (docs/gateway.md, "When to switch to
 # mosquitto"). The gateway warns at [embedded_broker] warn_fraction of it.
-MEASURED_LIMIT = 2000
+MEASURED_LIMIT = 1500
 
 
 class EmbeddedBrokerError(RuntimeError):

@@ -6,8 +6,8 @@ oldest queued events are dropped and counted (`Subscription.dropped`). The hub
 never waits for a subscriber, so a stalled client costs only its own queue.
 
 The event log sits behind the small `EventLog` protocol: today `RingLog`, a
-bounded in-memory ring; the SQLite journal (ARCHITECTURE.md, "The journal is
-the truth") implements the same three members and slots in unchanged.
+bounded in-memory ring; the SQLite journal (docs/architecture.md, "Where this
+is going") implements the same three members and slots in unchanged.
 
     async with hub.subscribe(["dev-01/#"], after=last_id) as sub:
         async for batch in sub:          # list[Event] | Gap, in id order

@@ -21,6 +21,14 @@ SECTION_REF = re.compile(r'((?:docs/)?[\w.-]+\.md),?\s+"([^"]+)"')
 FILE_REF = re.compile(r"(?<![\w/.-])((?:docs/|hardware/|protos/)?[\w-]+\.md)\b")
 
 
+# Sections cited by work that is still landing, with who writes them. Listed,
+# not skipped: once a section exists its entry must go (the test says so).
+PENDING = {
+    ("docs/gateway.md", "The journal"): "helper D (issue #7, journal docs)",
+    ("docs/gateway.md", "Broker settings"): "helper D (issue #7, mosquitto default limits)",
+}
+
+
 def _flat(text: str) -> str:
     """Comment and docstring lines joined, so a reference wrapped over two lines reads as one."""
     return re.sub(r"\s*\n\s*(?:#\s*)?", " ", text)
@@ -48,8 +56,12 @@ def test_cited_docs_and_sections_exist(source: Path) -> None:
         doc = _resolve(name, source)
         if doc is None:
             continue  # reported above
-        if not any(h == section or h.startswith(section + " ") or h.startswith(section + ":")
-                   for h in _headings(doc)):
+        found = any(h == section or h.startswith(section + " ") or h.startswith(section + ":")
+                    for h in _headings(doc))
+        if (name, section) in PENDING:
+            if found:
+                wrong.append(f'{name}, "{section}" exists now: remove it from PENDING in tests/test_docs.py')
+        elif not found:
             wrong.append(f'cites {name}, "{section}": no such heading there')
     assert not wrong, f"{source.relative_to(ROOT)}: " + "; ".join(wrong)
 

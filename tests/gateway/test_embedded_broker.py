@@ -79,6 +79,15 @@ class Recorder:
         self.client.loop_stop()
 
 
+def _cut(rec: Recorder) -> None:
+    """Abrupt end: close the TCP socket without sending DISCONNECT."""
+    rec.client.loop_stop()
+    sock = rec.client.socket()
+    assert sock is not None
+    sock.shutdown(socket.SHUT_RDWR)
+    sock.close()
+
+
 @pytest.fixture
 def embedded() -> Iterator[EmbeddedBroker]:
     b = EmbeddedBroker(port=0).start()
@@ -135,12 +144,7 @@ def test_last_will_on_abrupt_close(embedded: EmbeddedBroker) -> None:
     watcher = Recorder(embedded.port, "watcher")
     watcher.subscribe("dev/+/status", 1)
     dev = Recorder(embedded.port, "dev-1", will=("dev/dev-1/status", b"lost", 1, True))
-    # Abrupt: close the TCP socket without sending DISCONNECT.
-    dev.client.loop_stop()
-    sock = dev.client.socket()
-    assert sock is not None
-    sock.shutdown(socket.SHUT_RDWR)
-    sock.close()
+    _cut(dev)
     got = watcher.wait_for(1)
     assert got[:1] == [("dev/dev-1/status", b"lost", 1, False)]
     # The will was retained: a newcomer sees it.
@@ -329,10 +333,7 @@ def test_will_is_delivered_at_the_lower_qos(embedded: EmbeddedBroker) -> None:
     watcher = Recorder(embedded.port, "watcher")
     watcher.subscribe("w/#", 2)
     dev = Recorder(embedded.port, "dev-w", will=("w/dev-w", b"lost", 1, False))
-    dev.client.loop_stop()
-    sock = dev.client.socket()
-    assert sock is not None
-    sock.close()
+    _cut(dev)
     assert watcher.wait_for(1) == [("w/dev-w", b"lost", 1, False)]
     watcher.close()
 

@@ -12,36 +12,38 @@ import struct
 import threading
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
 
 from edgewire import wire
-from edgewire.gateway.config import EmbeddedBrokerConfig, GatewayConfig, HttpConfig, MqttConfig
+from edgewire.gateway.config import EmbeddedBrokerConfig, GatewayConfig, HttpConfig, JournalConfig, MqttConfig
 from edgewire.gateway.embedded_broker import MEASURED_LIMIT, IngestWatch
 from edgewire.gateway.service import Gateway
 from tests.gateway.test_embedded_broker import _packet, _string
 
 
-def embedded_config(**broker: object) -> GatewayConfig:
+def embedded_config(journal: Path, **broker: object) -> GatewayConfig:
     return GatewayConfig(mqtt=MqttConfig(url="", keepalive=5, reconnect_min=0.05, reconnect_max=0.5),
                          embedded_broker=EmbeddedBrokerConfig(port=0, **broker),  # type: ignore[arg-type]
-                         http=HttpConfig(host="127.0.0.1", port=0))
+                         http=HttpConfig(host="127.0.0.1", port=0),
+                         journal=JournalConfig(path=str(journal / "journal.db")))
 
 
 @pytest.fixture
-async def gw() -> AsyncIterator[Gateway]:
-    async with Gateway(embedded_config()) as g:
+async def gw(tmp_path: Path) -> AsyncIterator[Gateway]:
+    async with Gateway(embedded_config(tmp_path)) as g:
         assert g.mqtt is not None
         await g.mqtt.wait_connected(15)
         yield g
 
 
-async def _until(cond: object, timeout: float, what: str) -> None:
+async def _until(cond: object, timeout: float, what: str, state: object = None) -> None:
     deadline = time.monotonic() + timeout
     while not cond():  # type: ignore[operator]
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
+            raise AssertionError(f"timed out waiting for {what}" + (f"; {state()}" if state else ""))  # type: ignore[operator]
         await asyncio.sleep(0.05)
 
 
@@ -78,7 +80,8 @@ async def test_a_qos0_burst_written_before_leaving_reaches_the_gateway(gw: Gatew
         sock.close()
 
     await asyncio.to_thread(burst)
-    await _until(lambda: gw.stats()["ingest"]["messages"] >= 5000, 60, "5,000 messages ingested")
+    await _until(lambda: gw.stats()["ingest"]["messages"] >= 5000, 60, "5,000 messages ingested",
+                 lambda: {k: gw.stats()[k] for k in ("ingest", "mqtt", "registry", "refused")})
     stats = gw.stats()
     assert stats["ingest"]["messages"] == 5000
     assert stats["registry"]["missing"] == 0 and stats["registry"]["duplicates"] == 0
@@ -140,11 +143,12 @@ def test_ingest_watch_off_and_default_threshold() -> None:
 
 
 @pytest.mark.slow
-async def test_gateway_warns_when_ingest_nears_the_embedded_limit(caplog: pytest.LogCaptureFixture) -> None:
+async def test_gateway_warns_when_ingest_nears_the_embedded_limit(caplog: pytest.LogCaptureFixture,
+                                                                  tmp_path: Path) -> None:
     """warn_rate 20 msg/s (a test setting: the default is 70% of the measured
     limit) and 60 msg/s offered: one warning, through the real gateway."""
     with caplog.at_level(logging.WARNING, logger="edgewire.embedded_broker"):
-        async with Gateway(embedded_config(warn_rate=20)) as g:
+        async with Gateway(embedded_config(tmp_path, warn_rate=20)) as g:
             assert g.mqtt is not None
             await g.mqtt.wait_connected(15)
             port = g.mqtt.port

@@ -463,7 +463,9 @@ def gateway_toml(mq_port: int, http_port: int, workdir: Path, journal: bool) -> 
     out = (f'[mqtt]\nurl = "mqtt://127.0.0.1:{mq_port}"\nclient_id = "bench-gateway"\n\n'
            f'[http]\nhost = "127.0.0.1"\nport = {http_port}\ndashboard = false\n\n'
            '[log]\nlevel = "warning"\n')
-    if journal:
+    if journal or journal_supported():
+        # The gateway always journals now; without a path it would write
+        # ./edgewire-journal.db in the caller's working directory.
         out += f'\n[journal]\npath = "{workdir / f"journal-{http_port}.db"}"\n'
     return out
 

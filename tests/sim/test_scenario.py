@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,9 +58,33 @@ BACKOFF_MAX_S = 5.0
 SLACK_S = 3.0         # loop and scheduling delays on a loaded machine
 
 
+@pytest.fixture
+def deep_broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    """After the outage every device sends its backlog at once (~800 messages);
+    the counting subscribers get a deep queue so that mosquitto's default
+    per-client limit (1,000 queued) cannot drop for them what the devices
+    delivered (tests/sim/test_scale.py says more)."""
+    from tests.sim.test_scale import SUBSCRIBER_LIMITS
+
+    b = Mosquitto(tmp_path, extra_conf=SUBSCRIBER_LIMITS).start()
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(240)
-def test_broker_outage_and_partition_lose_nothing(broker: Mosquitto, checker: Checker) -> None:
+def test_broker_outage_and_partition_lose_nothing(deep_broker: Mosquitto) -> None:
+    broker = deep_broker
+    checker = Checker(broker.port)
+    try:
+        _outage_and_partition(broker, checker)
+    finally:
+        checker.close()
+
+
+def _outage_and_partition(broker: Mosquitto, checker: Checker) -> None:
     sc = parse_scenario(tomllib.loads(OUTAGE_AND_PARTITION), "outage-and-partition")
     run = ScenarioRun(sc, broker.url, procs=1)
     try:

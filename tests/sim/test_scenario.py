@@ -296,14 +296,19 @@ def test_cli_runs_a_scenario_with_every_network_and_device_fault(broker: Mosquit
     assert all(len(d["boots"]) == 1 + d["resets"] for d in per.values())
     assert rep["fleet"]["faults"] > 0
     # Nothing the broker acknowledged at QoS 1/2 went missing, through all of it.
+    # (A power cut can take a message's PUBACK with it: the broker has it, the
+    # new boot never learns, so received may exceed acknowledged, never sent.)
     for q in (1, 2):
         row = next(r for r in rep["by_qos"] if r["qos"] == q)
-        assert row["lost"] == 0 and row["received"] == row["acked"] > 0
+        assert row["lost"] == 0 and row["sent"] >= row["received"] >= row["acked"] > 0
     checker.settle(expected=sum(r["received"] for r in rep["by_qos"]))
     assert checker.refused == []
     for dev, d in per.items():
         if d["sent_q"][0] == 0:   # QoS 1/2-only devices: the independent count is exact
-            assert checker.per_device.get(dev, 0) == d["acked"], dev
+            got = checker.per_device.get(dev, 0)
+            assert d["messages"] >= got >= d["acked"], dev
+            if not d["resets"]:
+                assert got == d["acked"], dev
     page = out_html.read_text()
     assert page.startswith("<!doctype html>") and page.count("<svg") == 3
     assert "reboot_storm" in page and "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")

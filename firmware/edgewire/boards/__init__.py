@@ -10,7 +10,11 @@
 #              sleep_ms(ms)
 #              time_ms()                 epoch ms, or None while the clock is not set
 #              random_u32()              32 random bits
+#              set_time_ms(ms)           set the wall clock (the gateway's `time` command, NTP)
 #   network    network_up()              the link (Wi-Fi) is up
+#              link_up()                 cheap, non-blocking: the link is still up (the
+#                                        Device asks at least once a second and before
+#                                        each publish; down = connection lost at once)
 #              connect_network(timeout_ms) -> bool   bring the link up, bounded
 #              connect(host, port, timeout_ms) -> socket
 #                                        a connected TCP socket; OSError on failure
@@ -22,9 +26,12 @@
 #              default_streams()         streams used when config.json names none
 #   setup      configure(config)         take board settings (Wi-Fi) from the device config; no I/O
 #   system     free_memory() -> bytes or None
+#              feed()                    feed the watchdog (no-op without one); the Device
+#                                        calls it every step and inside every long wait
 #              reset()                   reboot (SimBoard: raises ResetRequested)
 #
-# Board below implements the shared parts (clock, storage, TCP connect, memory).
+# Board below implements the shared parts (clock, storage, TCP connect with a
+# DNS cache, memory).
 # default_board() picks by sys.platform, like gpiozero picks a pin factory.
 # Sensor drivers (I2C/SPI parts), a flash-backed offline queue and OTA will plug
 # in here as further board services.
@@ -44,10 +51,13 @@ class ResetRequested(Exception):
     """Raised by simulated boards' reset(): whoever runs the device starts a new boot."""
 
 
+PLATFORM = sys.platform  # what default_board() picks by; tests on port fakes set it
+
+
 def default_board(**kwargs):
     """The board for this platform: 'esp32' -> Esp32Board, 'rp2' -> PicoWBoard,
     anything else (linux unix port, CPython) -> SimBoard. kwargs go to the board."""
-    p = sys.platform
+    p = PLATFORM
     if p == "esp32":
         from edgewire.boards.esp32 import Esp32Board
         return Esp32Board(**kwargs)
@@ -60,11 +70,11 @@ def default_board(**kwargs):
     return SimBoard(**kwargs)
 
 
-try:
-    import errno
-    _INPROGRESS = (errno.EINPROGRESS, getattr(errno, "EAGAIN", 11), 115, 119, 11)
-except ImportError:
-    _INPROGRESS = (115, 119, 11)
+# errno differs per port: esp32 uses newlib's numbers (EINPROGRESS 119,
+# EALREADY 120, EISCONN 127), rp2, unix and CPython the Linux ones (115, 114, 106).
+_INPROGRESS = (115, 119, 11)
+_ALREADY = (114, 115, 119, 120, 11)
+_ISCONN = (106, 127)
 
 _EPOCH_2000 = 946684800  # seconds from 1970-01-01 to 2000-01-01
 _CLOCK_SET_S = 1704067200  # 2024-01-01: an earlier wall clock means "not set"
@@ -78,6 +88,9 @@ class Board:
         self._last_raw = None
         self._mono = 0
         self._epoch_fix = _EPOCH_2000 if time.gmtime(0)[0] == 2000 else 0
+        self._time_off = None   # epoch ms - ticks_ms, once set_time_ms() was called
+        self._dns = None        # (host, port, address) of the last lookup that worked
+        self._conn_fails = 0    # connects in a row that failed on the cached address
 
     def configure(self, config):
         """Take the board settings from a validated device config (no I/O)."""
@@ -106,11 +119,18 @@ class Board:
                 time.sleep(ms / 1000)
 
     def time_ms(self):
+        if self._time_off is not None:
+            return self.ticks_ms() + self._time_off
         if hasattr(time, "time_ns"):
             ms = time.time_ns() // 1000000 + self._epoch_fix * 1000
         else:
             ms = int((time.time() + self._epoch_fix) * 1000)
         return ms if ms >= _CLOCK_SET_S * 1000 else None
+
+    def set_time_ms(self, ms):
+        """Set the wall clock to epoch ms `ms` (from the gateway or NTP); it then
+        runs on ticks_ms, so it survives neither a reboot nor a bad RTC."""
+        self._time_off = int(ms) - self.ticks_ms()
 
     def random_u32(self):
         b = os.urandom(4)
@@ -118,11 +138,35 @@ class Board:
 
     # ------------------------------------------------------------ network
 
+    def _resolve(self, host, port):
+        """The address of host:port: looked up once and cached (an IP address
+        never goes to DNS on any port). A failed lookup raises OSError; the
+        caller's backoff bounds how often it is tried again. After three failed
+        connects in a row to a cached address it is looked up again (DHCP may
+        have moved the broker)."""
+        d = self._dns
+        if d is not None and d[0] == host and d[1] == port and self._conn_fails < 3:
+            return d[2]
+        self._dns = None
+        self.feed()  # a lookup may block for seconds (esp32 mDNS: ~5 s for .local)
+        try:
+            addr = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0][-1]
+        except OSError as e:
+            raise OSError(e.args[0] if e.args and isinstance(e.args[0], int) else 2,
+                          "DNS lookup of %s failed (%s)" % (host, e))
+        finally:
+            self.feed()
+        self._dns = (host, port, addr)
+        self._conn_fails = 0
+        return addr
+
     def connect(self, host, port, timeout_ms):
-        """A connected, non-blocking TCP socket, or OSError within ~timeout_ms.
-        (Name resolution of a host name may block on some ports; use an IP address
-        or a .local name the port resolves quickly.)"""
-        addr = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0][-1]
+        """A connected, non-blocking TCP socket, or OSError within ~timeout_ms
+        (plus a first DNS lookup). Connected means the handshake completed: a
+        refused connect fails at once on every port, also where poll() reports
+        it writable (esp32) or reports a connecting socket writable (rp2 before
+        MicroPython 1.25); a second connect() tells them apart (EISCONN)."""
+        addr = self._resolve(host, port)
         s = socket.socket()
         try:
             s.setblocking(False)
@@ -133,16 +177,38 @@ class Board:
                     raise
             p = select.poll()
             p.register(s, select.POLLOUT)
-            res = p.poll(max(1, int(timeout_ms)))
+            end = self.ticks_ms() + timeout_ms
+            while True:
+                left = end - self.ticks_ms()
+                if left <= 0:
+                    raise OSError(110, "connect to %s:%d timed out after %d ms" % (host, port, timeout_ms))
+                self.feed()
+                res = p.poll(min(left, 1000))
+                if not res:
+                    continue
+                if res[0][1] & (select.POLLERR | select.POLLHUP):
+                    raise OSError(111, "connect to %s:%d refused" % (host, port))
+                try:
+                    s.connect(addr)
+                except OSError as e:
+                    n = e.args[0]
+                    if n in _ISCONN:
+                        break
+                    if n in _ALREADY:  # still connecting
+                        self.sleep_ms(min(10, max(1, left)))
+                        continue
+                    raise OSError(111, "connect to %s:%d refused (%s)" % (host, port, n))
+                break
             p.unregister(s)
-            if not res:
-                raise OSError(110, "connect to %s:%d timed out after %d ms" % (host, port, timeout_ms))
-            if res[0][1] & (select.POLLERR | select.POLLHUP):
-                raise OSError(111, "connect to %s:%d refused" % (host, port))
+            self._conn_fails = 0
             return s
         except BaseException:
+            self._conn_fails += 1
             s.close()
             raise
+
+    def link_up(self):
+        return self.network_up()
 
     # ------------------------------------------------------------ storage
 
@@ -180,6 +246,9 @@ class Board:
 
     def default_streams(self):
         return []
+
+    def feed(self):
+        """Feed the watchdog; boards without one do nothing."""
 
     def free_memory(self):
         try:

@@ -1,0 +1,105 @@
+"""firmware/main.py as a board boots it, on the port fakes (tests/firmware/ports/)
+and the MicroPython unix port, talking to a real mosquitto: the platform's
+board is picked, joins the fake Wi-Fi, publishes, takes the gateway's wall time
+with the `time` command, and keeps its watchdog fed through slow paths."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import msgpack
+import paho.mqtt.client as mqtt
+import pytest
+
+from tests.firmware import boardrun
+from tests.firmware.helpers import Recorder, stop_process
+from tests.support.broker import Mosquitto
+
+pytestmark = pytest.mark.micropython
+
+ADC = {"rp2": 26, "esp32": 34}
+
+
+def boot(port: str, store: Path, cfg: dict[str, object], setup: str = "") -> str:
+    store.mkdir(parents=True, exist_ok=True)
+    (store / "config.json").write_text(json.dumps(cfg))
+    return (f"fakehw.ap('home', 'pw')\nfakehw.volts[{ADC[port]}] = 1.2\n{setup}\n"
+            "from edgewire import boards\n"
+            "boards.PLATFORM = fakehw.PORT   # what sys.platform says on the board\n"
+            "import main\n"
+            f"main.main(boards.default_board(storage_dir={str(store)!r}))\n")
+
+
+def config(port: str, broker_port: int, **over: object) -> dict[str, object]:
+    cfg: dict[str, object] = {
+        "device_id": f"fake-{port}", "wifi_ssid": "home", "wifi_password": "pw",
+        "broker_host": "127.0.0.1", "broker_port": broker_port, "keepalive_s": 5, "timeout_ms": 2000,
+        "backoff_min_ms": 200, "backoff_max_ms": 800,
+        "streams": [{"name": "v", "source": f"adc:{ADC[port]}", "interval_ms": 200, "qos": 1, "unit": "V"}]}
+    cfg.update(over)
+    return cfg
+
+
+@pytest.mark.parametrize("port,hw", [("rp2", "pico_w"), ("esp32", "esp32")])
+def test_main_on_the_port_fakes_publishes_and_takes_the_gateways_time(
+        broker: Mosquitto, tmp_path: Path, firmware_build: Path, port: str, hw: str) -> None:
+    dev = f"fake-{port}"
+    rec = Recorder(broker.port, dev, f"rec-{dev}").start()
+    p = boardrun.spawn(port, boot(port, tmp_path / dev, config(port, broker.port)))
+    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"cmd-{dev}")
+    pub.connect("127.0.0.1", broker.port)
+    pub.loop_start()
+    try:
+        rec.wait(lambda r: bool(r.births()) and len(r.telemetry()) >= 2, 20, "birth and telemetry")
+        birth = rec.births()[0]
+        assert birth["hw"] == hw
+        first = rec.telemetry()[0]
+        assert "t" not in first  # the RTC says 2021 (rp2) or 2000 (esp32): no wall time yet
+        assert all(abs(r[1] - 1.2) < 0.01 for r in first["r"])
+        now_ms = int(time.time() * 1000)
+        pub.publish(f"edgewire/v1/{dev}/cmd", msgpack.packb({"v": 1, "i": "c-time", "n": "time",
+                                                           "a": {"ms": now_ms}}), qos=1).wait_for_publish(5)
+        rec.wait(lambda r: any(m[2].get("i") == "c-time" for m in r.of("result")), 10, "time result")
+        res = [m[2] for m in rec.of("result") if m[2].get("i") == "c-time"][0]
+        assert res["ok"] is True and res["r"]["was"] is None
+        n = len(rec.telemetry())
+        rec.wait(lambda r: any("t" in t for t in r.telemetry()[n:]), 10, "telemetry with wall time")
+        t = [t for t in rec.telemetry()[n:] if "t" in t][0]["t"]
+        assert now_ms <= t < now_ms + 60000
+    finally:
+        out = stop_process(p)
+        pub.loop_stop()
+        pub.disconnect()
+        rec.stop()
+    assert "Traceback" not in out and "FAKE-EXIT" not in out, out[-3000:]
+
+
+def test_no_normal_path_starves_the_watchdog(broker: Mosquitto, tmp_path: Path, firmware_build: Path) -> None:
+    # rp2, watchdog asked for 20 s and clamped to the port's 8388 ms: a wrong
+    # password first, then a 12 s join (longer than the watchdog), a 5 s lookup of
+    # the broker's .local name, and the broker refusing for the first 60 s (the
+    # reconnect backoff): no reset, and it gets through. All on the fake clock.
+    dev = "fake-rp2"
+    setup = ("fakehw.JOIN_MS = 12000\n"
+             "fakehw.dns['gateway.local'] = ('127.0.0.1', 5000)\n"
+             "fakehw.refuse_until = 60000\n"
+             "import _wlan\n"
+             "_orig = _wlan.WlanModel.connect\n"
+             "_n = [0]\n"
+             "def connect(self, ssid=None, key=None, **kw):\n"
+             "    _n[0] += 1\n"
+             "    _orig(self, ssid, 'wrong' if _n[0] == 1 else key)\n"
+             "_wlan.WlanModel.connect = connect\n")
+    cfg = config("rp2", broker.port, broker_host="gateway.local", watchdog_ms=20000,
+                 backoff_min_ms=1000, backoff_max_ms=8000, debug=True)
+    rec = Recorder(broker.port, dev, f"rec-{dev}").start()
+    p = boardrun.spawn("rp2", boot("rp2", tmp_path / dev, cfg, setup))
+    try:
+        rec.wait(lambda r: len(r.telemetry()) >= 3 or p.poll() is not None, 30, "telemetry after the slow paths")
+        assert p.poll() is None
+    finally:
+        out = stop_process(p)
+        rec.stop()
+    assert "FAKE-EXIT" not in out, out[-3000:]
+    assert "wrong password" in out and "refused" in out, out[-3000:]

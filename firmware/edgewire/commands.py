@@ -1,5 +1,5 @@
 # Device commands (docs/protocol.md, "Command and result"): ping, info, stats,
-# set_interval, time, reboot. Imported by Device only when a command arrives, after
+# set_interval, reboot. Imported by Device only when a command arrives, after
 # the Device decoded it (and, on MicroPython, dropped the msgpack decoder).
 #
 # A repeated command id (QoS 1 redelivery) never executes twice: it gets the
@@ -72,14 +72,6 @@ def execute(dev, name, args):
                 return {"stream": s[0], "ms": ms}
         raise CommandError("set_interval: no stream %r (streams: %s)"
                            % (args.get("stream"), ", ".join(s[0] for s in dev.streams)))
-    if name == "time":
-        # the gateway's wall time (epoch ms): telemetry gets 't' from here on
-        ms = args.get("ms") if isinstance(args, dict) else None
-        if isinstance(ms, bool) or not isinstance(ms, int) or not 1e12 <= ms < 1e13:
-            raise CommandError("time needs {\"ms\": epoch milliseconds}, got %r" % (args,))
-        old = b.time_ms()
-        b.set_time_ms(ms)
-        return {"ms": ms, "was": old}
     if name == "reboot":
         if not dev.cfg["allow_reboot"]:
             raise CommandError("reboot is disabled on this device (allow_reboot is false)")

@@ -30,8 +30,10 @@
 #                                        calls it every step and inside every long wait
 #              reset()                   reboot (SimBoard: raises ResetRequested)
 #
-# Board below implements the shared parts (clock, storage, TCP connect with a
-# DNS cache, memory).
+# Board below implements the shared parts (clock, storage, TCP connect, memory);
+# each board implements the sensors (read, check_source, default_streams) and
+# the network (network_up, connect_network). RAM is tight on the 64K test heap:
+# nothing here that every board overrides.
 # default_board() picks by sys.platform, like gpiozero picks a pin factory.
 # Sensor drivers (I2C/SPI parts), a flash-backed offline queue and OTA will plug
 # in here as further board services.
@@ -70,27 +72,19 @@ def default_board(**kwargs):
     return SimBoard(**kwargs)
 
 
-# errno differs per port: esp32 uses newlib's numbers (EINPROGRESS 119,
-# EALREADY 120, EISCONN 127), rp2, unix and CPython the Linux ones (115, 114, 106).
-_INPROGRESS = (115, 119, 11)
-_ALREADY = (114, 115, 119, 120, 11)
-_ISCONN = (106, 127)
-
 _EPOCH_2000 = 946684800  # seconds from 1970-01-01 to 2000-01-01
 _CLOCK_SET_S = 1704067200  # 2024-01-01: an earlier wall clock means "not set"
 
 
 class Board:
     name = "board"
+    _time_off = None  # epoch ms - ticks_ms, once set_time_ms() was called
 
     def __init__(self, storage_dir="."):
         self.storage_dir = storage_dir
         self._last_raw = None
         self._mono = 0
         self._epoch_fix = _EPOCH_2000 if time.gmtime(0)[0] == 2000 else 0
-        self._time_off = None   # epoch ms - ticks_ms, once set_time_ms() was called
-        self._dns = None        # (host, port, address) of the last lookup that worked
-        self._conn_fails = 0    # connects in a row that failed on the cached address
 
     def configure(self, config):
         """Take the board settings from a validated device config (no I/O)."""
@@ -138,42 +132,28 @@ class Board:
 
     # ------------------------------------------------------------ network
 
-    def _resolve(self, host, port):
-        """The address of host:port: looked up once and cached (an IP address
-        never goes to DNS on any port). A failed lookup raises OSError; the
-        caller's backoff bounds how often it is tried again. After three failed
-        connects in a row to a cached address it is looked up again (DHCP may
-        have moved the broker)."""
-        d = self._dns
-        if d is not None and d[0] == host and d[1] == port and self._conn_fails < 3:
-            return d[2]
-        self._dns = None
-        self.feed()  # a lookup may block for seconds (esp32 mDNS: ~5 s for .local)
-        try:
-            addr = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0][-1]
-        except OSError as e:
-            raise OSError(e.args[0] if e.args and isinstance(e.args[0], int) else 2,
-                          "DNS lookup of %s failed (%s)" % (host, e))
-        finally:
-            self.feed()
-        self._dns = (host, port, addr)
-        self._conn_fails = 0
-        return addr
+    def _addr(self, host, port):
+        """The address to connect to (McuBoard caches it: DNS is slow on boards)."""
+        return socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0][-1]
 
     def connect(self, host, port, timeout_ms):
         """A connected, non-blocking TCP socket, or OSError within ~timeout_ms
-        (plus a first DNS lookup). Connected means the handshake completed: a
+        (plus the address lookup). Connected means the handshake completed: a
         refused connect fails at once on every port, also where poll() reports
-        it writable (esp32) or reports a connecting socket writable (rp2 before
-        MicroPython 1.25); a second connect() tells them apart (EISCONN)."""
-        addr = self._resolve(host, port)
+        it writable (esp32's lwIP sockets) or reports a connecting socket
+        writable (rp2 before MicroPython 1.25). A second connect() tells them
+        apart: EISCONN when connected, EALREADY/EINPROGRESS while connecting,
+        another error when refused. errno differs per port: esp32 has newlib's
+        numbers (EINPROGRESS 119, EALREADY 120, EISCONN 127), the others Linux's
+        (115, 114, 106)."""
+        addr = self._addr(host, port)
         s = socket.socket()
         try:
             s.setblocking(False)
             try:
                 s.connect(addr)
             except OSError as e:
-                if e.args[0] not in _INPROGRESS:
+                if e.args[0] not in (115, 119, 11):
                     raise
             p = select.poll()
             p.register(s, select.POLLOUT)
@@ -183,27 +163,23 @@ class Board:
                 if left <= 0:
                     raise OSError(110, "connect to %s:%d timed out after %d ms" % (host, port, timeout_ms))
                 self.feed()
-                res = p.poll(min(left, 1000))
-                if not res:
+                r = p.poll(min(left, 1000))
+                if not r:
                     continue
-                if res[0][1] & (select.POLLERR | select.POLLHUP):
-                    raise OSError(111, "connect to %s:%d refused" % (host, port))
-                try:
-                    s.connect(addr)
-                except OSError as e:
-                    n = e.args[0]
-                    if n in _ISCONN:
-                        break
-                    if n in _ALREADY:  # still connecting
-                        self.sleep_ms(min(10, max(1, left)))
+                e = 0
+                if not r[0][1] & (select.POLLERR | select.POLLHUP):
+                    try:
+                        s.connect(addr)
+                        return s
+                    except OSError as x:
+                        e = x.args[0]
+                    if e in (106, 127):  # EISCONN
+                        return s
+                    if e in (114, 115, 119, 120, 11):  # still connecting
+                        self.sleep_ms(10)
                         continue
-                    raise OSError(111, "connect to %s:%d refused (%s)" % (host, port, n))
-                break
-            p.unregister(s)
-            self._conn_fails = 0
-            return s
+                raise OSError(111, "connect to %s:%d refused (%s)" % (host, port, e))
         except BaseException:
-            self._conn_fails += 1
             s.close()
             raise
 
@@ -238,15 +214,6 @@ class Board:
 
     # ------------------------------------------------------------ sensors, system
 
-    def check_source(self, source):
-        return "source %r is not known on board %s" % (source, self.name)
-
-    def read(self, source):
-        raise SensorError(self.check_source(source) or "cannot read %r" % (source,))
-
-    def default_streams(self):
-        return []
-
     def feed(self):
         """Feed the watchdog; boards without one do nothing."""
 
@@ -256,17 +223,3 @@ class Board:
             return gc.mem_free()
         except (ImportError, AttributeError):
             return None
-
-
-def split_source(source):
-    """'adc:26' -> ('adc', 26); 'internal_temp' -> ('internal_temp', None);
-    'sim:door' -> ('sim', 'door'). Numeric arguments become ints."""
-    if not isinstance(source, str) or not source:
-        return None, None
-    i = source.find(":")
-    if i < 0:
-        return source, None
-    kind, arg = source[:i], source[i + 1:]
-    if arg.isdigit():
-        arg = int(arg)
-    return kind, arg

@@ -18,7 +18,7 @@
 #
 # RAM: one WLAN object, one WDT, and one ADC/Pin/driver object per source read (cached).
 
-from edgewire.boards import Board, SensorError, split_source
+from edgewire.boards import Board, SensorError
 
 _SLICE_MS = 200  # longest a connect_network() call waits: one Device step
 
@@ -45,7 +45,8 @@ class McuBoard(Board):
         self._id = None
         self._wdt_ms = 0
         self._wdt = None
-        self._ntp = None    # (host, next sync ms) when NTP is configured
+        self._ntp = None    # [host, next sync ms] when NTP is configured
+        self._dns = None    # the broker's address, see _addr()
 
     def configure(self, config):
         if config.get("wifi_ssid"):
@@ -93,6 +94,34 @@ class McuBoard(Board):
 
     def network_up(self):
         return self._wlan is not None and self._wlan.isconnected()
+
+    def _addr(self, host, port):
+        """DNS once, cached (an IP address never goes to DNS on any port); one
+        lookup per attempt while it fails (the Device's backoff spaces them), and
+        again after three failed connects in a row (DHCP may have moved the
+        broker). Fed around the lookup, which blocks: esp32 mDNS takes ~5 s for a
+        .local name, rp2's lwIP spins until DNS answers."""
+        d = self._dns  # [host, port, address, connects failed in a row]
+        if d is None or d[0] != host or d[1] != port or d[3] > 2:
+            self._dns = None
+            self.feed()
+            try:
+                d = [host, port, Board._addr(self, host, port), 0]
+            except OSError as e:
+                raise OSError(2, "DNS lookup of %s failed (%s)" % (host, e))
+            self.feed()
+            self._dns = d
+        return d[2]
+
+    def connect(self, host, port, timeout_ms):
+        try:
+            s = Board.connect(self, host, port, timeout_ms)
+        except OSError:
+            if self._dns is not None:
+                self._dns[3] += 1
+            raise
+        self._dns[3] = 0
+        return s
 
     def _start_join(self, w):
         w.active(True)
@@ -206,3 +235,17 @@ def _join_error(st):
         if getattr(network, name, None) == st:
             return name[5:].lower().replace("_", " ")
     return None
+
+
+def split_source(source):
+    """'adc:26' -> ('adc', 26); 'internal_temp' -> ('internal_temp', None);
+    'sim:door' -> ('sim', 'door'). Numeric arguments become ints."""
+    if not isinstance(source, str) or not source:
+        return None, None
+    i = source.find(":")
+    if i < 0:
+        return source, None
+    kind, arg = source[:i], source[i + 1:]
+    if arg.isdigit():
+        arg = int(arg)
+    return kind, arg

@@ -19,7 +19,7 @@
 # RAM: ~30 slots of state per board; storage=None keeps files in a dict.
 
 
-from edgewire.boards import Board, ResetRequested, SensorError, split_source
+from edgewire.boards import Board, ResetRequested, SensorError
 
 MODELS = ("temperature", "humidity", "battery", "door")
 
@@ -148,8 +148,7 @@ class SimBoard(Board):
     # ------------------------------------------------------------ sensors
 
     def check_source(self, source):
-        kind, arg = split_source(source)
-        if kind != "sim" or arg not in MODELS:
+        if not isinstance(source, str) or source[:4] != "sim:" or source[4:] not in MODELS:
             return "source %r is not known on the sim board (expected sim:%s)" % (source, "|".join(MODELS))
         return None
 

@@ -146,6 +146,7 @@ class HttpConfig:
     ws_batch: int = 2000
     ws_max_message: int = 65536
     dashboard: bool = True
+    max_filters: int = 64
 
     def __post_init__(self) -> None:
         _str("http", "host", self.host, 255)
@@ -156,6 +157,7 @@ class HttpConfig:
         _int("http", "ws_batch", self.ws_batch, 1, 100_000, " events")
         _int("http", "ws_max_message", self.ws_max_message, 1024, 16 * 1024 * 1024, " bytes")
         _bool("http", "dashboard", self.dashboard)
+        _int("http", "max_filters", self.max_filters, 1, 100_000, " per SSE or WebSocket client")
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +198,7 @@ class CommandsConfig:
     timeout: float = 10.0
     max_timeout: float = 300.0
     max_pending: int = 256
+    max_pending_per_device: int = 16
 
     def __post_init__(self) -> None:
         _num("commands", "timeout", self.timeout, 0.01, 3600)
@@ -204,6 +207,7 @@ class CommandsConfig:
             raise ConfigError("commands", "timeout", self.timeout,
                               f"must not exceed max_timeout ({self.max_timeout:g})")
         _int("commands", "max_pending", self.max_pending, 1, 1_000_000)
+        _int("commands", "max_pending_per_device", self.max_pending_per_device, 1, 1_000_000)
 
 
 @dataclass(frozen=True, slots=True)

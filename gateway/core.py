@@ -60,9 +60,9 @@ class Core:
         self.readings += len(events)
         self.hub.publish(events)
 
-    def accept_status(self, status: Status, received_ms: int) -> None:
+    def accept_status(self, status: Status, received_ms: int, *, retained: bool = False) -> None:
         try:
-            outcome = self.registry.status(status, received_ms)
+            outcome = self.registry.status(status, received_ms, retained=retained)
         except RegistryFull as e:
             self.refuse("capacity", str(e))
             return

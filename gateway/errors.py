@@ -61,3 +61,8 @@ class CommandRejected(CommandError, ValueError):
 
 class CommandBusy(CommandError):
     """Too many commands are pending; try again later."""
+
+
+class CommandOffline(CommandError):
+    """The registry knows the device is offline; nothing was sent (the caller
+    may ask to queue the command instead)."""

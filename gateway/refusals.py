@@ -2,7 +2,7 @@
 
 Bad input never stops the gateway: each refusal is counted under its kind
 (docs/protocol.md: topic, oversized, malformed, invalid, mismatch, plus the
-gateway's own such as capacity or unknown_result). The first refusal of a kind
+gateway's own such as retained or unmatched_result). The first refusal of a kind
 is logged at once; after that at most one line per kind per `interval`
 seconds, saying how many were suppressed in between."""
 from __future__ import annotations

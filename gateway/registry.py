@@ -10,10 +10,23 @@ Completeness comes from (boot, seq): per boot a `SeqWindow` remembers which of
 the last `window` sequence numbers arrived (a bitmap in one int). A number seen
 twice is a duplicate and is dropped before the live hub; a number skipped is a
 gap, counted as missing until it turns up late. Older than the window, a
-number cannot be checked: it is passed on and counted as `unchecked`."""
+number cannot be checked: it is passed on and counted as `unchecked`.
+
+Defence in depth against anyone who can publish (the broker's authentication
+comes first): a jump of more than the window, ahead or behind, is `suspect`:
+passed on and counted, but it moves neither the window nor `missing` (one
+forged seq 2**32-1 must not claim four billion lost readings nor switch off
+duplicate detection). Only when the device's next messages continue from the
+jump and nothing arrives in the old window meanwhile is it taken as real: the
+window moves there and the numbers skipped are counted as `jumped`. A death
+holds only while its session stays silent: new telemetry of that boot brings
+the device back online (counted `revived`). At max_devices a new device
+evicts one that never sent a birth, else the least recently seen (offline
+ones first), counted as `evicted`: new devices are never refused."""
 from __future__ import annotations
 
 import collections
+import heapq
 from typing import Any
 
 from edgewire.gateway.decode import Status, Telemetry
@@ -29,7 +42,10 @@ class RegistryFull(GatewayError):
 class SeqWindow:
     """Gap and duplicate detection for one (device, boot)."""
 
-    __slots__ = ("window", "mask", "first", "high", "bits", "received", "missing", "duplicates", "unchecked")
+    __slots__ = ("window", "mask", "first", "high", "bits", "received", "missing", "duplicates", "unchecked",
+                 "suspect", "jumped", "_jumps", "_quiet")
+
+    CONFIRM = 3  # messages continuing from a jump that make it real
 
     def __init__(self, window: int) -> None:
         self.window = window
@@ -41,6 +57,33 @@ class SeqWindow:
         self.missing = 0    # numbers in [first, high] that have not arrived
         self.duplicates = 0
         self.unchecked = 0
+        self.suspect = 0    # messages whose seq jumped more than the window away
+        self.jumped = 0     # numbers skipped by jumps the device's next messages confirmed
+        self._jumps: list[int] = []  # seqs of the jump being watched, ascending
+        self._quiet = True  # nothing arrived in the old window since the jump began
+
+    def _suspect(self, seq: int) -> bool:
+        jumps = self._jumps
+        if seq in jumps:
+            self.duplicates += 1
+            return False
+        self.suspect += 1
+        self.received += 1
+        if jumps and seq > jumps[-1] and seq - jumps[-1] <= self.window and seq > self.high:
+            jumps.append(seq)
+            if len(jumps) >= self.CONFIRM and self._quiet:
+                # the device really moved on: continue from there
+                self.jumped += jumps[0] - self.high - 1
+                self.missing += (seq - jumps[0] + 1) - len(jumps)
+                self.bits = 0
+                for j in jumps:
+                    self.bits |= 1 << (seq - j)
+                self.high = seq
+                jumps.clear()
+        else:
+            self._jumps = [seq]
+            self._quiet = True
+        return True
 
     def accept(self, seq: int) -> bool:
         """Record seq; False when it is a duplicate (drop it)."""
@@ -48,8 +91,11 @@ class SeqWindow:
         if seq > high:
             if self.received == 0:
                 self.first = seq
+            elif seq - high > self.window:
+                return self._suspect(seq)
             else:
                 self.missing += seq - high - 1
+            self._quiet = False
             d = seq - high
             self.bits = ((self.bits << d) | 1) & self.mask if d < self.window else 1
             self.high = seq
@@ -57,6 +103,8 @@ class SeqWindow:
             return True
         k = high - seq
         if k >= self.window:
+            if self.first - seq > self.window:
+                return self._suspect(seq)
             self.unchecked += 1
             self.received += 1
             if seq < self.first:
@@ -84,13 +132,14 @@ class SeqWindow:
 
     def as_dict(self) -> dict[str, int]:
         return {"first_seq": self.first, "last_seq": self.high, "received": self.received,
-                "missing": self.missing, "duplicates": self.duplicates, "unchecked": self.unchecked}
+                "missing": self.missing, "duplicates": self.duplicates, "unchecked": self.unchecked,
+                "suspect": self.suspect, "jumped": self.jumped}
 
 
 class Device:
     __slots__ = ("id", "online", "boot", "conn", "fw", "hw", "streams", "why", "first_seen", "last_seen",
                  "status_at", "messages", "readings", "duplicates", "stale_deaths", "boots", "values",
-                 "values_dropped")
+                 "values_dropped", "revived")
 
     def __init__(self, device_id: str, now_ms: int) -> None:
         self.id = device_id
@@ -102,8 +151,9 @@ class Device:
         self.streams: dict[str, Any] = {}
         self.why: str | None = None
         self.first_seen = now_ms
-        self.last_seen = now_ms
+        self.last_seen: int | None = now_ms  # None: known only from a retained status
         self.status_at: int | None = None
+        self.revived = 0
         self.messages = 0
         self.readings = 0
         self.duplicates = 0
@@ -147,6 +197,7 @@ class Device:
         out["status_at"] = self.status_at
         out["streams"] = self.streams
         out["stale_deaths"] = self.stale_deaths
+        out["revived"] = self.revived
         out["boots"] = {str(b): w.as_dict() for b, w in self.boots.items()}
         out["values"] = {s: {"value": v, "ts": ts, "error": e} for s, (v, ts, e) in self.values.items()}
         out["values_dropped"] = self.values_dropped
@@ -161,8 +212,11 @@ class Registry:
         self.window = window
         self.boots_kept = boots_kept
         self.devices: dict[str, Device] = {}
+        self._unborn: dict[str, None] = {}  # ids with no birth yet, oldest first
         self.duplicates = 0
         self.stale_deaths = 0
+        self.evicted = 0
+        self.revived = 0
 
     def __len__(self) -> int:
         return len(self.devices)
@@ -174,13 +228,28 @@ class Registry:
         dev = self.devices.get(device_id)
         if dev is None:
             if len(self.devices) >= self.max_devices:
-                raise RegistryFull(f"device {device_id!r} refused: {self.max_devices} devices registered "
-                                   "(raise [registry] max_devices)")
+                self._evict()
             dev = self.devices[device_id] = Device(device_id, now_ms)
+            self._unborn[device_id] = None
         return dev
 
+    def _evict(self) -> None:
+        """Make room: the oldest device that never sent a birth, else the least
+        recently seen (offline and unknown before online), a batch of 1% at a
+        time so a flood of new ids costs one scan per hundred."""
+        if self._unborn:
+            victims = [next(iter(self._unborn))]
+        else:
+            n = max(1, len(self.devices) // 100)
+            victims = [d.id for d in heapq.nsmallest(
+                n, self.devices.values(), key=lambda d: (d.online is True, d.last_seen or 0))]
+        for v in victims:
+            del self.devices[v]
+            self._unborn.pop(v, None)
+        self.evicted += len(victims)
+
     def telemetry(self, t: Telemetry, now_ms: int) -> bool:
-        """Account one message; False if it is a duplicate to drop. Raises RegistryFull."""
+        """Account one message; False if it is a duplicate to drop."""
         device = t["device"]
         dev = self.devices.get(device)
         if dev is None:
@@ -192,10 +261,18 @@ class Registry:
             win = dev.boots[boot] = SeqWindow(self.window)
             while len(dev.boots) > self.boots_kept:
                 dev.boots.popitem(last=False)
+        high = win.high
         if not win.accept(t["seq"]):
             dev.duplicates += 1
             self.duplicates += 1
             return False
+        if dev.online is False and boot == dev.boot and win.high > high:
+            # new telemetry of the session a death named: it was not dead (a
+            # forged or mistaken death holds only while the session is silent)
+            dev.online = True
+            dev.why = None
+            dev.revived += 1
+            self.revived += 1
         dev.messages += 1
         dev.readings += len(t["readings"])
         return True
@@ -207,20 +284,36 @@ class Registry:
         else:
             device.values_dropped += 1
 
-    def status(self, s: Status, now_ms: int) -> str:
+    def status(self, s: Status, now_ms: int, *, retained: bool = False) -> str:
         """Apply a birth or death: returns 'online', 'offline' or 'stale' (a death
-        naming a session that is not the current one, ignored)."""
+        naming a session that is not the current one, ignored). A `retained`
+        status is the broker's stored copy, replayed on subscribe: it says
+        nothing about when the device was last seen (status messages carry no
+        time), so it leaves last_seen and status_at as they were (None for a
+        device known only from it)."""
+        new = s.device not in self.devices
         dev = self._device(s.device, now_ms)
-        dev.last_seen = now_ms
+        if retained:
+            if new:
+                dev.last_seen = None
+            stamp = dev.status_at
+        else:
+            dev.last_seen = stamp = now_ms
         if s.online:
+            self._unborn.pop(s.device, None)
             dev.online = True
             dev.boot, dev.conn = s.boot, s.conn
             dev.fw, dev.hw = s.fw, s.hw
             dev.streams = s.streams
             dev.why = None
-            dev.status_at = now_ms
+            dev.status_at = stamp
             return "online"
-        current = dev.boot is None or (s.boot == dev.boot and dev.conn is not None and s.conn >= dev.conn)
+        if dev.boot is None:
+            # no birth seen: the session is the boot its telemetry comes from, if any
+            streaming = next(reversed(dev.boots), None)
+            current = streaming is None or s.boot == streaming
+        else:
+            current = s.boot == dev.boot and dev.conn is not None and s.conn >= dev.conn
         if not current:
             dev.stale_deaths += 1
             self.stale_deaths += 1
@@ -228,10 +321,12 @@ class Registry:
         dev.online = False
         dev.boot, dev.conn = s.boot, s.conn
         dev.why = s.why
-        dev.status_at = now_ms
+        dev.status_at = stamp
         return "offline"
 
     def totals(self) -> dict[str, Any]:
         online = sum(1 for d in self.devices.values() if d.online)
         return {"devices": len(self.devices), "online": online, "duplicates": self.duplicates,
-                "missing": sum(d.missing for d in self.devices.values()), "stale_deaths": self.stale_deaths}
+                "missing": sum(d.missing for d in self.devices.values()), "stale_deaths": self.stale_deaths,
+                "evicted": self.evicted, "revived": self.revived,
+                "suspect": sum(w.suspect for d in self.devices.values() for w in d.boots.values())}

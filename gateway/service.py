@@ -48,7 +48,9 @@ class Gateway:
                        max_clients=cfg.hub.max_clients)
         self.mqtt: MqttClient | None = None
         self.commands = Commands(publisher=self, timeout=cfg.commands.timeout,
-                                 max_timeout=cfg.commands.max_timeout, max_pending=cfg.commands.max_pending)
+                                 max_timeout=cfg.commands.max_timeout, max_pending=cfg.commands.max_pending,
+                                 max_pending_per_device=cfg.commands.max_pending_per_device,
+                                 presence=self._presence)
         self._core = Core(registry=self.registry, hub=self.hub, commands=self.commands, refusals=self.refusals)
         self._broker: Any = None
         self._runner: web.AppRunner | None = None
@@ -80,6 +82,10 @@ class Gateway:
         if self.mqtt is None:
             raise MqttNotConnected("the gateway is not started")
         await self.mqtt.publish(topic, payload, qos=qos, retain=retain)
+
+    def _presence(self, device: str) -> tuple[bool | None, str | None]:
+        dev = self.registry.get(device)
+        return (None, None) if dev is None else (dev.online, dev.why)
 
     # lifecycle
     async def __aenter__(self) -> Gateway:

@@ -3,6 +3,10 @@
     edgewire sim --devices 200 --rate 5 --qos 1 --broker mqtt://127.0.0.1:1883 --duration 10
     edgewire sim --devices 5 --duration 3 --json          # embedded amqtt broker
 
+The simulator is a client of any MQTT broker and does not import the gateway.
+Without `--broker` the caller hands in `start_broker`, which starts a broker
+and returns it (the `edgewire` command passes the gateway's embedded broker).
+
 Exit status: 0 the run completed; 1 the run failed (broker unreachable,
 devices that would not connect or stop); 2 bad arguments; 130 interrupted
 (the report of the partial run is still printed)."""
@@ -12,12 +16,22 @@ import argparse
 import logging
 import math
 import sys
-from typing import TextIO
+from collections.abc import Callable
+from typing import Protocol, TextIO
 
 from edgewire.sim.errors import SimError
 
 MAX_DURATION = 7 * 86400.0
 CONNECT_TIMEOUT = 60.0
+
+
+class RunningBroker(Protocol):
+    """A broker started for one run: where it listens, and how to stop it."""
+
+    @property
+    def url(self) -> str: ...
+
+    def stop(self) -> None: ...
 
 
 def _fail(msg: str, code: int, err: TextIO) -> int:
@@ -46,7 +60,11 @@ def check_args(args: argparse.Namespace) -> None:
         raise SimError(f"--seed {args.seed}: must be 0..{(1 << 32) - 1}")
 
 
-def sim_main(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
+def sim_main(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None, *,
+             start_broker: Callable[[], RunningBroker] | None = None) -> int:
+    """Run `edgewire sim`. Without `args.broker`, `start_broker()` starts the
+    broker the fleet uses (it raises SimError when it cannot) and the run ends
+    with its `stop()`."""
     out = out or sys.stdout
     err = err or sys.stderr
     try:
@@ -63,16 +81,16 @@ def sim_main(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | 
 
     from edgewire.sim.fleet import Fleet
 
-    broker = None
+    broker: RunningBroker | None = None
     code = 0
     try:
         if args.broker is None:
-            from edgewire.gateway.embedded_broker import EmbeddedBrokerError, EmbeddedBrokerThread
-
+            if start_broker is None:
+                return _fail("--broker URL is required (no embedded broker was offered)", 2, err)
             try:
-                broker = EmbeddedBrokerThread(port=0).start()
-            except EmbeddedBrokerError as e:
-                return _fail(f"the embedded broker did not start: {e}", 1, err)
+                broker = start_broker()
+            except SimError as e:
+                return _fail(str(e), 1, err)
         try:
             fleet = Fleet(broker.url if broker else args.broker, devices=args.devices, rate=args.rate,
                           qos=args.qos, seed=args.seed, prefix=args.prefix)

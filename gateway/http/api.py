@@ -1,15 +1,14 @@
 """REST: devices, commands, health and stats."""
 from __future__ import annotations
 
-import json
 import math
 from typing import Any
 
 from aiohttp import web
 
 from edgewire import wire
-from edgewire.gateway.errors import CommandBusy, CommandRejected, CommandTimeout, MqttError
-from edgewire.gateway.http.common import GATEWAY, error
+from edgewire.gateway.errors import CommandBusy, CommandOffline, CommandRejected, CommandTimeout, MqttError
+from edgewire.gateway.http.common import GATEWAY, BadJson, error, json_response, loads
 
 routes = web.RouteTableDef()
 
@@ -17,7 +16,7 @@ routes = web.RouteTableDef()
 @routes.get("/api/v1/devices")
 async def devices(request: web.Request) -> web.Response:
     reg = request.app[GATEWAY].core.registry
-    return web.json_response({"devices": [d.summary() for d in sorted(reg.devices.values(), key=lambda d: d.id)]})
+    return json_response({"devices": [d.summary() for d in sorted(reg.devices.values(), key=lambda d: d.id)]})
 
 
 @routes.get("/api/v1/devices/{device}")
@@ -26,7 +25,14 @@ async def device(request: web.Request) -> web.Response:
     dev = request.app[GATEWAY].core.registry.get(device_id)
     if dev is None:
         return error(404, "unknown_device", f"no device {device_id[:80]!r} has been seen")
-    return web.json_response(dev.detail())
+    return json_response(dev.detail())
+
+
+def _queue(request: web.Request) -> bool:
+    raw = request.query.get("queue", "false").lower()
+    if raw not in ("true", "false", "1", "0", "yes", "no", ""):
+        raise CommandRejected(f"queue {raw[:40]!r} is not true or false")
+    return raw in ("true", "1", "yes")
 
 
 def _timeout(request: web.Request) -> float | None:
@@ -50,19 +56,24 @@ async def command(request: web.Request) -> web.Response:
     commands = gw.core.commands
     try:
         timeout = _timeout(request)
+        queue = _queue(request)
         raw = await request.read()
         args: Any = None
         if raw.strip():
             try:
-                args = json.loads(raw)
-            except (ValueError, UnicodeDecodeError) as e:
-                raise CommandRejected(f"body is not JSON: {e}") from None
+                args = loads(raw)
+            except BadJson as e:
+                raise CommandRejected(f"{e}; nothing was sent") from None
         commands.check(device_id, name, args, timeout)
         if gw.core.registry.get(device_id) is None:
             return error(404, "unknown_device", f"no device {device_id!r} has been seen; nothing was sent")
-        result = await commands.send(device_id, name, args, timeout=timeout)
+        result = await commands.send(device_id, name, args, timeout=timeout, queue=queue)
     except CommandRejected as e:
         return error(400, "bad_request", str(e))
+    except CommandOffline as e:
+        dev = gw.core.registry.get(device_id)
+        return error(409, "device_offline", str(e), device=device_id, command=name,
+                     why_offline=None if dev is None else dev.why)
     except CommandBusy as e:
         return error(503, "busy", str(e))
     except CommandTimeout as e:
@@ -72,18 +83,18 @@ async def command(request: web.Request) -> web.Response:
                      device_state=state)
     except MqttError as e:
         return error(503, "broker_unavailable", f"command not sent: {e}")
-    return web.json_response(result.as_dict())
+    return json_response(result.as_dict())
 
 
 @routes.get("/healthz")
 async def healthz(request: web.Request) -> web.Response:
     ok, body = request.app[GATEWAY].health()
-    return web.json_response(body, status=200 if ok else 503)
+    return json_response(body, status=200 if ok else 503)
 
 
 @routes.get("/api/v1/stats")
 async def stats(request: web.Request) -> web.Response:
-    return web.json_response(request.app[GATEWAY].stats())
+    return json_response(request.app[GATEWAY].stats())
 
 
 def valid_device(device_id: str) -> bool:

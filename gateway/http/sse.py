@@ -13,15 +13,15 @@ import logging
 
 from aiohttp import web
 
-from edgewire.gateway.http.common import GATEWAY, error
-from edgewire.gateway.hub import HubFull, valid_filter
+from edgewire.gateway.http.common import GATEWAY, check_filter, error
+from edgewire.gateway.hub import HubFull
 
 log = logging.getLogger("edgewire.gateway.http.sse")
 
 MAX_EVENTS_PER_WRITE = 5000
 
 
-def filters_from_query(request: web.Request) -> list[str]:
+def filters_from_query(request: web.Request, max_filters: int) -> list[str]:
     filters = request.query.getall("filter", [])
     device = request.query.get("device")
     stream = request.query.get("stream")
@@ -29,25 +29,26 @@ def filters_from_query(request: web.Request) -> list[str]:
         filters.append(f"{device or '+'}/{stream or '#'}")
     if not filters:
         filters = ["#"]
+    if len(filters) > max_filters:
+        raise ValueError(f"{len(filters)} filters: at most {max_filters} per client ([http] max_filters)")
     for f in filters:
-        if not valid_filter(f):
-            raise ValueError(f"filter {f[:140]!r} is invalid: use <device>/<stream> with MQTT wildcards, "
-                             "e.g. 'dev-01/#', '+/temperature' or '#'")
-    return filters
+        check_filter(f)
+    return list(dict.fromkeys(filters))
 
 
 def parse_last_id(raw: str | None) -> int | None:
     if raw is None or raw == "":
         return None
-    if not raw.isdigit() or len(raw) > 19:
-        raise ValueError(f"Last-Event-ID {raw[:40]!r} is not an event id")
+    # ASCII digits only: str.isdigit() also takes other scripts' digits ('١٢٣')
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 19:
+        raise ValueError(f"Last-Event-ID {raw[:40]!r} is not an event id (ASCII digits)")
     return int(raw)
 
 
 async def stream(request: web.Request) -> web.StreamResponse:
     gw = request.app[GATEWAY]
     try:
-        filters = filters_from_query(request)
+        filters = filters_from_query(request, gw.config.http.max_filters)
         after = parse_last_id(request.headers.get("Last-Event-ID") or request.query.get("last_event_id"))
     except ValueError as e:
         return error(400, "bad_request", str(e))

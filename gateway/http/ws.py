@@ -3,10 +3,10 @@
 Client -> gateway (text frames, one JSON object each; `ref` is echoed back):
   {"op": "subscribe", "filter": "dev-01/#", "after": 123?, "ref": ...}
   {"op": "unsubscribe", "filter": "dev-01/#", "ref": ...}
-  {"op": "command", "device": "dev-01", "name": "ping", "args": ..., "timeout": 5?, "ref": ...}
+  {"op": "command", "device": "dev-01", "name": "ping", "args": ..., "timeout": 5?, "queue": false?, "ref": ...}
 Gateway -> client:
   {"type": "hello", "last_id": N}
-  {"type": "subscribed" | "unsubscribed", "filter": ..., "last_id": N, "ref": ...}
+  {"type": "subscribed" | "unsubscribed", "filter": ..., "count": n, "last_id": N, "ref": ...}
   {"type": "readings", "events": [{"id", "device", "stream", "value", "ts", "boot", "seq"}, ...]}
   {"type": "gap", "after", "first_available", "missed"}     (resume older than the log)
   {"type": "dropped", "dropped": n, "total": n}             (this client's queue overflowed)
@@ -21,15 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import json
 import logging
 from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from edgewire.gateway.errors import CommandBusy, CommandRejected, CommandTimeout, MqttError
-from edgewire.gateway.http.common import GATEWAY, GatewayView
-from edgewire.gateway.hub import HubFull, Subscription, valid_filter
+from edgewire.gateway.errors import CommandBusy, CommandOffline, CommandRejected, CommandTimeout, MqttError
+from edgewire.gateway.http.common import GATEWAY, BadJson, GatewayView, check_filter, dumps, loads
+from edgewire.gateway.hub import HubFull, Subscription
 
 log = logging.getLogger("edgewire.gateway.http.ws")
 
@@ -50,7 +49,7 @@ class _Session:
         if len(self.control) >= MAX_CONTROL:
             self.overflowed = True
         else:
-            self.control.append(json.dumps(obj, separators=(",", ":"), allow_nan=False, default=repr))
+            self.control.append(dumps(obj))
         self.sub.wake()
 
     def err(self, code: str, message: str, ref: Any = None) -> None:
@@ -80,9 +79,9 @@ class _Session:
 
     def handle(self, text: str) -> None:
         try:
-            msg = json.loads(text)
-        except ValueError:
-            self.err("bad_request", "not JSON")
+            msg = loads(text, "message")
+        except BadJson as e:
+            self.err("bad_request", str(e))
             return
         if not isinstance(msg, dict):
             self.err("bad_request", "expected a JSON object with an 'op'")
@@ -91,29 +90,32 @@ class _Session:
         hub = self.gw.core.hub
         if op in ("subscribe", "unsubscribe"):
             flt = msg.get("filter", "#")
-            if not isinstance(flt, str):
-                self.err("bad_request", "filter must be a string", ref)
-                return
             try:
+                check_filter(flt)
                 if op == "subscribe":
                     after = msg.get("after")
                     if after is not None and (not isinstance(after, int) or isinstance(after, bool) or after < 0):
                         self.err("bad_request", f"after {after!r} is not an event id", ref)
                         return
-                    if not valid_filter(flt):
-                        raise ValueError(f"filter {flt[:140]!r} is invalid: use <device>/<stream> with MQTT "
-                                         "wildcards, e.g. 'dev-01/#', '+/temperature' or '#'")
                     if flt not in self.sub.filters:
+                        cap = self.gw.config.http.max_filters
+                        if len(self.sub.filters) >= cap:
+                            self.err("too_many_filters", f"this connection holds {cap} filters already "
+                                     "([http] max_filters); unsubscribe one first", ref)
+                            return
                         if after is not None:
                             # before adding: backfill only what no held filter already delivered
                             hub.backfill(self.sub, after, [flt])
                         self.sub.add_filter(flt)
-                else:
-                    self.sub.remove_filter(flt)
+                elif not self.sub.remove_filter(flt):
+                    self.err("not_subscribed", f"filter {flt[:140]!r} is not subscribed on this connection; "
+                             f"nothing changed ({len(self.sub.filters)} filters held)", ref)
+                    return
             except ValueError as e:
                 self.err("bad_request", str(e), ref)
                 return
-            self.reply({"type": op + "d", "filter": flt, "filters": list(self.sub.filters),
+            # the filter and the count, not the whole list: replies stay small
+            self.reply({"type": op + "d", "filter": flt, "count": len(self.sub.filters),
                         "last_id": hub.log.last_id, "ref": ref})
         elif op == "command":
             if len(self.commands) >= MAX_COMMANDS:
@@ -126,18 +128,22 @@ class _Session:
             self.err("bad_request", f"unknown op {str(op)[:40]!r} (subscribe, unsubscribe, command)", ref)
 
     async def _command(self, msg: dict[str, Any], ref: Any) -> None:
-        device, name, timeout = msg.get("device"), msg.get("name"), msg.get("timeout")
+        device, name, timeout, queue = msg.get("device"), msg.get("name"), msg.get("timeout"), msg.get("queue", False)
         commands = self.gw.core.commands
         try:
             if not isinstance(device, str) or not isinstance(name, str):
                 raise CommandRejected("a command needs 'device' and 'name' strings")
+            if not isinstance(queue, bool):
+                raise CommandRejected(f"queue {queue!r} is not true or false")
             commands.check(device, name, msg.get("args"), timeout)
             if self.gw.core.registry.get(device) is None:
                 self.err("unknown_device", f"no device {device!r} has been seen; nothing was sent", ref)
                 return
-            res = await commands.send(device, name, msg.get("args"), timeout=timeout)
+            res = await commands.send(device, name, msg.get("args"), timeout=timeout, queue=queue)
         except CommandRejected as e:
             self.err("bad_request", str(e), ref)
+        except CommandOffline as e:
+            self.err("device_offline", str(e), ref)
         except CommandBusy as e:
             self.err("busy", str(e), ref)
         except CommandTimeout as e:

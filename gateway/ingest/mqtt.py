@@ -42,13 +42,16 @@ class MqttIngest:
                 if m.size:  # larger than [mqtt] max_packet: refused unread
                     raise ProtocolError("oversized", f"message of {m.size} bytes exceeds the MQTT packet limit")
                 if kind == "telemetry":
+                    if m.retain:  # the broker's stored copy, replayed at every subscribe: not a new reading
+                        raise ProtocolError("retained", "retained telemetry ignored (publish telemetry "
+                                                        "without the retain flag)")
                     add(telemetry(m.payload, device))
                 elif kind == "status":
                     if pending:
                         core.accept_telemetry(pending, now_ms)
                         pending = []
                         add = pending.append
-                    core.accept_status(self.decoder.status(m.payload, device), now_ms)
+                    core.accept_status(self.decoder.status(m.payload, device), now_ms, retained=m.retain)
                 elif kind == "result":
                     core.accept_result(self.decoder.result(m.payload, device))
                 # kind "cmd": our own commands, echoed by the '#' subscription

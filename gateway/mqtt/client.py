@@ -143,6 +143,9 @@ class _Conn(asyncio.Protocol):
         for fut in futures:
             if not fut.done():
                 fut.set_exception(MqttError(f"connection lost: {self.error}"))
+                # Mark it seen: after a cancelled connect (a failed start) nobody
+                # awaits it, and asyncio would log "never retrieved" at collection.
+                fut.exception()
         if not self.closed.done():
             self.closed.set_result(None)
         self.client._lost(self)
@@ -337,13 +340,24 @@ class MqttClient:
         return conn
 
     async def _keepalive(self, conn: _Conn) -> None:
+        # PINGREQ every keepalive/2; the link is dead once 1.5 x keepalive
+        # pass without a byte from the broker (the server's rule in MQTT
+        # 3.1.1, 3.1.2.10, applied to our side). Wake at whichever comes
+        # first, so detection never takes longer than 1.5 x.
         interval = self.keepalive / 2
+        dead_after = self.keepalive * 1.5
+        next_ping = time.monotonic() + interval
         while True:
-            await asyncio.sleep(interval)
-            if not conn.paused and time.monotonic() - conn.last_rx > self.keepalive * 1.5:
-                conn.fail(MqttError(f"no answer from the broker for {self.keepalive * 1.5:g} s"))
+            # while we pause reading (back-pressure) silence is ours, not the broker's
+            wake = next_ping if conn.paused else min(next_ping, conn.last_rx + dead_after)
+            await asyncio.sleep(max(0.0, wake - time.monotonic()))
+            now = time.monotonic()
+            if not conn.paused and now - conn.last_rx >= dead_after:
+                conn.fail(MqttError(f"no answer from the broker for {dead_after:g} s"))
                 return
-            conn.write(P.PINGREQ_BYTES)
+            if now >= next_ping:
+                conn.write(P.PINGREQ_BYTES)
+                next_ping = now + interval
 
     def _set_down(self) -> None:
         self.up.clear()

@@ -83,6 +83,11 @@ _PINGRESP = PingResp()
 # ---------------------------------------------------------------- encoding
 
 def _remaining(n: int) -> bytes:
+    """The variable-length remaining length: at most 4 bytes, so at most
+    268,435,455 (MQTT 3.1.1, 2.2.3). Larger would encode as 5+ bytes that every
+    conformant broker rejects as a malformed packet."""
+    if not 0 <= n <= _MAX_REMAINING:
+        raise ValueError(f"MQTT packet body of {n} bytes exceeds the protocol limit of {_MAX_REMAINING} bytes")
     out = bytearray()
     while True:
         b = n & 0x7F

@@ -80,7 +80,8 @@ async def test_command_to_absent_device_times_out_504(broker: Mosquitto, gateway
     await wait_for(lambda: gateway.registry.get("dev-gone").online is False, what="device offline")  # type: ignore[union-attr]
     loop = asyncio.get_running_loop()
     t0 = loop.time()
-    r = await http.post(gateway.http_url + "/api/v1/devices/dev-gone/commands/ping?timeout=0.5")
+    # queued on purpose (an offline device is otherwise refused at once, 409: test_hardening_commands)
+    r = await http.post(gateway.http_url + "/api/v1/devices/dev-gone/commands/ping?timeout=0.5&queue=true")
     elapsed = loop.time() - t0
     body = await r.json()
     assert r.status == 504, body

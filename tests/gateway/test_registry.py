@@ -23,7 +23,7 @@ async def test_gaps_and_duplicates_counted_duplicates_not_forwarded(gateway: Gat
     assert (d["messages"], d["duplicates"], d["missing"]) == (6, 2, 2)
     assert d["loss"] == 0.25  # 2 of 8
     assert d["boots"]["9"] == {"first_seq": 1, "last_seq": 8, "received": 6, "missing": 2, "duplicates": 2,
-                               "unchecked": 0}
+                               "unchecked": 0, "suspect": 0, "jumped": 0}
     stats = await (await http.get(gateway.http_url + "/api/v1/stats")).json()
     assert stats["registry"]["duplicates"] == 2 and stats["hub"]["last_id"] == 6
 
@@ -57,7 +57,12 @@ def test_seq_window_rules() -> None:
     assert [w.accept(s) for s in (5, 6, 6, 9, 7)] == [True, True, False, True, True]
     assert (w.first, w.high, w.missing, w.duplicates, w.received) == (5, 9, 1, 1, 4)
     assert w.accept(4) and (w.first, w.missing) == (4, 1)          # earlier than the first seen
-    assert w.accept(100) and w.missing == 1 + 90                    # a big jump: 10..99 missing
-    assert not w.accept(100) and w.duplicates == 2
-    assert w.accept(8) and w.unchecked == 1                          # outside the window: passed on, noted
-    assert w.missing == 90
+    assert w.accept(20) and w.missing == 1 + 10                     # a jump within the window: 10..19 missing
+    assert not w.accept(20) and w.duplicates == 2
+    assert w.accept(8) and w.missing == 10 and w.unchecked == 0     # late, still inside the window
+    assert w.accept(3) and w.unchecked == 1                          # outside the window: passed on, noted
+    assert w.missing == 10
+    # beyond the window (issue #6 item 8): suspect, neither missing nor the window move
+    assert w.accept(100) and (w.suspect, w.missing, w.high) == (1, 10, 20)
+    assert not w.accept(100) and w.duplicates == 3
+    assert w.accept(21) and w.missing == 10                          # duplicate detection still on

@@ -68,7 +68,7 @@ def test_cli_without_broker_uses_the_embedded_broker() -> None:
 ])
 def test_bad_arguments_exit_2_with_a_clear_message(args: list[str], message: str,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    from edgewire.gateway.cli import main
+    from edgewire.app.cli import main
 
     assert main(["sim", *args]) == 2
     out, err = capsys.readouterr()

@@ -4,12 +4,19 @@
     edgewire sim --devices N --rate R --qos Q [--broker URL] --duration S
     edgewire demo [--port 8080]
 
-Each job's module is imported only when that job runs."""
+Each job's module is imported only when that job runs. This module lives in
+edgewire.app, above the gateway and the simulator, so that neither of those
+imports the other: `edgewire sim` without `--broker` gets the gateway's
+embedded broker from here."""
 from __future__ import annotations
 
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from edgewire.gateway.embedded_broker import EmbeddedBrokerThread
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,6 +48,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def start_embedded_broker_for_sim() -> "EmbeddedBrokerThread":
+    """The gateway's embedded broker on a free port, for `edgewire sim` without --broker."""
+    from edgewire.gateway.embedded_broker import EmbeddedBrokerError, EmbeddedBrokerThread
+    from edgewire.sim.errors import SimError
+
+    try:
+        return EmbeddedBrokerThread(port=0).start()
+    except EmbeddedBrokerError as e:
+        raise SimError(f"the embedded broker did not start: {e}") from e
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.job == "gateway":
@@ -50,8 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.job == "sim":
         from edgewire.sim.cli import sim_main
 
-        return sim_main(args)
-    from edgewire.gateway.demo import demo_main
+        return sim_main(args, start_broker=start_embedded_broker_for_sim)
+    from edgewire.app.demo import demo_main
 
     return demo_main(args)
 

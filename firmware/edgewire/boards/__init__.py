@@ -217,6 +217,9 @@ class Board:
     def feed(self):
         """Feed the watchdog; boards without one do nothing."""
 
+    def feed(self):
+        """Feed the watchdog; boards without one do nothing."""
+
     def free_memory(self):
         try:
             import gc

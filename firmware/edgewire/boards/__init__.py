@@ -217,9 +217,6 @@ class Board:
     def feed(self):
         """Feed the watchdog; boards without one do nothing."""
 
-    def feed(self):
-        """Feed the watchdog; boards without one do nothing."""
-
     def free_memory(self):
         try:
             import gc

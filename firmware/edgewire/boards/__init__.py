@@ -32,8 +32,7 @@
 #
 # Board below implements the shared parts (clock, storage, TCP connect, memory);
 # each board implements the sensors (read, check_source, default_streams) and
-# the network (network_up, connect_network). RAM is tight on the 64K test heap:
-# nothing here that every board overrides.
+# the network (network_up, connect_network).
 # default_board() picks by sys.platform, like gpiozero picks a pin factory.
 # Sensor drivers (I2C/SPI parts), a flash-backed offline queue and OTA will plug
 # in here as further board services.
@@ -170,15 +169,17 @@ class Board:
                 if not r[0][1] & (select.POLLERR | select.POLLHUP):
                     try:
                         s.connect(addr)
-                        return s
+                        break
                     except OSError as x:
                         e = x.args[0]
                     if e in (106, 127):  # EISCONN
-                        return s
+                        break
                     if e in (114, 115, 119, 120, 11):  # still connecting
                         self.sleep_ms(10)
                         continue
                 raise OSError(111, "connect to %s:%d refused (%s)" % (host, port, e))
+            p.unregister(s)
+            return s
         except BaseException:
             s.close()
             raise
@@ -213,6 +214,15 @@ class Board:
             os.rename(p + ".tmp", p)
 
     # ------------------------------------------------------------ sensors, system
+
+    def check_source(self, source):
+        return "source %r is not known on board %s" % (source, self.name)
+
+    def read(self, source):
+        raise SensorError(self.check_source(source) or "cannot read %r" % (source,))
+
+    def default_streams(self):
+        return []
 
     def feed(self):
         """Feed the watchdog; boards without one do nothing."""

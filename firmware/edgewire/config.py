@@ -42,9 +42,6 @@ DEFAULTS = {
     "cmd_cache": 4,             # recent command ids remembered to answer repeats without re-executing
     "allow_reboot": True,       # the reboot command may reset the board
     "min_interval_ms": 100,     # set_interval and streams accept no faster rate
-    # board
-    "watchdog_ms": 8000,        # real boards: reset when not fed for this long (0: off; rp2 max 8388)
-    "ntp_host": None,           # real boards: an NTP server for wall time (null: time from the gateway)
     # diagnostics
     "debug": False,             # log details and periodic stats to stdout
     "stats_ms": 60000,          # period of the debug stats line
@@ -122,7 +119,6 @@ def validate(cfg, board=None):
     _str(cfg, "wifi_ssid", True, 32)
     _str(cfg, "wifi_password", True, 64)
     _str(cfg, "broker_host", False, 253)
-    _str(cfg, "ntp_host", True, 253)
     _str(cfg, "username", True)
     _str(cfg, "password", True)
     _int(cfg, "broker_port", 1, 65535)
@@ -140,8 +136,6 @@ def validate(cfg, board=None):
     _int(cfg, "cmd_cache", 1, 256)
     _int(cfg, "min_interval_ms", 10, 86400000)
     _int(cfg, "stats_ms", 1000, 86400000)
-    if cfg["watchdog_ms"] != 0:
-        _int(cfg, "watchdog_ms", 1000, 600000)
     for k in ("clean_session", "commands", "allow_reboot", "debug"):
         _bool(cfg, k)
     st = cfg["streams"]

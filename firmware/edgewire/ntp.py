@@ -1,6 +1,6 @@
 # Optional wall time from an NTP server, for sites whose gateway does not send
 # the time (the gateway's `time` command is the normal source). Loaded only
-# when config "ntp_host" is set; McuBoard.feed() calls sync() when it is due:
+# when the board has an ntp_host (McuBoard(ntp_host=...)); McuBoard.feed() calls sync() when it is due:
 # at once after the Wi-Fi is up, then every hour, and 30 s after a failure.
 # One query blocks for at most ntptime.timeout (1 s) plus the lookup of the
 # host (use an IP address to avoid DNS).

@@ -1,6 +1,6 @@
 """firmware/main.py as a board boots it, on the port fakes (tests/firmware/ports/)
-and the MicroPython unix port, talking to a real mosquitto: the platform's
-board is picked, joins the fake Wi-Fi, publishes, and keeps its watchdog fed
+and the MicroPython unix port, talking to a real mosquitto: the port's board
+joins the fake Wi-Fi, publishes, and keeps its watchdog fed
 through slow paths."""
 from __future__ import annotations
 
@@ -17,16 +17,16 @@ from tests.support.broker import Mosquitto
 pytestmark = pytest.mark.micropython
 
 ADC = {"rp2": 26, "esp32": 34}
+BOARD = {"rp2": ("PicoWBoard", "pico_w"), "esp32": ("Esp32Board", "esp32")}
 
 
-def boot(port: str, store: Path, cfg: dict[str, object], setup: str = "") -> str:
+def boot(port: str, store: Path, cfg: dict[str, object], setup: str = "", kw: str = "") -> str:
     store.mkdir(parents=True, exist_ok=True)
     (store / "config.json").write_text(json.dumps(cfg))
     return (f"fakehw.ap('home', 'pw')\nfakehw.volts[{ADC[port]}] = 1.2\n{setup}\n"
-            "from edgewire import boards\n"
-            "boards.PLATFORM = fakehw.PORT   # what sys.platform says on the board\n"
+            f"from edgewire.boards.{BOARD[port][1]} import {BOARD[port][0]}\n"
             "import main\n"
-            f"main.main(boards.default_board(storage_dir={str(store)!r}))\n")
+            f"main.main({BOARD[port][0]}(storage_dir={str(store)!r}{kw}))\n")
 
 
 def config(port: str, broker_port: int, **over: object) -> dict[str, object]:
@@ -74,10 +74,10 @@ def test_no_normal_path_starves_the_watchdog(broker: Mosquitto, tmp_path: Path, 
              "    _n[0] += 1\n"
              "    _orig(self, ssid, 'wrong' if _n[0] == 1 else key)\n"
              "_wlan.WlanModel.connect = connect\n")
-    cfg = config("rp2", broker.port, broker_host="gateway.local", watchdog_ms=20000,
+    cfg = config("rp2", broker.port, broker_host="gateway.local",
                  backoff_min_ms=1000, backoff_max_ms=8000, debug=True)
     rec = Recorder(broker.port, dev, f"rec-{dev}").start()
-    p = boardrun.spawn("rp2", boot("rp2", tmp_path / dev, cfg, setup))
+    p = boardrun.spawn("rp2", boot("rp2", tmp_path / dev, cfg, setup, ", watchdog_ms=20000"))
     try:
         rec.wait(lambda r: len(r.telemetry()) >= 3 or p.poll() is not None, 30, "telemetry after the slow paths")
         assert p.poll() is None
@@ -86,3 +86,4 @@ def test_no_normal_path_starves_the_watchdog(broker: Mosquitto, tmp_path: Path, 
         rec.stop()
     assert "FAKE-EXIT" not in out, out[-3000:]
     assert "wrong password" in out and "refused" in out, out[-3000:]
+    assert "WDT(timeout=8388)" in out, out[-3000:]

@@ -248,7 +248,7 @@ out([before, b.time_ms()])
 
 def test_ntp_is_optional_resynced_and_retried(firmware_build: Path) -> None:
     p = boardrun.run("rp2", board_code("rp2") + """
-b.configure({'ntp_host': '10.0.0.1'})
+b.configure({'ntp_host': '10.0.0.1', 'watchdog_ms': 0})
 fakehw.ntp_servers['10.0.0.1'] = None        # no answer at first
 b.feed()
 out(len(fakehw.ntp_queries))                 # not before the Wi-Fi is up
@@ -275,11 +275,12 @@ out([q1, q2, q3, t, len(fakehw.ntp_queries), b.time_ms()])
 
 # ------------------------------------------------------------------ watchdog
 
-@pytest.mark.parametrize("port,asked,started", [("rp2", 10000, 8388), ("esp32", 10000, 10000), ("rp2", 0, None)])
+@pytest.mark.parametrize("port,asked,started", [("rp2", 10000, 8388), ("esp32", 10000, 10000), ("rp2", 0, None),
+                                                ("rp2", None, 8000)])
 def test_watchdog_clamped_to_the_ports_limit(firmware_build: Path, port: str, asked: int,
                                              started: int | None) -> None:
-    p = boardrun.run(port, board_code(port) + f"""
-b.configure({{'watchdog_ms': {asked}}})
+    kw = {} if asked is None else {"watchdog_ms": asked}
+    p = boardrun.run(port, board_code(port, **kw) + f"""
 b.feed()
 b.sleep_ms({(started or 1000) - 100})
 b.feed()

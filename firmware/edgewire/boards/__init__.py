@@ -10,7 +10,6 @@
 #              sleep_ms(ms)
 #              time_ms()                 epoch ms, or None while the clock is not set
 #              random_u32()              32 random bits
-#              set_time_ms(ms)           set the wall clock (the gateway's `time` command, NTP)
 #   network    network_up()              the link (Wi-Fi) is up
 #              link_up()                 cheap, non-blocking: the link is still up (the
 #                                        Device asks at least once a second and before
@@ -30,9 +29,7 @@
 #                                        calls it every step and inside every long wait
 #              reset()                   reboot (SimBoard: raises ResetRequested)
 #
-# Board below implements the shared parts (clock, storage, TCP connect, memory);
-# each board implements the sensors (read, check_source, default_streams) and
-# the network (network_up, connect_network).
+# Board below implements the shared parts (clock, storage, TCP connect, memory).
 # default_board() picks by sys.platform, like gpiozero picks a pin factory.
 # Sensor drivers (I2C/SPI parts), a flash-backed offline queue and OTA will plug
 # in here as further board services.
@@ -52,13 +49,10 @@ class ResetRequested(Exception):
     """Raised by simulated boards' reset(): whoever runs the device starts a new boot."""
 
 
-PLATFORM = sys.platform  # what default_board() picks by; tests on port fakes set it
-
-
 def default_board(**kwargs):
     """The board for this platform: 'esp32' -> Esp32Board, 'rp2' -> PicoWBoard,
     anything else (linux unix port, CPython) -> SimBoard. kwargs go to the board."""
-    p = PLATFORM
+    p = sys.platform
     if p == "esp32":
         from edgewire.boards.esp32 import Esp32Board
         return Esp32Board(**kwargs)
@@ -71,13 +65,18 @@ def default_board(**kwargs):
     return SimBoard(**kwargs)
 
 
+try:
+    import errno
+    _INPROGRESS = (errno.EINPROGRESS, getattr(errno, "EAGAIN", 11), 115, 119, 11)
+except ImportError:
+    _INPROGRESS = (115, 119, 11)
+
 _EPOCH_2000 = 946684800  # seconds from 1970-01-01 to 2000-01-01
 _CLOCK_SET_S = 1704067200  # 2024-01-01: an earlier wall clock means "not set"
 
 
 class Board:
     name = "board"
-    _time_off = None  # epoch ms - ticks_ms, once set_time_ms() was called
 
     def __init__(self, storage_dir="."):
         self.storage_dir = storage_dir
@@ -112,18 +111,11 @@ class Board:
                 time.sleep(ms / 1000)
 
     def time_ms(self):
-        if self._time_off is not None:
-            return self.ticks_ms() + self._time_off
         if hasattr(time, "time_ns"):
             ms = time.time_ns() // 1000000 + self._epoch_fix * 1000
         else:
             ms = int((time.time() + self._epoch_fix) * 1000)
         return ms if ms >= _CLOCK_SET_S * 1000 else None
-
-    def set_time_ms(self, ms):
-        """Set the wall clock to epoch ms `ms` (from the gateway or NTP); it then
-        runs on ticks_ms, so it survives neither a reboot nor a bad RTC."""
-        self._time_off = int(ms) - self.ticks_ms()
 
     def random_u32(self):
         b = os.urandom(4)
@@ -131,54 +123,27 @@ class Board:
 
     # ------------------------------------------------------------ network
 
-    def _addr(self, host, port):
-        """The address to connect to (McuBoard caches it: DNS is slow on boards)."""
-        return socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0][-1]
-
     def connect(self, host, port, timeout_ms):
-        """A connected, non-blocking TCP socket, or OSError within ~timeout_ms
-        (plus the address lookup). Connected means the handshake completed: a
-        refused connect fails at once on every port, also where poll() reports
-        it writable (esp32's lwIP sockets) or reports a connecting socket
-        writable (rp2 before MicroPython 1.25). A second connect() tells them
-        apart: EISCONN when connected, EALREADY/EINPROGRESS while connecting,
-        another error when refused. errno differs per port: esp32 has newlib's
-        numbers (EINPROGRESS 119, EALREADY 120, EISCONN 127), the others Linux's
-        (115, 114, 106)."""
-        addr = self._addr(host, port)
+        """A connected, non-blocking TCP socket, or OSError within ~timeout_ms.
+        (Name resolution of a host name may block on some ports; use an IP address
+        or a .local name the port resolves quickly.)"""
+        addr = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0][-1]
         s = socket.socket()
         try:
             s.setblocking(False)
             try:
                 s.connect(addr)
             except OSError as e:
-                if e.args[0] not in (115, 119, 11):
+                if e.args[0] not in _INPROGRESS:
                     raise
             p = select.poll()
             p.register(s, select.POLLOUT)
-            end = self.ticks_ms() + timeout_ms
-            while True:
-                left = end - self.ticks_ms()
-                if left <= 0:
-                    raise OSError(110, "connect to %s:%d timed out after %d ms" % (host, port, timeout_ms))
-                self.feed()
-                r = p.poll(min(left, 1000))
-                if not r:
-                    continue
-                e = 0
-                if not r[0][1] & (select.POLLERR | select.POLLHUP):
-                    try:
-                        s.connect(addr)
-                        break
-                    except OSError as x:
-                        e = x.args[0]
-                    if e in (106, 127):  # EISCONN
-                        break
-                    if e in (114, 115, 119, 120, 11):  # still connecting
-                        self.sleep_ms(10)
-                        continue
-                raise OSError(111, "connect to %s:%d refused (%s)" % (host, port, e))
+            res = p.poll(max(1, int(timeout_ms)))
             p.unregister(s)
+            if not res:
+                raise OSError(110, "connect to %s:%d timed out after %d ms" % (host, port, timeout_ms))
+            if res[0][1] & (select.POLLERR | select.POLLHUP):
+                raise OSError(111, "connect to %s:%d refused" % (host, port))
             return s
         except BaseException:
             s.close()
@@ -233,3 +198,17 @@ class Board:
             return gc.mem_free()
         except (ImportError, AttributeError):
             return None
+
+
+def split_source(source):
+    """'adc:26' -> ('adc', 26); 'internal_temp' -> ('internal_temp', None);
+    'sim:door' -> ('sim', 'door'). Numeric arguments become ints."""
+    if not isinstance(source, str) or not source:
+        return None, None
+    i = source.find(":")
+    if i < 0:
+        return source, None
+    kind, arg = source[:i], source[i + 1:]
+    if arg.isdigit():
+        arg = int(arg)
+    return kind, arg

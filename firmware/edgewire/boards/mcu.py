@@ -11,14 +11,14 @@
 # backoff (the join goes on in the Wi-Fi chip meanwhile), so sampling and
 # stop() carry on during a 20 s join.
 #
-# Watchdog: with watchdog_ms > 0 (config) the first feed() starts machine.WDT,
+# Watchdog: with watchdog_ms > 0 (default 8000) the first feed() starts machine.WDT,
 # clamped to the port's limit (WDT_MAX_MS: 8388 on rp2); the Device feeds it
 # every step and inside every wait that can last, the board inside the join
 # and the DNS lookup.
 #
 # RAM: one WLAN object, one WDT, and one ADC/Pin/driver object per source read (cached).
 
-from edgewire.boards import Board, SensorError
+from edgewire.boards import Board, SensorError, split_source
 
 _SLICE_MS = 200  # longest a connect_network() call waits: one Device step
 
@@ -32,7 +32,7 @@ class McuBoard(Board):
     WDT_MAX_MS = 0      # the port's watchdog limit, 0: none to speak of
 
     def __init__(self, ssid=None, password=None, storage_dir="/", hostname=None, adc_vref=None,
-                 adc_offset=0.0):
+                 adc_offset=0.0, watchdog_ms=8000, ntp_host=None):
         Board.__init__(self, storage_dir)
         self._ssid = ssid
         self._password = password
@@ -46,13 +46,17 @@ class McuBoard(Board):
         self._wdt_ms = 0
         self._wdt = None
         self._ntp = None    # [host, next sync ms] when NTP is configured
-        self._dns = None    # the broker's address, see _addr()
+        self.configure({"watchdog_ms": watchdog_ms, "ntp_host": ntp_host})
+        self._dns = None    # the broker's address, see connect()
+        self._time_off = None  # epoch ms - ticks_ms once the wall time was set
 
     def configure(self, config):
         if config.get("wifi_ssid"):
             self._ssid = config["wifi_ssid"]
             self._password = config.get("wifi_password")
-        ms = config.get("watchdog_ms") or 0
+        # watchdog_ms and ntp_host: board settings (constructor keywords; taken
+        # from the config too once config.py has the keys)
+        ms = config.get("watchdog_ms", self._wdt_ms) or 0
         if self.WDT_MAX_MS and ms > self.WDT_MAX_MS:
             ms = self.WDT_MAX_MS
         self._wdt_ms = ms
@@ -67,6 +71,18 @@ class McuBoard(Board):
         return self._id
 
     # ------------------------------------------------------------ watchdog, time
+
+    def time_ms(self):
+        """The RTC is no wall clock on these boards (rp2 restarts it at 2021 on
+        every boot): the wall time comes from the gateway or NTP (set_time_ms)."""
+        if self._time_off is not None:
+            return self.ticks_ms() + self._time_off
+        return Board.time_ms(self)
+
+    def set_time_ms(self, ms):
+        """Set the wall clock to epoch ms (from the gateway or NTP); it then runs
+        on ticks_ms and lasts until the next boot."""
+        self._time_off = int(ms) - self.ticks_ms()
 
     def feed(self):
         if self._wdt_ms:
@@ -95,37 +111,54 @@ class McuBoard(Board):
     def network_up(self):
         return self._wlan is not None and self._wlan.isconnected()
 
-    def _addr(self, host, port):
-        """DNS once, cached (an IP address never goes to DNS on any port); one
+    def connect(self, host, port, timeout_ms):
+        """Board.connect, made right for the ports:
+
+        DNS once, cached (an IP address never goes to DNS on any port); one
         lookup per attempt while it fails (the Device's backoff spaces them), and
         again after three failed connects in a row (DHCP may have moved the
         broker). Fed around the lookup, which blocks: esp32 mDNS takes ~5 s for a
-        .local name, rp2's lwIP spins until DNS answers."""
+        .local name, rp2's lwIP spins until DNS answers.
+
+        Connected means the handshake completed: Board.connect returns once
+        poll() says writable, which esp32's lwIP sockets also say for a refused
+        connect, and rp2 before MicroPython 1.25 for one still connecting. A
+        second connect() tells them apart: EISCONN (esp32 newlib 127, else 106)
+        when connected, EALREADY/EINPROGRESS (114, 115, 119, 120) while still
+        connecting, another error when refused: that fails at once."""
         d = self._dns  # [host, port, address, connects failed in a row]
         if d is None or d[0] != host or d[1] != port or d[3] > 2:
             self._dns = None
             self.feed()
+            import socket
             try:
-                d = [host, port, Board._addr(self, host, port), 0]
+                a = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0][-1]
             except OSError as e:
                 raise OSError(2, "DNS lookup of %s failed (%s)" % (host, e))
             self.feed()
-            self._dns = d
-        return d[2]
-
-    def connect(self, host, port, timeout_ms):
-        try:
-            s = Board.connect(self, host, port, timeout_ms)
-        except OSError:
-            if self._dns is not None:
-                self._dns[3] += 1
-            raise
-        self._dns[3] = 0
+            d = self._dns = [host, port, a, 0]
+        if self._wdt_ms:  # the wait inside Board.connect is not fed
+            timeout_ms = min(timeout_ms, self._wdt_ms // 2)
+        end = self.ticks_ms() + timeout_ms
+        d[3] += 1
+        s = Board.connect(self, d[2][0], port, timeout_ms)  # the address: no second lookup
+        while True:
+            e = 0
+            try:
+                s.connect(d[2])
+                break
+            except OSError as x:
+                e = x.args[0]
+            if e in (106, 127):
+                break
+            if e not in (114, 115, 119, 120, 11) or self.ticks_ms() >= end:
+                s.close()
+                raise OSError(111 if e else 110, "connect to %s:%d %s (%s)"
+                              % (host, port, "timed out" if e in (114, 115, 119, 120, 11) else "refused", e))
+            self.feed()
+            self.sleep_ms(10)
+        d[3] = 0
         return s
-
-    def _start_join(self, w):
-        w.active(True)
-        w.connect(self._ssid, self._password)
 
     def connect_network(self, timeout_ms):
         """Join the configured Wi-Fi: True once up; False while the join is still
@@ -235,17 +268,3 @@ def _join_error(st):
         if getattr(network, name, None) == st:
             return name[5:].lower().replace("_", " ")
     return None
-
-
-def split_source(source):
-    """'adc:26' -> ('adc', 26); 'internal_temp' -> ('internal_temp', None);
-    'sim:door' -> ('sim', 'door'). Numeric arguments become ints."""
-    if not isinstance(source, str) or not source:
-        return None, None
-    i = source.find(":")
-    if i < 0:
-        return source, None
-    kind, arg = source[:i], source[i + 1:]
-    if arg.isdigit():
-        arg = int(arg)
-    return kind, arg

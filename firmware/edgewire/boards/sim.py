@@ -19,7 +19,7 @@
 # RAM: ~30 slots of state per board; storage=None keeps files in a dict.
 
 
-from edgewire.boards import Board, ResetRequested, SensorError
+from edgewire.boards import Board, ResetRequested, SensorError, split_source
 
 MODELS = ("temperature", "humidity", "battery", "door")
 
@@ -148,7 +148,8 @@ class SimBoard(Board):
     # ------------------------------------------------------------ sensors
 
     def check_source(self, source):
-        if not isinstance(source, str) or source[:4] != "sim:" or source[4:] not in MODELS:
+        kind, arg = split_source(source)
+        if kind != "sim" or arg not in MODELS:
             return "source %r is not known on the sim board (expected sim:%s)" % (source, "|".join(MODELS))
         return None
 

@@ -78,6 +78,7 @@ class WDTBase:
         if self.MAX_MS and timeout > self.MAX_MS:
             raise ValueError("timeout exceeds %d" % self.MAX_MS)
         fakehw.log("WDT(timeout=%d)" % timeout)
+        print("FAKE-WDT WDT(timeout=%d)" % timeout)  # on the console, for tests of whole runs
         fakehw.wdt_start(timeout)
 
     def feed(self):

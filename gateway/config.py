@@ -11,11 +11,13 @@ import dataclasses
 import logging
 import math
 import tomllib
+from types import MappingProxyType
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
+from edgewire.gateway.embedded_broker import MEASURED_LIMIT
 from edgewire.gateway.errors import _MISSING as _MISSING_VALUE
 from edgewire.gateway.errors import ConfigError
 
@@ -25,6 +27,7 @@ __all__ = [
     "GatewayConfig",
     "HttpConfig",
     "HubConfig",
+    "JournalConfig",
     "LogConfig",
     "MqttConfig",
     "RegistryConfig",
@@ -127,6 +130,9 @@ class EmbeddedBrokerConfig:
     host: str = "127.0.0.1"
     port: int = 1883
     allow_fallback: bool = True
+    # MQTT ingest rate (msg/s) at which the gateway warns that the embedded
+    # broker nears its limit; 0 never warns. Default: 70% of the measured limit.
+    warn_rate: float = round(0.7 * MEASURED_LIMIT)
 
     def __post_init__(self) -> None:
         _str("embedded_broker", "host", self.host, 255)
@@ -134,6 +140,7 @@ class EmbeddedBrokerConfig:
             raise ConfigError("embedded_broker", "host", self.host, "expected a host name or address")
         _int("embedded_broker", "port", self.port, 0, 65535, " (0: any free port)")
         _bool("embedded_broker", "allow_fallback", self.allow_fallback)
+        _num("embedded_broker", "warn_rate", self.warn_rate, 0, 1e9)
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,8 +169,10 @@ class HttpConfig:
 
 @dataclass(frozen=True, slots=True)
 class HubConfig:
-    """[hub]: live fan-out. `ring` recent events are kept for resume; each live
-    client has a queue of `client_queue` events (overflow drops the oldest)."""
+    """[hub]: live fan-out. The newest `ring` events are also kept in memory, so
+    that most resumes and slow clients do not read SQLite; each live client
+    has a queue of `client_queue` events (a client that lets it overflow reads
+    from the journal until it has caught up)."""
 
     ring: int = 10000
     client_queue: int = 10000
@@ -173,6 +182,39 @@ class HubConfig:
         _int("hub", "ring", self.ring, 1, 10_000_000, " events")
         _int("hub", "client_queue", self.client_queue, 1, 10_000_000, " events")
         _int("hub", "max_clients", self.max_clients, 1, 100_000)
+
+
+@dataclass(frozen=True, slots=True)
+class JournalConfig:
+    """[journal]: the durable journal (SQLite, WAL). docs/gateway.md "The journal".
+
+    `synchronous` "full" fsyncs the WAL at every commit: a power cut loses
+    nothing acknowledged. "normal" fsyncs only at checkpoints: a crash of the
+    gateway process loses nothing, a power cut can lose the last commits
+    (already acknowledged to the broker). Retention removes the oldest entries
+    beyond `max_bytes` or older than `max_age` seconds (0: no limit)."""
+
+    path: str = "edgewire-journal.db"
+    synchronous: str = "full"
+    max_bytes: int = 512 * 1024 * 1024
+    max_age: float = 30 * 86400.0
+    max_pending: int = 50_000
+    retention_interval: float = 1.0
+
+    def __post_init__(self) -> None:
+        s = "journal"
+        _str(s, "path", self.path, 4096)
+        if not self.path or self.path == ":memory:":
+            raise ConfigError(s, "path", self.path, "expected a file path, e.g. /var/lib/edgewire/journal.db")
+        if self.synchronous not in ("full", "normal"):
+            raise ConfigError(s, "synchronous", self.synchronous,
+                              "expected full (safe against power cuts) or normal (safe against crashes)")
+        _int(s, "max_bytes", self.max_bytes, 0, 1 << 50, " bytes (0: no size limit; at least 1 MiB otherwise)")
+        if 0 < self.max_bytes < 1 << 20:
+            raise ConfigError(s, "max_bytes", self.max_bytes, "expected 0 (no limit) or at least 1048576 (1 MiB)")
+        _num(s, "max_age", self.max_age, 0, 100 * 365 * 86400.0)
+        _int(s, "max_pending", self.max_pending, 100, 10_000_000, " entries")
+        _num(s, "retention_interval", self.retention_interval, 0.05, 3600)
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,9 +275,29 @@ class GatewayConfig:
     embedded_broker: EmbeddedBrokerConfig = field(default_factory=EmbeddedBrokerConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     hub: HubConfig = field(default_factory=HubConfig)
+    journal: JournalConfig = field(default_factory=JournalConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     commands: CommandsConfig = field(default_factory=CommandsConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    # [[sinks]] tables, each validated by its sink's module (gateway/sinks/)
+    sinks: tuple[Mapping[str, Any], ...] = ()
+
+    def __post_init__(self) -> None:
+        from edgewire.gateway.sinks import validate_sink
+
+        if not isinstance(self.sinks, (tuple, list)):
+            raise ConfigError("sinks", None, _MISSING_VALUE, "expected [[sinks]] tables")
+        checked = []
+        names: set[str] = set()
+        for t in self.sinks:
+            if not isinstance(t, Mapping):
+                raise ConfigError("sinks", None, _MISSING_VALUE, "expected [[sinks]] tables")
+            v = validate_sink(dict(t))
+            if v["name"] in names:
+                raise ConfigError("sinks", "name", v["name"], "two sinks with one name (their cursors would mix)")
+            names.add(v["name"])
+            checked.append(MappingProxyType(v))
+        object.__setattr__(self, "sinks", tuple(checked))
 
     def replace(self, **sections: Any) -> GatewayConfig:
         return dataclasses.replace(self, **sections)
@@ -246,6 +308,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "embedded_broker": EmbeddedBrokerConfig,
     "http": HttpConfig,
     "hub": HubConfig,
+    "journal": JournalConfig,
     "registry": RegistryConfig,
     "commands": CommandsConfig,
     "log": LogConfig,
@@ -264,9 +327,15 @@ def parse_config(text: str, *, source: str = "<config>") -> GatewayConfig:
 def config_from_mapping(data: Mapping[str, Any]) -> GatewayConfig:
     built: dict[str, Any] = {}
     for name, table in data.items():
+        if name == "sinks":
+            if not isinstance(table, list):
+                raise ConfigError("sinks", None, _MISSING_VALUE, "expected [[sinks]] tables (an array of tables)")
+            built["sinks"] = tuple(table)
+            continue
         cls = _SECTIONS.get(name)
         if cls is None:
-            raise ConfigError(name, None, _MISSING_VALUE, "unknown section (known: " + ", ".join(_SECTIONS) + ")")
+            raise ConfigError(name, None, _MISSING_VALUE,
+                              "unknown section (known: " + ", ".join([*_SECTIONS, "sinks"]) + ")")
         if not isinstance(table, dict):
             raise ConfigError(name, None, _MISSING_VALUE, "expected a table, e.g. [" + name + "]")
         known = [f.name for f in dataclasses.fields(cls)]

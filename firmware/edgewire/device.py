@@ -153,7 +153,6 @@ class Device:
         """One round: sample what is due, (re)connect when due, send, handle
         inbound packets and commands, then wait at most ~200 ms."""
         b = self.board
-        b.feed()
         if not self.boot:
             self._begin()
         now = b.ticks_ms()

@@ -56,34 +56,3 @@ def test_main_on_the_port_fakes_joins_and_publishes(
         out = stop_process(p)
         rec.stop()
     assert "Traceback" not in out and "FAKE-EXIT" not in out, out[-3000:]
-
-
-def test_no_normal_path_starves_the_watchdog(broker: Mosquitto, tmp_path: Path, firmware_build: Path) -> None:
-    # rp2, watchdog asked for 20 s and clamped to the port's 8388 ms: a wrong
-    # password first, then a 12 s join (longer than the watchdog), a 5 s lookup of
-    # the broker's .local name, and the broker refusing for the first 60 s (the
-    # reconnect backoff): no reset, and it gets through. All on the fake clock.
-    dev = "fake-rp2"
-    setup = ("fakehw.JOIN_MS = 12000\n"
-             "fakehw.dns['gateway.local'] = ('127.0.0.1', 5000)\n"
-             "fakehw.refuse_until = 60000\n"
-             "import _wlan\n"
-             "_orig = _wlan.WlanModel.connect\n"
-             "_n = [0]\n"
-             "def connect(self, ssid=None, key=None, **kw):\n"
-             "    _n[0] += 1\n"
-             "    _orig(self, ssid, 'wrong' if _n[0] == 1 else key)\n"
-             "_wlan.WlanModel.connect = connect\n")
-    cfg = config("rp2", broker.port, broker_host="gateway.local",
-                 backoff_min_ms=1000, backoff_max_ms=8000, debug=True)
-    rec = Recorder(broker.port, dev, f"rec-{dev}").start()
-    p = boardrun.spawn("rp2", boot("rp2", tmp_path / dev, cfg, setup, ", watchdog_ms=20000"))
-    try:
-        rec.wait(lambda r: len(r.telemetry()) >= 3 or p.poll() is not None, 30, "telemetry after the slow paths")
-        assert p.poll() is None
-    finally:
-        out = stop_process(p)
-        rec.stop()
-    assert "FAKE-EXIT" not in out, out[-3000:]
-    assert "wrong password" in out and "refused" in out, out[-3000:]
-    assert "WDT(timeout=8388)" in out, out[-3000:]

@@ -276,7 +276,7 @@ out([q1, q2, q3, t, len(fakehw.ntp_queries), b.time_ms()])
 # ------------------------------------------------------------------ watchdog
 
 @pytest.mark.parametrize("port,asked,started", [("rp2", 10000, 8388), ("esp32", 10000, 10000), ("rp2", 0, None),
-                                                ("rp2", None, 8000)])
+                                                ("rp2", None, None)])
 def test_watchdog_clamped_to_the_ports_limit(firmware_build: Path, port: str, asked: int,
                                              started: int | None) -> None:
     kw = {} if asked is None else {"watchdog_ms": asked}
@@ -302,3 +302,48 @@ out('returned')
 """, timeout=30)
     assert p.returncode == 71, (p.returncode, p.stdout, p.stderr)
     assert "FAKE-EXIT wdt" in p.stdout
+
+
+def test_no_board_wait_starves_the_watchdog(firmware_build: Path) -> None:
+    # rp2, watchdog asked for 20 s and clamped to the port's 8388 ms, driven the way
+    # the Device drives a board (feed each step, backoff in 200 ms steps): a wrong
+    # password first, then a 12 s join (longer than the watchdog), a 5 s lookup of
+    # the broker's .local name, the broker refusing for the first 60 s. No reset.
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    try:
+        p = boardrun.run("rp2", board_code("rp2", watchdog_ms=20000) + f"""
+fakehw.JOIN_MS = 12000
+fakehw.dns['gateway.local'] = ('127.0.0.1', 5000)
+fakehw.refuse_until = 60000
+import _wlan
+_orig = _wlan.WlanModel.connect
+_n = [0]
+def connect(self, ssid=None, key=None, **kw):
+    _n[0] += 1
+    _orig(self, ssid, 'wrong' if _n[0] == 1 else key)
+_wlan.WlanModel.connect = connect
+errors = []
+s = None
+while s is None and b.ticks_ms() < 120000:
+    b.feed()
+    try:
+        if not b.network_up() and not b.connect_network(20000):
+            b.sleep_ms(200)
+            continue
+        s = b.connect('gateway.local', {srv.getsockname()[1]}, 5000)
+    except OSError as e:
+        errors.append(str(e))
+        for i in range(5):   # the Device's backoff: a step at a time, fed each step
+            b.feed()
+            b.sleep_ms(200)
+out([s is not None, fakehw.wdt_timeout, errors[:2], len(errors), b.ticks_ms()])
+""")
+        ok, wdt, first, n, t = boardrun.result(p)
+    finally:
+        srv.close()
+    assert "FAKE-EXIT" not in p.stdout
+    assert ok and wdt == 8388, p.stdout
+    assert "wrong password" in first[0] and any("refused" in e for e in first), first
+    assert t >= 60000

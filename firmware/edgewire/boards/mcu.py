@@ -11,7 +11,7 @@
 # backoff (the join goes on in the Wi-Fi chip meanwhile), so sampling and
 # stop() carry on during a 20 s join.
 #
-# Watchdog: with watchdog_ms > 0 (default 8000) the first feed() starts machine.WDT,
+# Watchdog: with watchdog_ms > 0 (McuBoard(watchdog_ms=8000)) the first feed() starts machine.WDT,
 # clamped to the port's limit (WDT_MAX_MS: 8388 on rp2); the Device feeds it
 # every step and inside every wait that can last, the board inside the join
 # and the DNS lookup.
@@ -32,7 +32,7 @@ class McuBoard(Board):
     WDT_MAX_MS = 0      # the port's watchdog limit, 0: none to speak of
 
     def __init__(self, ssid=None, password=None, storage_dir="/", hostname=None, adc_vref=None,
-                 adc_offset=0.0, watchdog_ms=8000, ntp_host=None):
+                 adc_offset=0.0, watchdog_ms=0, ntp_host=None):
         Board.__init__(self, storage_dir)
         self._ssid = ssid
         self._password = password

@@ -73,6 +73,7 @@ EDGEWIRE = Path(sys.executable).parent / "edgewire"
 GOAL_RATIO = 0.5
 GOAL_RSS_MB = 60.0
 SUBSCRIBERS = ("mosquitto_sub", "raw", "gmqtt")
+DEPLOY_CONF = ROOT / "deploy" / "mosquitto.conf"
 TELEMETRY_FILTER = f"{wire.ROOT}/+/telemetry"
 
 
@@ -132,6 +133,39 @@ class Mosquitto:
     def stop(self) -> None:
         stop_process(self.proc)
         self.proc = None
+
+
+class Embedded:
+    """The gateway's embedded amqtt broker in its own process (when this
+    gateway runs it so: edgewire.gateway.embedded_broker.EmbeddedBroker)."""
+
+    def __init__(self) -> None:
+        from edgewire.gateway.embedded_broker import EmbeddedBroker
+
+        self.broker: Any = EmbeddedBroker(host="127.0.0.1", port=0).start()
+        self.port = int(self.broker.port)
+
+    @property
+    def pid(self) -> int:
+        return int(self.broker.pid)
+
+    def stop(self) -> None:
+        self.broker.stop()
+
+
+def embedded_missing() -> str | None:
+    """Why the embedded broker cannot be measured on its own, or None."""
+    try:
+        from edgewire.gateway import embedded_broker
+    except ImportError as e:
+        return f"edgewire.gateway.embedded_broker is not importable ({e})"
+    if not hasattr(getattr(embedded_broker, "EmbeddedBroker", None), "pid"):
+        return "this gateway runs the embedded broker on its own event loop (not in a process of its own)"
+    return None
+
+
+def start_broker(kind: str, workdir: Path, extra: str) -> Mosquitto | Embedded:
+    return Embedded() if kind == "embedded" else Mosquitto(workdir, extra)
 
 
 def broker_settings(path: Path | None) -> str:
@@ -377,7 +411,7 @@ def _run_publisher_process(port: int, load: Load) -> tuple[dict[str, Any], float
     return stats, float(stats["cpu"])
 
 
-def _measure(res: PhaseResult, mq: Mosquitto, rx: Receiver, procs: dict[str, int], load: Load,
+def _measure(res: PhaseResult, mq: Mosquitto | Embedded, rx: Receiver, procs: dict[str, int], load: Load,
              quiet: float, probe_timeout: float = 15.0) -> tuple[dict[str, Any], dict[str, Any]]:
     """Probe until the receiver gets traffic, arm, publish, wait until quiet."""
     probe_seq = [1]
@@ -407,10 +441,11 @@ def _measure(res: PhaseResult, mq: Mosquitto, rx: Receiver, procs: dict[str, int
     return stats, final
 
 
-def phase_baseline(workdir: Path, load: Load, subscriber: str, broker_extra: str = "") -> PhaseResult:
-    """The broker alone: raw publisher -> mosquitto -> one subscriber."""
+def phase_baseline(workdir: Path, load: Load, subscriber: str, broker_extra: str = "",
+                   broker: str = "mosquitto") -> PhaseResult:
+    """The broker alone: raw publisher -> mosquitto (or the embedded broker) -> one subscriber."""
     res = PhaseResult(subscriber, qos=load.qos)
-    mq = Mosquitto(workdir, broker_extra)
+    mq = start_broker(broker, workdir, broker_extra)
     rx: Receiver | None = None
     try:
         if subscriber == "mosquitto_sub":
@@ -420,7 +455,8 @@ def phase_baseline(workdir: Path, load: Load, subscriber: str, broker_extra: str
                                   "--filter", TELEMETRY_FILTER])
         else:
             raise BenchError(f"unknown subscriber {subscriber!r}")
-        _measure(res, mq, rx, {"broker": mq.pid, "subscriber": rx.pid}, load, quiet=0.7)
+        _measure(res, mq, rx, {"broker": mq.pid, "subscriber": rx.pid}, load,
+                 quiet=0.7 if broker == "mosquitto" else 2.0)
         return res
     finally:
         if isinstance(rx, ProcessReceiver):
@@ -459,12 +495,19 @@ def journal_supported() -> bool:
     return hasattr(GatewayConfig(), "journal")
 
 
-def gateway_toml(mq_port: int, http_port: int, workdir: Path, journal: bool) -> str:
-    out = (f'[mqtt]\nurl = "mqtt://127.0.0.1:{mq_port}"\nclient_id = "bench-gateway"\n\n'
-           f'[http]\nhost = "127.0.0.1"\nport = {http_port}\ndashboard = false\n\n'
+def gateway_toml(mq_port: int, http_port: int, workdir: Path, journal: str, embedded: bool = False) -> str:
+    """The gateway's TOML; `journal` is its [journal] synchronous setting ("full"
+    or "normal"), the journal file always in `workdir` (never the default path
+    in the current folder, which would carry ids and de-duplication over from
+    another run), or "" for a gateway without a journal."""
+    if embedded:  # no [mqtt] url: the gateway starts its embedded broker, here on a known free port
+        out = f'[embedded_broker]\nhost = "127.0.0.1"\nport = {mq_port}\nallow_fallback = false\n\n'
+    else:
+        out = f'[mqtt]\nurl = "mqtt://127.0.0.1:{mq_port}"\nclient_id = "bench-gateway"\n\n'
+    out += (f'[http]\nhost = "127.0.0.1"\nport = {http_port}\ndashboard = false\n\n'
            '[log]\nlevel = "warning"\n')
     if journal:
-        out += f'\n[journal]\npath = "{workdir / f"journal-{http_port}.db"}"\n'
+        out += f'\n[journal]\npath = "{workdir / f"journal-{http_port}.db"}"\nsynchronous = "{journal}"\n'
     return out
 
 
@@ -510,19 +553,32 @@ def loss_counters(stats: Any, prefix: str = "") -> dict[str, int]:
     return out
 
 
-def phase_gateway(workdir: Path, load: Load, client: str = "ours", journal: bool = False,
-                  broker_extra: str = "", name: str | None = None) -> PhaseResult:
-    """raw publisher -> mosquitto -> gateway (with `client` as its MQTT client)
-    -> one WebSocket client."""
+class _OwnedBroker:
+    """The embedded broker the gateway started itself (its child process)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.pid = 0
+
+    def stop(self) -> None:
+        pass  # the gateway stops it
+
+
+def phase_gateway(workdir: Path, load: Load, client: str = "ours", journal: str | None = None,
+                  broker_extra: str = "", name: str | None = None, broker: str = "mosquitto") -> PhaseResult:
+    """raw publisher -> mosquitto (or the gateway's own embedded broker) ->
+    gateway (with `client` as its MQTT client) -> one WebSocket client."""
     res = PhaseResult(name or f"gateway/{client}", qos=load.qos)
     missing = gateway_missing()
     if missing:
         res.note = f"not run: {missing}"
         return res
-    mq = Mosquitto(workdir, broker_extra)
+    mq: Mosquitto | _OwnedBroker = _OwnedBroker(free_port()) if broker == "embedded" else Mosquitto(workdir, broker_extra)
     http_port = free_port()
     conf = workdir / f"gateway-{http_port}.toml"
-    conf.write_text(gateway_toml(mq.port, http_port, workdir, journal))
+    if journal is None:
+        journal = "full" if journal_supported() else ""
+    conf.write_text(gateway_toml(mq.port, http_port, workdir, journal, embedded=broker == "embedded"))
     log_path = workdir / f"gateway-{http_port}.log"
     gw: subprocess.Popen[bytes] | None = None
     rx: ProcessReceiver | None = None
@@ -542,10 +598,15 @@ def phase_gateway(workdir: Path, load: Load, client: str = "ours", journal: bool
                 return False
 
         wait_until(healthy, 30, "the gateway to report healthy on /healthz", poll=0.1)
+        if isinstance(mq, _OwnedBroker):
+            kids = psutil.Process(gw.pid).children()
+            if not kids:
+                raise BenchError("the gateway runs no embedded broker process of its own")
+            mq.pid = kids[0].pid
         rx = ProcessReceiver(["wsclient", "--url", f"ws://127.0.0.1:{http_port}/api/v1/ws"])
         wait_until(lambda: rx is not None and rx.latest.get("ready") is True, 10, "the WebSocket client to subscribe")
         stats, final = _measure(res, mq, rx, {"broker": mq.pid, "gateway": gw.pid, "client": rx.pid}, load,
-                                quiet=1.5)
+                                quiet=1.5 if broker == "mosquitto" else 3.0)
         gstats = http_json(base + "/api/v1/stats")
         devs = {d["id"]: d for d in http_json(base + "/api/v1/devices").get("devices", [])}
         names = device_ids(load.devices)
@@ -573,6 +634,8 @@ class Repeat:
     qos: int
     baseline: dict[str, PhaseResult]
     gateways: dict[str, PhaseResult]
+    embedded: dict[str, PhaseResult] = field(default_factory=dict)
+    tuned: dict[str, PhaseResult] = field(default_factory=dict)  # under deploy/mosquitto.conf's limits
 
     @property
     def best(self) -> tuple[str, float]:
@@ -655,11 +718,68 @@ def render(repeats: list[Repeat], args: argparse.Namespace, load_before: str, lo
                              f"{' (not in every repeat)' if rm >= GOAL_RATIO and rlo < GOAL_RATIO else ''}")
                 goals.append(f"QoS {qos} {gw}: peak RSS {rss:.1f} MB against goal < {GOAL_RSS_MB:.0f} MB: "
                              f"{'MET' if rss < GOAL_RSS_MB else 'NOT MET'}")
+    tun = [r for r in repeats if r.tuned]
+    if tun:
+        lines.append("")
+        lines.append("QoS 1 under deploy/mosquitto.conf's limits (max_inflight_messages 1000, max_queued_messages "
+                     "200000), baseline = raw counter under the same limits:")
+        base = [r.tuned["mosquitto → raw"].rate for r in tun]
+        m, lo, hi = spread(base)
+        lines.append(f"  1  {'mosquitto → raw':34s} {m:>13,.0f} {f'{lo:,.0f}-{hi:,.0f}':>17}  {'1.00':>24}  "
+                     f"lost {sum(r.tuned['mosquitto → raw'].lost for r in tun):,}")
+        for key in tun[0].tuned:
+            if key == "mosquitto → raw":
+                continue
+            runs = [r.tuned[key] for r in tun if key in r.tuned]
+            ratios = [r.tuned[key].rate / r.tuned["mosquitto → raw"].rate for r in tun
+                      if key in r.tuned and r.tuned[key].rate and r.tuned["mosquitto → raw"].rate]
+            if not ratios:
+                continue
+            m, lo, hi = spread([g.rate for g in runs if g.rate])
+            rm, rlo, rhi = spread(ratios)
+            rss = max((g.peak_rss_mb or 0.0) for g in runs)
+            lines.append(f"  1  {key:34s} {m:>13,.0f} {f'{lo:,.0f}-{hi:,.0f}':>17}  "
+                         f"{f'{rm:.2f} ({rlo:.2f}-{rhi:.2f})':>24}  peak RSS {rss:.1f} MB, lost "
+                         f"{sum(g.lost for g in runs):,}")
+            goals.append(f"QoS 1 {key} with deploy/mosquitto.conf: ratio {rm:.3f} (min {rlo:.3f}, max {rhi:.3f}) "
+                         f"against goal >= {GOAL_RATIO}: {'MET' if rm >= GOAL_RATIO else 'NOT MET'}")
+            summary.setdefault("tuned", {})[key] = {"ratio_median": rm, "ratio_min": rlo, "ratio_max": rhi,
+                                                    "peak_rss_mb": rss}
+    emb = [r for r in repeats if r.embedded]
+    if emb:
+        lines.append("")
+        lines.append("embedded amqtt broker, in its own process (ratio against the same repeat's mosquitto baseline):")
+        for qos in sorted({r.qos for r in emb}):
+            reps = [r for r in emb if r.qos == qos]
+            for key in reps[0].embedded:
+                runs = [r.embedded[key] for r in reps if key in r.embedded]
+                rates = [g.rate for g in runs if g.rate]
+                if not rates:
+                    lines.append(f"{qos:>3}  {key:34s} {'-':>13}  {runs[0].note}")
+                    continue
+                ratios = [r.embedded[key].rate / r.best[1] for r in reps
+                          if key in r.embedded and r.embedded[key].rate and r.best[1]]
+                m, lo, hi = spread(rates)
+                rm, rlo, rhi = spread(ratios)
+                rss = max((g.peak_rss_mb or 0.0) for g in runs)
+                lost = sum(g.lost for g in runs)
+                note = f"gateway peak RSS {rss:.1f} MB, " if rss else ""
+                lines.append(f"{qos:>3}  {key:34s} {m:>13,.0f} {f'{lo:,.0f}-{hi:,.0f}':>17}  "
+                             f"{f'{rm:.3f} ({rlo:.3f}-{rhi:.3f})':>24}  {note}lost {lost:,}")
+                summary.setdefault("embedded", {})[f"{key} qos{qos}"] = {"rate_median": m, "rate_min": lo,
+                                                                          "ratio_median": rm, "lost": lost}
+        limit = min(v["rate_median"] for k, v in summary.get("embedded", {}).items() if k.startswith("gateway/")) \
+            if any(k.startswith("gateway/") for k in summary.get("embedded", {})) else None
+        if limit:
+            lines.append(f"     => the gateway on the embedded broker relays about {limit:,.0f} msg/s here "
+                         "(lowest QoS median): the figure for its warning threshold")
     lines.append("")
     lines.append("loss accounting, gateway phases (per repeat): head + interior + tail = lost; "
                  "interior = registry missing + hub drops")
     for r in repeats:
-        for gw, g in r.gateways.items():
+        extra_gw = [(k + " (deploy conf)", v) for k, v in r.tuned.items() if k.startswith("gateway/")] + \
+            [(k, v) for k, v in r.embedded.items() if k.startswith("gateway/")]
+        for gw, g in list(r.gateways.items()) + extra_gw:
             if g.loss is None:
                 continue
             ls = g.loss
@@ -676,8 +796,14 @@ def render(repeats: list[Repeat], args: argparse.Namespace, load_before: str, lo
 
 
 def run_all(args: argparse.Namespace) -> tuple[list[Repeat], str]:
-    journal = args.journal == "on" or (args.journal == "auto" and journal_supported())
+    journal = args.synchronous if journal_supported() else ""
+    jl = f" +journal {journal.upper()}" if journal else ""
     extra = broker_settings(args.broker_conf)
+    tuned = broker_settings(DEPLOY_CONF) if args.tuned and args.broker_conf is None and DEPLOY_CONF.exists() else ""
+    why_not = embedded_missing()
+    embedded = args.embedded == "on" or (args.embedded == "auto" and why_not is None)
+    if args.embedded == "on" and why_not:
+        raise BenchError(f"--embedded on: {why_not}")
     load_before = load_average()
     repeats: list[Repeat] = []
     with tempfile.TemporaryDirectory(prefix="edgewire-bench-") as tmp:
@@ -690,9 +816,22 @@ def run_all(args: argparse.Namespace) -> tuple[list[Repeat], str]:
                     rep.baseline[sub] = phase_baseline(work, load, sub, extra)
                     progress(f"repeat {i + 1} QoS {qos} baseline {sub}: {rep.baseline[sub].rate:,.0f} msg/s")
                 for client in args.clients:
-                    label = f"gateway/{client}" + (" +journal" if journal else "")
+                    label = f"gateway/{client}" + jl
                     rep.gateways[label] = g = phase_gateway(work, load, client, journal, extra, label)
                     progress(f"repeat {i + 1} QoS {qos} {label}: {g.rate:,.0f} msg/s {g.note}")
+                if tuned and qos == 1:
+                    t = rep.tuned["mosquitto → raw"] = phase_baseline(work, load, "raw", tuned)
+                    progress(f"repeat {i + 1} QoS {qos} deploy/mosquitto.conf baseline raw: {t.rate:,.0f} msg/s")
+                    label = "gateway/ours" + jl
+                    t = rep.tuned[label] = phase_gateway(work, load, "ours", journal, tuned, label)
+                    progress(f"repeat {i + 1} QoS {qos} deploy/mosquitto.conf {label}: {t.rate:,.0f} msg/s")
+                if embedded:
+                    small = Load(args.seconds, args.devices, min(args.max_messages, args.embedded_messages), qos)
+                    e = rep.embedded["embedded amqtt → raw"] = phase_baseline(work, small, "raw", broker="embedded")
+                    progress(f"repeat {i + 1} QoS {qos} embedded amqtt → raw: {e.rate:,.0f} msg/s")
+                    label = "gateway/ours on embedded" + jl
+                    e = rep.embedded[label] = phase_gateway(work, small, "ours", journal, name=label, broker="embedded")
+                    progress(f"repeat {i + 1} QoS {qos} {label}: {e.rate:,.0f} msg/s {e.note}")
                 repeats.append(rep)
     return repeats, load_before
 
@@ -715,8 +854,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="baseline subscribers (default mosquitto_sub,raw,gmqtt)")
     ap.add_argument("--clients", type=lambda s: s.split(","), default=["ours"],
                     help="the gateway's MQTT client(s): ours, gmqtt, aiomqtt (default ours)")
-    ap.add_argument("--journal", choices=("auto", "on", "off"), default="auto",
-                    help="run the gateway with its durable journal (auto: when it has one)")
+    ap.add_argument("--synchronous", choices=("full", "normal"), default="full",
+                    help="the gateway journal's [journal] synchronous (default full, the gateway's default)")
+    ap.add_argument("--no-tuned", dest="tuned", action="store_false",
+                    help="skip the QoS 1 phases under deploy/mosquitto.conf's limits")
+    ap.add_argument("--embedded", choices=("auto", "on", "off"), default="auto",
+                    help="also measure the embedded amqtt broker in its own process (auto: when the gateway has it)")
+    ap.add_argument("--embedded-messages", type=int, default=10_000,
+                    help="messages per embedded-broker phase (default 10,000: it relays some thousands per second)")
     ap.add_argument("--broker-conf", type=Path, default=None,
                     help="take mosquitto's limit settings from this file (default: mosquitto's defaults)")
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -762,13 +907,17 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--subscribers takes some of {','.join(SUBSCRIBERS)}")
     if any(c not in ("ours", "gmqtt", "aiomqtt") for c in args.clients):
         ap.error("--clients takes some of ours,gmqtt,aiomqtt")
+    if args.embedded_messages < args.devices:
+        ap.error("--embedded-messages must be at least --devices")
     if args.broker_conf is not None and not args.broker_conf.is_file():
         ap.error(f"--broker-conf {args.broker_conf}: no such file")
     repeats, load_before = run_all(args)
     text, summary = render(repeats, args, load_before, load_average())
     if args.json:
         print(json.dumps({"repeats": [{"qos": r.qos, "baseline": {k: asdict(v) for k, v in r.baseline.items()},
-                                       "gateways": {k: asdict(v) for k, v in r.gateways.items()}}
+                                       "gateways": {k: asdict(v) for k, v in r.gateways.items()},
+                                       "embedded": {k: asdict(v) for k, v in r.embedded.items()},
+                                       "tuned": {k: asdict(v) for k, v in r.tuned.items()}}
                                       for r in repeats], "summary": summary}, indent=2))
     else:
         print(text)

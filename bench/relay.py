@@ -864,6 +864,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="messages per embedded-broker phase (default 10,000: it relays some thousands per second)")
     ap.add_argument("--broker-conf", type=Path, default=None,
                     help="take mosquitto's limit settings from this file (default: mosquitto's defaults)")
+    ap.add_argument("--no-journal-bench", dest="journal_bench", action="store_false",
+                    help="skip the journal-alone measurement (bench/journal_bench.py)")
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
     pp = sub.add_parser("publish", help="(internal) the raw publisher process")
     pp.add_argument("--port", type=int, required=True)
@@ -912,7 +914,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.broker_conf is not None and not args.broker_conf.is_file():
         ap.error(f"--broker-conf {args.broker_conf}: no such file")
     repeats, load_before = run_all(args)
+    jres: dict[str, Any] | None = None
+    if args.journal_bench and journal_supported():
+        import journal_bench
+
+        progress("the journal alone (FULL, NORMAL)")
+        jres = journal_bench.run(min(args.seconds, 3.0))
     text, summary = render(repeats, args, load_before, load_average())
+    if jres is not None:
+        text += "\n\n" + "\n".join(journal_bench.render(jres))
+        summary["journal"] = jres
     if args.json:
         print(json.dumps({"repeats": [{"qos": r.qos, "baseline": {k: asdict(v) for k, v in r.baseline.items()},
                                        "gateways": {k: asdict(v) for k, v in r.gateways.items()},

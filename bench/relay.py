@@ -524,7 +524,8 @@ def account_loss(sent_first: int, sent_last: int, devices: list[str], seqs: dict
     tail (after its last), per device, summed. The gateway's gap counter
     (`missing`) sees only interior gaps upstream of its hub; the hub's drops to
     this client are interior gaps too. So interior == missing + hub drops when
-    the books balance."""
+    the books balance (`registry_missing` is the registry's missing + jumped:
+    runs longer than its window are counted as jumped)."""
     head = interior = tail = 0
     for d in devices:
         r = seqs.get(d)
@@ -537,6 +538,17 @@ def account_loss(sent_first: int, sent_last: int, devices: list[str], seqs: dict
         tail += sent_last - hi
     return {"head": head, "interior": interior, "tail": tail, "registry_missing": registry_missing,
             "hub_dropped": hub_dropped, "unexplained_interior": interior - registry_missing - hub_dropped}
+
+
+def registry_gaps(base: str, device: str) -> int:
+    """The numbers the gateway's registry saw skipped for one device: `missing`
+    (gaps within its de-duplication window) plus `jumped` (runs longer than the
+    window, counted once the device's next messages confirmed the jump)."""
+    d = http_json(f"{base}/api/v1/devices/{device}")
+    boots = d.get("boots") if isinstance(d, dict) else None
+    if not isinstance(boots, dict):
+        return int(d.get("missing", 0)) if isinstance(d, dict) else 0
+    return sum(int(w.get("missing", 0)) + int(w.get("jumped", 0)) for w in boots.values())
 
 
 def loss_counters(stats: Any, prefix: str = "") -> dict[str, int]:
@@ -608,12 +620,10 @@ def phase_gateway(workdir: Path, load: Load, client: str = "ours", journal: str 
         stats, final = _measure(res, mq, rx, {"broker": mq.pid, "gateway": gw.pid, "client": rx.pid}, load,
                                 quiet=1.5 if broker == "mosquitto" else 3.0)
         gstats = http_json(base + "/api/v1/stats")
-        devs = {d["id"]: d for d in http_json(base + "/api/v1/devices").get("devices", [])}
         names = device_ids(load.devices)
         hub = gstats.get("hub", {}) if isinstance(gstats, dict) else {}
         res.loss = account_loss(int(stats["first_seq"]), int(stats["last_seq"]), names, final.get("seqs", {}),
-                                sum(int(devs.get(d, {}).get("missing", 0)) for d in names),
-                                int(hub.get("dropped_total", 0)))
+                                sum(registry_gaps(base, d) for d in names), int(hub.get("dropped_total", 0)))
         res.gateway_counters = loss_counters(gstats)
         if final.get("gaps"):
             res.note = f"the WebSocket client was sent {final['gaps']} gap events"
@@ -775,7 +785,7 @@ def render(repeats: list[Repeat], args: argparse.Namespace, load_before: str, lo
                          "(lowest QoS median): the figure for its warning threshold")
     lines.append("")
     lines.append("loss accounting, gateway phases (per repeat): head + interior + tail = lost; "
-                 "interior = registry missing + hub drops")
+                 "interior = registry missing (+ jumped) + hub drops")
     for r in repeats:
         extra_gw = [(k + " (deploy conf)", v) for k, v in r.tuned.items() if k.startswith("gateway/")] + \
             [(k, v) for k, v in r.embedded.items() if k.startswith("gateway/")]

@@ -144,7 +144,7 @@ class Gateway:
         j = self.journal
         j.open()
         self.registry.devices.clear()
-        n = restore_registry(self.registry, j.devices, j.meta.get("registry"))
+        n = restore_registry(self.registry, j.devices, j.meta.get("registry"), self._core.last_adapter)
         self.hub.start_at(j.last_id)
         if j.last_id:
             log.info("journal: resumed at id %d with %d devices", j.last_id, n)

@@ -175,6 +175,7 @@ async def test_registry_and_resume_survive_a_restart(broker: Mosquitto, publishe
         assert await details(gw) == before_detail
         assert gw.registry.totals() == before_totals
         assert gw.hub.last_id == last
+        assert gw.core.last_adapter == {"dev-r1": "mqtt", "dev-r2": "mqtt"}  # commands go back the same way
         # the stream resumes by id across the restart; new ids continue after the old ones
         await asyncio.to_thread(publisher.telemetry, "dev-r1", 3, 6, [["t", 9.0, 0]])
         async with http.get(gw.http_url + "/api/v1/stream?device=dev-r1", headers={"Last-Event-ID": "0"}) as sse:
@@ -268,3 +269,23 @@ async def test_retention_by_age(tmp_path: Path) -> None:
         assert j.first_id == 3 and j.stats()["removed_ids"] == 2
     finally:
         await j.close()
+
+
+async def test_websocket_resume_across_a_restart(broker: Mosquitto, publisher: Publisher) -> None:
+    cfg = gateway_config(broker)
+    async with running(cfg) as gw:
+        for seq in (1, 2, 3):
+            await asyncio.to_thread(publisher.telemetry, "ws-r", 1, seq, [["t", seq, 0]])
+        await wait_for(lambda: gw.hub.last_id == 3, what="3 events")
+    async with running(cfg) as gw:
+        async with websockets.connect(gw.http_url.replace("http", "ws") + "/api/v1/ws") as ws:
+            assert json.loads(await ws.recv()) == {"type": "hello", "last_id": 3}
+            await ws.send(json.dumps({"op": "subscribe", "filter": "ws-r/#", "after": 1}))
+            await asyncio.to_thread(publisher.telemetry, "ws-r", 1, 4, [["t", 4, 0]])
+            events: list[dict[str, object]] = []
+            async with asyncio.timeout(10):
+                while len(events) < 3:
+                    frame = json.loads(await ws.recv())
+                    if frame["type"] == "readings":
+                        events.extend(frame["events"])
+    assert [(e["id"], e["seq"]) for e in events] == [(2, 2), (3, 3), (4, 4)]

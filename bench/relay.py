@@ -677,7 +677,7 @@ def render(repeats: list[Repeat], args: argparse.Namespace, load_before: str, lo
              f"load average before {load_before}, after {load_after} (a loaded machine depresses and "
              "spreads absolute figures: compare ratios)", ""]
     summary: dict[str, Any] = {"goals": []}
-    hdr = f"{'QoS':>3}  {'path':34s} {'median msg/s':>13} {'min-max':>17}  {'ratio median (min-max)':>24}  notes"
+    hdr = f"{'QoS':>3}  {'path':40s} {'median msg/s':>13} {'min-max':>17}  {'ratio median (min-max)':>24}  notes"
     lines.append(hdr)
     lines.append("-" * len(hdr))
     goals: list[str] = []
@@ -688,26 +688,26 @@ def render(repeats: list[Repeat], args: argparse.Namespace, load_before: str, lo
             if rates:
                 m, lo, hi = spread(rates)
                 lost = sum(r.baseline[sub].lost for r in reps if sub in r.baseline)
-                lines.append(f"{qos:>3}  {'mosquitto → ' + sub:34s} {m:>13,.0f} {f'{lo:,.0f}-{hi:,.0f}':>17}  "
+                lines.append(f"{qos:>3}  {'mosquitto → ' + sub:40s} {m:>13,.0f} {f'{lo:,.0f}-{hi:,.0f}':>17}  "
                              f"{'':>24}  lost {lost:,}")
         bests = [r.best for r in reps]
         m, lo, hi = spread([b[1] for b in bests])
         winners = ", ".join(sorted({b[0] for b in bests}))
-        lines.append(f"{qos:>3}  {'BASELINE (best per repeat)':34s} {m:>13,.0f} {f'{lo:,.0f}-{hi:,.0f}':>17}  "
+        lines.append(f"{qos:>3}  {'BASELINE (best per repeat)':40s} {m:>13,.0f} {f'{lo:,.0f}-{hi:,.0f}':>17}  "
                      f"{'1.00':>24}  fastest: {winners}")
         for gw in reps[0].gateways:
             runs = [r.gateways[gw] for r in reps if gw in r.gateways]
             rates = [g.rate for g in runs if g.rate]
             ratios = [x for r in reps if (x := r.ratio(gw)) is not None]
             if not rates:
-                lines.append(f"{qos:>3}  {gw:34s} {'-':>13} {'':>17}  {'':>24}  {runs[0].note}")
+                lines.append(f"{qos:>3}  {gw:40s} {'-':>13} {'':>17}  {'':>24}  {runs[0].note}")
                 continue
             m, lo, hi = spread(rates)
             rm, rlo, rhi = spread(ratios)
             rss = max((g.peak_rss_mb or 0.0) for g in runs)
             lost = sum(g.lost for g in runs)
             cpu = statistics.median([g.cpu_percent.get("gateway", 0.0) for g in runs])
-            lines.append(f"{qos:>3}  {gw:34s} {m:>13,.0f} {f'{lo:,.0f}-{hi:,.0f}':>17}  "
+            lines.append(f"{qos:>3}  {gw:40s} {m:>13,.0f} {f'{lo:,.0f}-{hi:,.0f}':>17}  "
                          f"{f'{rm:.2f} ({rlo:.2f}-{rhi:.2f})':>24}  peak RSS {rss:.1f} MB, CPU {cpu:.0f}%, "
                          f"lost {lost:,}")
             summary.setdefault("gateways", {})[f"{gw} qos{qos}"] = {"rate_median": m, "ratio_median": rm,
@@ -719,7 +719,7 @@ def render(repeats: list[Repeat], args: argparse.Namespace, load_before: str, lo
                       and g.rate and o.rate]
                 if vs:
                     vm, vlo, vhi = spread(vs)
-                    lines.append(f"{'':>3}  {'':34s} {'':>13} {'':>17}  {'':>24}  "
+                    lines.append(f"{'':>3}  {'':40s} {'':>13} {'':>17}  {'':>24}  "
                                  f"= {vm:.2f}x ours ({vlo:.2f}-{vhi:.2f}) in the same repeats")
                     summary["gateways"][f"{gw} qos{qos}"]["vs_ours_median"] = vm
             if gw.startswith("gateway/ours"):
@@ -736,7 +736,7 @@ def render(repeats: list[Repeat], args: argparse.Namespace, load_before: str, lo
                      "baseline = raw counter under the same limits:")
         base = [r.tuned["mosquitto → raw"].rate for r in tun]
         m, lo, hi = spread(base)
-        lines.append(f"  1  {'mosquitto → raw':34s} {m:>13,.0f} {f'{lo:,.0f}-{hi:,.0f}':>17}  {'1.00':>24}  "
+        lines.append(f"  1  {'mosquitto → raw':40s} {m:>13,.0f} {f'{lo:,.0f}-{hi:,.0f}':>17}  {'1.00':>24}  "
                      f"lost {sum(r.tuned['mosquitto → raw'].lost for r in tun):,}")
         for key in tun[0].tuned:
             if key == "mosquitto → raw":
@@ -749,7 +749,7 @@ def render(repeats: list[Repeat], args: argparse.Namespace, load_before: str, lo
             m, lo, hi = spread([g.rate for g in runs if g.rate])
             rm, rlo, rhi = spread(ratios)
             rss = max((g.peak_rss_mb or 0.0) for g in runs)
-            lines.append(f"  1  {key:34s} {m:>13,.0f} {f'{lo:,.0f}-{hi:,.0f}':>17}  "
+            lines.append(f"  1  {key:40s} {m:>13,.0f} {f'{lo:,.0f}-{hi:,.0f}':>17}  "
                          f"{f'{rm:.2f} ({rlo:.2f}-{rhi:.2f})':>24}  peak RSS {rss:.1f} MB, lost "
                          f"{sum(g.lost for g in runs):,}")
             goals.append(f"QoS 1 {key} with the example broker config: ratio {rm:.3f} (min {rlo:.3f}, max {rhi:.3f}) "
@@ -766,7 +766,7 @@ def render(repeats: list[Repeat], args: argparse.Namespace, load_before: str, lo
                 runs = [r.embedded[key] for r in reps if key in r.embedded]
                 rates = [g.rate for g in runs if g.rate]
                 if not rates:
-                    lines.append(f"{qos:>3}  {key:34s} {'-':>13}  {runs[0].note}")
+                    lines.append(f"{qos:>3}  {key:40s} {'-':>13}  {runs[0].note}")
                     continue
                 ratios = [r.embedded[key].rate / r.best[1] for r in reps
                           if key in r.embedded and r.embedded[key].rate and r.best[1]]
@@ -775,7 +775,7 @@ def render(repeats: list[Repeat], args: argparse.Namespace, load_before: str, lo
                 rss = max((g.peak_rss_mb or 0.0) for g in runs)
                 lost = sum(g.lost for g in runs)
                 note = f"gateway peak RSS {rss:.1f} MB, " if rss else ""
-                lines.append(f"{qos:>3}  {key:34s} {m:>13,.0f} {f'{lo:,.0f}-{hi:,.0f}':>17}  "
+                lines.append(f"{qos:>3}  {key:40s} {m:>13,.0f} {f'{lo:,.0f}-{hi:,.0f}':>17}  "
                              f"{f'{rm:.3f} ({rlo:.3f}-{rhi:.3f})':>24}  {note}lost {lost:,}")
                 summary.setdefault("embedded", {})[f"{key} qos{qos}"] = {"rate_median": m, "rate_min": lo,
                                                                           "ratio_median": rm, "lost": lost}

@@ -73,7 +73,7 @@ EDGEWIRE = Path(sys.executable).parent / "edgewire"
 GOAL_RATIO = 0.5
 GOAL_RSS_MB = 60.0
 SUBSCRIBERS = ("mosquitto_sub", "raw", "gmqtt")
-DEPLOY_CONF = ROOT / "docs" / "examples" / "mosquitto-edgewire.conf"  # the example broker config a site uses
+DEPLOY_CONF = ROOT / "deploy" / "mosquitto.conf"  # the example broker config a site uses
 TELEMETRY_FILTER = f"{wire.ROOT}/+/telemetry"
 
 
@@ -109,7 +109,7 @@ def stop_process(p: subprocess.Popen[Any] | None, timeout: float = 5.0) -> None:
 
 class Mosquitto:
     """A private mosquitto with its default limits, plus `extra` config lines
-    (e.g. docs/examples/mosquitto-edgewire.conf's)."""
+    (e.g. deploy/mosquitto.conf's)."""
 
     def __init__(self, workdir: Path, extra: str = "") -> None:
         if not os.path.exists(MOSQUITTO):
@@ -868,7 +868,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--synchronous", choices=("full", "normal"), default="full",
                     help="the gateway journal's [journal] synchronous (default full, the gateway's default)")
     ap.add_argument("--no-tuned", dest="tuned", action="store_false",
-                    help="skip the QoS 1 phases under docs/examples/mosquitto-edgewire.conf's limits")
+                    help="skip the QoS 1 phases under deploy/mosquitto.conf's limits")
     ap.add_argument("--embedded", choices=("auto", "on", "off"), default="auto",
                     help="also measure the embedded amqtt broker in its own process (auto: when the gateway has it)")
     ap.add_argument("--embedded-messages", type=int, default=10_000,

@@ -16,13 +16,11 @@ import sys
 import time
 from typing import Any
 
-from aiohttp import web
-
 from edgewire.gateway.commands import Commands
 from edgewire.gateway.config import GatewayConfig, load_config, read_password
 from edgewire.gateway.core import Core
 from edgewire.gateway.errors import ConfigError, GatewayError
-from edgewire.gateway.http.app import build_app
+from edgewire.gateway.http.app import HttpServer
 from edgewire.gateway.hub import Hub, RingLog
 from edgewire.gateway.ingest.mqtt import SUBSCRIPTIONS, MqttIngest
 from edgewire.gateway.mqtt import MqttClient
@@ -31,7 +29,7 @@ from edgewire.gateway.registry import Registry
 
 log = logging.getLogger("edgewire.gateway")
 
-__all__ = ["Gateway", "gateway_main", "tune_gc"]
+__all__ = ["Gateway", "gateway_main", "raise_file_limit", "tune_gc"]
 
 
 class Gateway:
@@ -53,7 +51,7 @@ class Gateway:
                                  presence=self._presence)
         self._core = Core(registry=self.registry, hub=self.hub, commands=self.commands, refusals=self.refusals)
         self._broker: Any = None
-        self._runner: web.AppRunner | None = None
+        self._http: HttpServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = asyncio.Event()
         self._started_at = 0.0
@@ -122,12 +120,9 @@ class Gateway:
             self.mqtt.start()
             ingest = MqttIngest(client=self.mqtt, core=self._core)
             self._tasks.append(asyncio.get_running_loop().create_task(ingest.run(), name="ingest-mqtt"))
-            self._runner = web.AppRunner(build_app(self), access_log=None, shutdown_timeout=1.0,
-                                         handle_signals=False, handler_cancellation=True)
-            await self._runner.setup()
-            site = web.TCPSite(self._runner, cfg.http.host, cfg.http.port, reuse_address=True)
-            await site.start()
-            self.http_port = int(self._runner.addresses[0][1])
+            self._http = HttpServer(self, log_interval=cfg.log.drop_log_interval)
+            await self._http.start()
+            self.http_port = self._http.port
             log.info("gateway: HTTP on %s, MQTT %s", self.http_url, self.mqtt_url)
         except BaseException:
             await self.stop()
@@ -136,9 +131,9 @@ class Gateway:
     async def stop(self) -> None:
         for sub in list(self.hub.subscribers.values()):
             self.hub.close(sub)
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        if self._http is not None:
+            await self._http.stop()
+            self._http = None
         if self.mqtt is not None:
             await self.mqtt.stop()
         for t in self._tasks:
@@ -172,6 +167,7 @@ class Gateway:
             "devices": self.registry.totals(),
             "events": {"last_id": self.hub.log.last_id, "clients": len(self.hub.subscribers),
                        "dropped": self.hub.stats()["dropped_total"]},
+            "http": self._http.stats() if self._http is not None else {},
         }
         return connected, body
 
@@ -194,6 +190,7 @@ class Gateway:
             "registry": self.registry.totals(),
             "hub": self.hub.stats(),
             "commands": self.commands.stats(),
+            "http": self._http.stats() if self._http is not None else {},
         }
 
 
@@ -215,6 +212,7 @@ def gateway_main(args: argparse.Namespace) -> int:
         print(f"ConfigError: --log-level {args.log_level!r}: expected debug, info, warning or error", file=sys.stderr)
         return 2
     logging.basicConfig(level=getattr(logging, level), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    raise_file_limit()
     tune_gc()
     try:
         asyncio.run(_run(config))
@@ -225,6 +223,26 @@ def gateway_main(args: argparse.Namespace) -> int:
         log.error("cannot start: %s", e)
         return 1
     return 0
+
+
+def raise_file_limit() -> int:
+    """Raise the soft limit on open files to the hard limit where allowed (a
+    user session often starts at 1,024 while the hard limit is far higher):
+    every HTTP, SSE and WebSocket client holds a descriptor. Process-wide, so
+    only the service entry point calls it. Returns the soft limit in force."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != soft and (hard == resource.RLIM_INFINITY or hard > soft):
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as e:
+            log.warning("open-file limit stays at %d (could not raise it to %d: %s)", soft, target, e)
+            return soft
+        log.info("open-file limit raised from %d to %d", soft, target)
+        return target
+    return soft
 
 
 def tune_gc() -> None:

@@ -25,8 +25,9 @@ _SERVER_FILTER = ThrottleFilter(interval=60.0)
 SERVER_LOG.addFilter(_SERVER_FILTER)
 
 # Descriptors kept below the file limit: the MQTT link, journal, logs and the
-# like (128), and one accept() burst (asyncio accepts up to the listen backlog,
-# 128, before any of them can be turned away).
+# like (64), refused connections reading their 503 (guard.MAX_LINGERING, 64),
+# and one accept() burst (asyncio accepts up to the listen backlog, 128,
+# before any of them can be turned away).
 FD_HEADROOM = 256
 
 STATIC = Path(__file__).parent / "static"

@@ -37,8 +37,8 @@ log = logging.getLogger("edgewire.gateway.http.guard")
 __all__ = ["ConnectionGuard", "GuardedSite"]
 
 KEEPALIVE_GRACE = 1.0  # seconds a kept-alive connection is idle before it may be taken
-REFUSAL_LINGER = 2.0   # seconds a refused connection may read our 503 before it is cut
-MAX_LINGERING = 32     # refused connections reading their 503 at once; beyond, cut at once
+REFUSAL_LINGER = 1.0   # seconds a refused connection may read our 503 before it is cut
+MAX_LINGERING = 64     # refused connections reading their 503 at once; beyond, cut at once
 
 _REFUSAL = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\n"
             b"Retry-After: 5\r\nContent-Length: %d\r\n\r\n%s")

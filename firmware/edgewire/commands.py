@@ -19,7 +19,11 @@ class CommandError(Exception):
 
 
 def handle(dev, cmd):
-    """cmd: a decoded command (wire.decode_command) -> the result payload to publish."""
+    """cmd: a decoded command (wire.decode_command), or (size, head) for one too
+    large to receive -> the result payload to publish."""
+    if isinstance(cmd, tuple):  # its own module: it costs no RAM while ordinary commands run
+        from edgewire.toobig import oversized
+        return oversized(dev, cmd[0], cmd[1])
     cid = cmd["id"]
     for k, v in dev._cache:
         if k == cid:
@@ -79,3 +83,4 @@ def execute(dev, name, args):
         dev._reboot = b.ticks_ms() + dev.cfg["timeout_ms"]
         return "rebooting"
     raise CommandError("unknown command '%s'" % name)
+

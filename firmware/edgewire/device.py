@@ -42,7 +42,8 @@ _MP = hasattr(gc, "mem_free")  # MicroPython: collect each step to keep the heap
 # Books: readings == sent_readings + dropped + queued, at every step and after stop.
 STAT_KEYS = ("readings", "faults", "sent_q0", "sent_q1", "sent_q2", "acked_q0", "acked_q1",
              "acked_q2", "sent_readings", "lost_q0", "queued", "dropped", "connects", "reconnects",
-             "conn_failures", "commands", "bad_commands", "cmd_dropped", "lost_oom", "oom")
+             "conn_failures", "commands", "bad_commands", "cmd_dropped", "lost_oom", "oom",
+             "oversized")
 _SENT = ("sent_q0", "sent_q1", "sent_q2")
 _ACKED = ("acked_q0", "acked_q1", "acked_q2")
 
@@ -209,8 +210,8 @@ class Device:
             self._birth_pid = cl.publish(self.topics["status"], self._birth(), 1, True)
             if c["commands"]:
                 granted = cl.subscribe(self.topics["cmd"], 1)
-                if granted != 1:
-                    self._say("cmd subscription granted at QoS %d" % granted, True)
+                if granted != 1:  # 0x80: refused; the session goes on without commands
+                    self._say("cmd subscription granted at QoS %d" % granted)
             # Counted once the session is complete: birth sent, commands subscribed.
             self.stats["connects"] += 1
             if self.stats["connects"] > 1:
@@ -397,7 +398,7 @@ class Device:
         if len(self._cmds) >= _CMD_PENDING:
             self.stats["cmd_dropped"] += 1
             return
-        self._cmds.append(payload)
+        self._cmds.append(payload)  # (size, head) for one over max_packet (toobig.oversized)
 
     def _run_commands(self):
         if not self._cmds:
@@ -408,7 +409,7 @@ class Device:
         cmds = self._cmds
         i = 0
         while i < len(cmds):
-            if isinstance(cmds[i], dict):  # decoded in an earlier round
+            if not isinstance(cmds[i], bytes):  # decoded in an earlier round, or oversized
                 i += 1
                 continue
             try:
@@ -432,6 +433,7 @@ class Device:
                 self._lost(e)
         if _MP:
             _unload("commands")
+            _unload("toobig")
 
     # ------------------------------------------------------------ logging
 

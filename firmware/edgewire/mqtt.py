@@ -5,8 +5,12 @@
 # bounded in-flight window that survives reconnects (MQTT 3.1.1 section 4.4),
 # pings on keepalive, and puts a deadline on every read and write: the socket is
 # non-blocking and every wait goes through select.poll. Anything wrong on the
-# wire raises an MQTTError subclass and closes the socket; the caller reconnects
-# and calls connect() again on the same client, which resends what is in flight.
+# wire raises MQTTError (the message says what) and closes the socket; the caller reconnects
+# and calls connect() again on the same client, which resends what is in flight
+# into a resumed session, or publishes again what was never acknowledged into a
+# new one (docs/decisions.md, D9). An inbound PUBLISH larger than max_packet is
+# read past without buffering, acknowledged at its QoS and reported to on_message;
+# a refused subscription (SUBACK 0x80) is returned, not raised.
 #
 # It opens no sockets itself: connect(sock) takes a connected socket from the
 # board, so simulated boards can inject faults. Time comes from `clock`, a
@@ -16,7 +20,8 @@
 # object ~300 B plus one list of 7 slots (~60 B) per in-flight message (the
 # payload itself is referenced, not copied) and one int per inbound QoS 2
 # message awaiting PUBREL. Every inbound packet body is one bytearray of its
-# length, capped by max_packet (default 8 KB).
+# length, capped by max_packet (default 8 KB); a larger PUBLISH costs ~200 B
+# while it is read past.
 
 import select
 
@@ -54,26 +59,22 @@ _REL = const(1)  # QoS 2: PUBREL sent, waiting for PUBCOMP
 
 _MAX_RL = const(268435455)
 _RX2_MAX = const(32)  # inbound QoS 2 packet ids remembered until PUBREL
+_HEAD = const(256)    # bytes kept of an oversized PUBLISH: topic, packet id, payload head
+_SLICE = const(500)   # longest single poll: on_wait runs at least this often
+REFUSED = const(0x80)  # SUBACK return code: subscription refused
 
 CONNACK_ERRORS = ("unacceptable protocol version", "client identifier rejected",
                   "server unavailable", "bad user name or password", "not authorized")
 
 
 class MQTTError(Exception):
-    """Base of every error this client raises: the peer closed, the socket failed,
-    a SUBACK refused (0x80). The connection is closed when it is raised."""
+    """Every error this client raises: the peer closed, the socket failed, a
+    deadline passed, the broker broke MQTT 3.1.1 or refused the CONNECT, on_wait
+    raised it (link down). The message says which; the connection is closed."""
 
 
-class MQTTTimeout(MQTTError):
-    """A read, write, CONNACK, SUBACK or PINGRESP did not come in time."""
-
-
-class MQTTProtocolError(MQTTError):
-    """The broker sent something MQTT 3.1.1 does not allow here (or too large)."""
-
-
-class ConnectRefused(MQTTError):
-    """CONNACK with a non-zero return code; the message names the code and its meaning."""
+# One class on the device (each class costs ~250 B of heap); the names stay for callers.
+MQTTTimeout = MQTTProtocolError = ConnectRefused = MQTTError
 
 
 def _put_str(out, s):
@@ -151,18 +152,20 @@ class MQTTClient:
     """One MQTT 3.1.1 session over sockets the caller provides.
 
     on_message(topic, payload, retained) is called for each inbound PUBLISH
-    (QoS 2: exactly once); on_ack(pid, qos) when a QoS 1/2 publish completes.
-    Keep both short: they run inside poll(). clock() returns non-wrapping ms."""
+    (QoS 2: exactly once); for one over max_packet, read past unbuffered, the
+    payload is a tuple (packet size, first 80 payload bytes). on_ack(pid, qos)
+    when a QoS 1/2 publish completes;
+    on_wait() before every wait on the socket, at least every 500 ms
+    (feed a watchdog, check the link: an MQTTError it raises ends the session).
+    Keep them short: they run inside poll(). clock() returns non-wrapping ms."""
 
     def __init__(self, client_id, keepalive=60, clean_session=True, user=None, password=None,
                  timeout_ms=5000, retry_ms=10000, max_inflight=8, max_packet=8192, clock=None):
         if isinstance(max_inflight, bool) or not isinstance(max_inflight, int) or not 0 < max_inflight < 1000:
             raise ValueError("max_inflight %r is not 1..999" % (max_inflight,))
-        self.client_id = client_id
+        # At most 29 attributes: the instance table then stays at one 464 B block.
+        self._login = (client_id, clean_session, user, password)
         self.keepalive = keepalive
-        self.clean_session = clean_session
-        self.user = user
-        self.password = password
         self.timeout_ms = timeout_ms
         self.retry_ms = retry_ms
         self.max_inflight = max_inflight
@@ -173,11 +176,12 @@ class MQTTClient:
         self.clock = clock
         self.on_message = None
         self.on_ack = None
+        self.on_wait = None
         self.connected = False
         self.last_pid = 0      # the packet id most recently assigned (also when publish() then failed)
-        self.resent = 0        # PUBLISH/PUBREL packets sent again (retry or reconnect)
-        self.stray = 0         # acks for packet ids we do not have in flight
         self.rx2_evicted = 0   # inbound QoS 2 ids forgotten because the table was full
+        self.oversized = 0     # inbound PUBLISH packets over max_packet, read past and acknowledged
+        self.q2_dropped = 0    # QoS 2 messages past PUBREC, not completed when a new session began
         self._will = None
         self._sock = None
         self._poll = None
@@ -207,7 +211,10 @@ class MQTTClient:
 
     def connect(self, sock):
         """Start a session on a connected socket; returns the session-present flag.
-        Then resends in-flight QoS 1/2 messages (DUP) and PUBRELs, in order."""
+        Resumed session: resends in-flight QoS 1/2 messages (DUP) and PUBRELs, in
+        order. New session (clean, or the broker lost it): publishes again, as new
+        messages, those never acknowledged, drops (counting q2_dropped) QoS 2
+        ones the broker already took (PUBREC), and forgets inbound QoS 2 state."""
         self.close()
         self._sock = sock
         self._ping_at = 0
@@ -219,8 +226,8 @@ class MQTTClient:
                 self._poll.register(sock, select.POLLIN)
             except (OSError, AttributeError) as e:
                 raise MQTTError("unusable socket: %r" % (e,))
-            self._write(encode_connect(self.client_id, self.keepalive, self.clean_session,
-                                       self.user, self.password, self._will))
+            cid, clean, user, password = self._login
+            self._write(encode_connect(cid, self.keepalive, clean, user, password, self._will))
             pkt = self._await(None, "CONNACK")
             typ, flags, body = pkt
             if typ != _CONNACK:
@@ -232,14 +239,21 @@ class MQTTClient:
                 raise ConnectRefused("broker refused the connection: %s (CONNACK %d)"
                                      % (CONNACK_ERRORS[c - 1] if c <= 5 else "unknown reason", c))
             self.connected = True
-            if self.clean_session:
+            sp = body[0] == 1
+            if not sp:
                 self._rx2 = []
-            # MQTT 3.1.1 section 4.4: resend unacknowledged PUBLISH (DUP) and PUBREL, in
-            # order. After a clean session the broker forgot them; we resend anyway and
-            # the gateway removes duplicates by (device, boot, seq).
+            # MQTT 3.1.1 section 4.4: into a resumed session resend unacknowledged
+            # PUBLISH (DUP) and PUBREL, in order. A new session holds none of them
+            # (MQTT-3.1.2-6): never-acknowledged messages go again as new ones (DUP 0;
+            # every packet id is free in it); a QoS 2 message past PUBREC cannot be
+            # completed, and sending it again could deliver it twice (D9).
             for pid, e in sorted(self._out.items(), key=lambda kv: kv[1][_ORDER]):
-                self._resend(pid, e)
-            return body[0] == 1
+                if sp or e[_STAGE] == _PUB:
+                    self._resend(pid, e, sp)
+                else:
+                    del self._out[pid]
+                    self.q2_dropped += 1
+            return sp
         except MQTTError:
             self.close()
             raise
@@ -273,7 +287,8 @@ class MQTTClient:
         return pid in self._out
 
     def subscribe(self, topic, qos=0):
-        """SUBSCRIBE one filter and wait for SUBACK; returns the granted QoS."""
+        """SUBSCRIBE one filter and wait for SUBACK; returns the granted QoS, or
+        REFUSED (0x80): the session goes on without that subscription."""
         _check_qos(qos)
         try:
             self._require()
@@ -283,10 +298,8 @@ class MQTTClient:
             self._await(lambda: self._suback is not None, "SUBACK")
             codes = self._suback
             self._sub_pid = 0
-            if len(codes) != 1 or (codes[0] > 2 and codes[0] != 0x80):
+            if len(codes) != 1 or (codes[0] > 2 and codes[0] != REFUSED):
                 raise MQTTProtocolError("bad SUBACK %r" % (bytes(codes),))
-            if codes[0] == 0x80:
-                raise MQTTError("broker refused subscription to %r" % (topic,))
             return codes[0]
         except MQTTError:
             self.close()
@@ -373,13 +386,12 @@ class MQTTClient:
                     return pkt
                 self._handle(pkt[0], pkt[1], pkt[2])
 
-    def _resend(self, pid, e):
+    def _resend(self, pid, e, dup=True):
         e[_SENT] = self.clock()
-        self.resent += 1
         if e[_STAGE] == _REL:
             self._send_ack(_PUBREL, pid)
         else:
-            self._send_publish(e[2], e[3], e[_QOS], e[4], True, pid)
+            self._send_publish(e[2], e[3], e[_QOS], e[4], dup, pid)
 
     def _send_publish(self, topic, payload, qos, retain, dup, pid):
         self._write(publish_header(topic, len(payload), qos, retain, dup, pid))
@@ -416,20 +428,29 @@ class MQTTClient:
         if ms <= 0 and must:
             raise MQTTTimeout("%s timed out after %d ms" % ("write" if ev == select.POLLOUT else "read",
                                                              self.timeout_ms))
-        try:
-            self._poll.modify(self._sock, ev)
-            res = self._poll.poll(max(0, ms))
-        except (OSError, ValueError, AttributeError) as e:
-            raise MQTTError("poll failed: %r" % (e,))
+        ms = max(0, ms)
+        while True:
+            if self.on_wait:
+                self.on_wait()
+            n = min(ms, _SLICE)
+            try:
+                self._poll.modify(self._sock, ev)
+                res = self._poll.poll(n)
+            except (OSError, ValueError, AttributeError) as e:
+                raise MQTTError("poll failed: %r" % (e,))
+            ms -= n
+            if res or ms <= 0:
+                break
         for r in res:
             if r[1] & select.POLLERR or (ev == select.POLLOUT and r[1] & select.POLLHUP):
                 raise MQTTError("socket error")
         return bool(res)
 
-    def _read_into(self, buf, deadline):
+    def _read_into(self, buf, deadline, n=0):
+        """Read exactly n (default len(buf)) bytes into buf."""
         mv = memoryview(buf)
         got = 0
-        n = len(buf)
+        n = n or len(buf)
         while got < n:
             try:
                 r = self._ri(mv[got:], n - got)
@@ -466,12 +487,23 @@ class MQTTClient:
             raise MQTTProtocolError("malformed remaining length (more than 4 bytes)")
         if typ == 0 or typ == 15:
             raise MQTTProtocolError("unknown packet type %d" % typ)
+        n = rl
         if rl > self.max_packet:
-            raise MQTTProtocolError("packet type %d of %d bytes exceeds the %d byte cap"
-                                    % (typ, rl, self.max_packet))
-        body = bytearray(rl)
-        if rl:
+            # A PUBLISH is read past, unbuffered: its topic, packet id and first
+            # payload bytes are kept, and it is acknowledged at its QoS. A broker
+            # redelivers an unacknowledged one on every reconnect, so dropping the
+            # connection here would loop forever (a poison message).
+            if typ != _PUBLISH:
+                raise MQTTProtocolError("packet type %d of %d bytes exceeds the %d byte cap"
+                                        % (typ, rl, self.max_packet))
+            n = min(self.max_packet, _HEAD)
+        body = bytearray(n)
+        if n:
             self._read_into(body, deadline)
+        if n < rl:
+            self._skip(rl - n)
+            self.oversized += 1
+            flags |= rl << 4  # the size rides above the 4 flag bits to _on_publish
         self._last_rx = self.clock()
         return typ, flags, body
 
@@ -483,9 +515,7 @@ class MQTTClient:
                 raise MQTTProtocolError("malformed SUBACK")
             if self._sub_pid and ((body[0] << 8) | body[1]) == self._sub_pid:
                 self._suback = body[2:]
-            else:
-                self.stray += 1
-            return
+            return  # a stray SUBACK: ignored
         if typ == _PINGRESP and not flags and not body:
             self._ping_at = 0
             return
@@ -502,26 +532,23 @@ class MQTTClient:
                 del self._out[pid]
                 if self.on_ack:
                     self.on_ack(pid, q)
-            else:
-                self.stray += 1
         elif typ == _PUBREC:
             if e is not None and e[_QOS] == 2:
                 e[_STAGE] = _REL
                 e[_SENT] = self.clock()
-            else:
-                self.stray += 1
-            self._send_ack(_PUBREL, pid)
+            self._send_ack(_PUBREL, pid)  # also for an id we do not hold: the broker's state ends
         elif typ == _PUBREL:
             if pid in self._rx2:
                 self._rx2.remove(pid)
             self._send_ack(_PUBCOMP, pid)
 
     def _on_publish(self, flags, body):
+        big = flags >> 4  # the size of an oversized PUBLISH that was read past, else 0
         qos = (flags >> 1) & 3
         n = len(body)
         pos = 2 + ((body[0] << 8) | body[1]) if n >= 2 else n + 1
         if qos == 3 or pos + (2 if qos else 0) > n:
-            raise MQTTProtocolError("malformed PUBLISH (QoS %d, %d bytes)" % (qos, n))
+            raise MQTTProtocolError("malformed PUBLISH (QoS %d, %d bytes)" % (qos, big or n))
         try:
             topic = bytes(body[2:pos]).decode()
         except (UnicodeError, ValueError):
@@ -539,9 +566,18 @@ class MQTTClient:
                 self._rx2.pop(0)
                 self.rx2_evicted += 1
         if self.on_message:
-            self.on_message(topic, bytes(body[pos:]), bool(flags & 1))
+            p = bytes(body[pos:pos + 80] if big else body[pos:])
+            self.on_message(topic, (big, p) if big else p, bool(flags & 1))
         if qos == 1:
             self._send_ack(_PUBACK, pid)
         elif qos == 2:
             self._rx2.append(pid)
             self._send_ack(_PUBREC, pid)
+
+    def _skip(self, n):
+        """Read and discard n bytes; the deadline restarts with every chunk."""
+        buf = bytearray(min(n, 256))
+        while n > 0:
+            k = min(n, len(buf))
+            self._read_into(buf, self.clock() + self.timeout_ms, k)
+            n -= k

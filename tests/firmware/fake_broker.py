@@ -48,6 +48,8 @@ class FakeBroker:
         self.connections = 0
         self.published: list[tuple[str, int, bytes]] = []
         self.connects: list[bytes] = []
+        self.refuse_subscriptions = 0  # good(): answer this many SUBSCRIBEs with SUBACK 0x80
+        self.subscribes = 0
         self.done = threading.Event()
         self.threads: list[threading.Thread] = []
         self.socks: list[socket.socket] = []
@@ -140,9 +142,121 @@ class FakeBroker:
                 self.published.append((topic, qos, body[pos:]))
             elif typ == 6:  # PUBREL
                 s.sendall(b"\x70\x02" + body[:2])
-            elif typ == 8:  # SUBSCRIBE: grant what was asked
-                s.sendall(b"\x90\x03" + body[:2] + body[-1:])
+            elif typ == 8:  # SUBSCRIBE: grant what was asked, or refuse
+                self.subscribes += 1
+                if self.refuse_subscriptions > 0:
+                    self.refuse_subscriptions -= 1
+                    s.sendall(b"\x90\x03" + body[:2] + b"\x80")
+                else:
+                    s.sendall(b"\x90\x03" + body[:2] + body[-1:])
             elif typ == 12:
                 s.sendall(b"\xd0\x00")
             elif typ == 14:
                 return
+
+
+class Proxy:
+    """A TCP proxy between a device and a real broker that can cut every live
+    connection at once (both sides closed, whatever was in flight), and can cut at
+    a chosen point of a QoS 2 exchange: arm("publish") forwards the device's next
+    QoS 2 PUBLISH to the broker, withholds the answer and cuts; arm("pubrel")
+    does the same with the next PUBREL; arm("pubrel-lost") swallows the next PUBREL
+    and cuts. drop_to_device: packet types never passed to the device (6: PUBREL)."""
+
+    def __init__(self, broker_port: int) -> None:
+        self.broker_port = broker_port
+        self.srv = socket.socket()
+        self.srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.srv.bind(("127.0.0.1", 0))
+        self.srv.listen(8)
+        self.port = self.srv.getsockname()[1]
+        self.drop_to_device: set[int] = set()
+        self.armed: str | None = None
+        self.cuts = 0
+        self.lock = threading.Lock()
+        self.pairs: list[tuple[socket.socket, socket.socket, threading.Event]] = []
+        self.done = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self) -> None:
+        self.done.set()
+        self.srv.close()
+        self.cut()
+
+    def arm(self, point: str) -> None:
+        assert point in ("publish", "pubrel", "pubrel-lost")
+        self.armed = point
+
+    def cut(self) -> None:
+        with self.lock:
+            pairs, self.pairs = self.pairs, []
+            if pairs:
+                self.cuts += 1
+        for d, b, _ in pairs:
+            for s in (d, b):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                s.close()
+
+    def _accept(self) -> None:
+        while not self.done.is_set():
+            try:
+                d, _ = self.srv.accept()
+            except OSError:
+                return
+            try:
+                b = socket.create_connection(("127.0.0.1", self.broker_port), timeout=5)
+            except OSError:
+                d.close()
+                continue
+            b.settimeout(None)
+            frozen = threading.Event()  # set: nothing more goes to the device
+            with self.lock:
+                self.pairs.append((d, b, frozen))
+            threading.Thread(target=self._pump, args=(d, b, frozen, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(b, d, frozen, False), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, frozen: threading.Event, up: bool) -> None:
+        try:
+            while True:
+                pkt = read_packet(src)
+                if pkt is None:
+                    break
+                first, body = pkt
+                typ = first >> 4
+                raw = bytes([first]) + _remaining_length(len(body)) + body
+                if up:
+                    point = self.armed
+                    hit = (point == "publish" and typ == 3 and (first >> 1) & 3 == 2) or \
+                          (point in ("pubrel", "pubrel-lost") and typ == 6)
+                    if hit:
+                        self.armed = None
+                        frozen.set()
+                        if point != "pubrel-lost":
+                            dst.sendall(raw)
+                        time.sleep(0.2)  # let the broker act on it; its answer goes nowhere
+                        self.cut()
+                        return
+                    dst.sendall(raw)
+                elif typ not in self.drop_to_device and not frozen.is_set():
+                    dst.sendall(raw)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+
+def _remaining_length(n: int) -> bytes:
+    out = b""
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        out += bytes([b | (0x80 if n else 0)])
+        if not n:
+            return out

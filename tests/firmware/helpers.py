@@ -3,6 +3,7 @@
 subscriber that records every message, decoded with the reference msgpack."""
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import threading
@@ -129,3 +130,95 @@ class Recorder:
 
     def telemetry(self) -> list[dict[str, Any]]:
         return [m[2] for m in self.of("telemetry")]
+
+
+CONTROLLED = r"""
+import os, sys
+from edgewire.boards.sim import SimBoard
+CTL = %r
+
+def _there(name):
+    try:
+        os.stat(CTL + "/" + name)
+        return True
+    except OSError:
+        return False
+
+class Board(SimBoard):
+    # A SimBoard the test steers through files in CTL: 'linkdown' makes link_up()
+    # say the Wi-Fi is gone (sockets stay open, as in lwIP), 'stop' asks the device
+    # to stop (seen at its next sensor read); feed() counts the watchdog feeds.
+    dev = None
+    feeds = 0
+
+    def link_up(self):
+        return self._net and not _there("linkdown")
+
+    def connect_network(self, timeout_ms):
+        return self.link_up()
+
+    def feed(self):
+        self.feeds += 1
+
+    def read(self, source):
+        if self.dev is not None and _there("stop"):
+            self.dev.stop()
+        return SimBoard.read(self, source)
+
+board = Board(%r, storage=%r, seed=%d, fault_rate=0)
+import edgewire
+from edgewire import config
+cfg = config.load(board)
+del config
+sys.modules.pop("edgewire.config", None)
+delattr(edgewire, "config")
+from edgewire.device import Device
+dev = Device(board, cfg, log=print)
+board.dev = dev
+dev.run()
+print("STATS", dev.stats, "seq", dev.seq, "feeds", board.feeds)
+"""
+
+
+class Controlled:
+    """A Device on MicroPython (edgewire.device.Device.run, as main.py runs it) on a
+    SimBoard the test steers: link_down()/link_up() flip what board.link_up() says
+    (the sockets stay open, as a Wi-Fi drop leaves them in lwIP); finish() stops it
+    (death, DISCONNECT) and returns its final stats."""
+
+    def __init__(self, tmp: Path, device_id: str, cfg: dict[str, Any], *, seed: int = 7,
+                 heap: str = DEVICE_HEAP) -> None:
+        self.store = tmp / device_id
+        self.ctl = tmp / (device_id + "-ctl")
+        self.store.mkdir(parents=True, exist_ok=True)
+        self.ctl.mkdir(parents=True, exist_ok=True)
+        (self.store / "config.json").write_text(json.dumps(cfg))
+        self.p = micropython.spawn(CONTROLLED % (str(self.ctl), device_id, str(self.store), seed), heap=heap)
+        self.out = ""
+        self.stats: dict[str, int] = {}
+
+    def link_down(self) -> None:
+        (self.ctl / "linkdown").write_text("")
+
+    def link_up(self) -> None:
+        (self.ctl / "linkdown").unlink()
+
+    def finish(self, timeout: float = 30) -> dict[str, int]:
+        (self.ctl / "stop").write_text("")
+        try:
+            self.out, _ = self.p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.out = stop_process(self.p)
+            raise AssertionError("the device did not stop: " + self.out[-3000:])
+        m = [ln for ln in self.out.splitlines() if ln.startswith("STATS ")]
+        assert m, self.out[-3000:]
+        head, _, rest = m[-1][len("STATS "):].partition(" seq ")
+        self.stats = ast.literal_eval(head)
+        seq, _, feeds = rest.partition(" feeds ")
+        self.stats["seq"] = int(seq)
+        self.stats["feeds"] = int(feeds)
+        return self.stats
+
+    def kill(self) -> str:
+        self.out = stop_process(self.p)
+        return self.out

@@ -180,7 +180,9 @@ def test_bad_connack(peer: Peer, data: bytes, exc: type, text: str) -> None:
 
 AFTER_CONNECT = [
     (b"\x30\x10\x00\x03a/b", "closed"),                     # truncated PUBLISH then close
-    (b"\x30\xff\xff\x7f", "exceeds"),                       # oversized
+    (b"\x90\xff\xff\x7f", "exceeds"),                       # oversized SUBACK (a PUBLISH is read past)
+    (b"\x32\xff\x0f\x00\x01a\x00\x00" + bytes(2042), "packet id 0"),  # oversized PUBLISH, packet id 0
+    (b"\x32\xff\x0f\x10\x00a" + bytes(2044), "malformed PUBLISH"),  # oversized, topic longer than its head
     (b"\x36\x03\x00\x01a", "malformed PUBLISH"),            # QoS 3
     (b"\x30\x02\x00\x05", "malformed PUBLISH"),             # topic longer than packet
     (b"\x32\x05\x00\x01a\x00\x00", "packet id 0"),
@@ -219,9 +221,124 @@ def test_subscribe_refused_and_granted(peer: Peer) -> None:
     t.join()
     t = threading.Thread(target=answer, args=(0x80,))
     t.start()
-    with pytest.raises(mqtt.MQTTError, match="refused subscription"):
-        c.subscribe("b", 1)
+    assert c.subscribe("b", 1) == mqtt.REFUSED  # returned, not raised: the session goes on
     t.join()
+    assert c.connected
+    assert c.publish("t", b"x", 1) and peer.read()[0] == 0x32
+
+
+def oversized_publish(topic: bytes, qos: int, pid: int, payload: bytes, dup: bool = False) -> bytes:
+    var = len(topic).to_bytes(2, "big") + topic + (pid.to_bytes(2, "big") if qos else b"")
+    rl = len(var) + len(payload)
+    enc = b""
+    while True:
+        enc += bytes([(rl & 0x7F) | (0x80 if rl > 0x7F else 0)])
+        rl >>= 7
+        if not rl:
+            break
+    return bytes([0x30 | (8 if dup else 0) | (qos << 1)]) + enc + var + payload
+
+
+def test_oversized_publish_is_read_past_and_acknowledged_at_its_qos(peer: Peer) -> None:
+    # #6.1: a PUBLISH over max_packet is not buffered and does not end the session
+    # (a persistent session would redeliver it on every reconnect): it is read past,
+    # acknowledged at its QoS, counted and reported with its size and first bytes.
+    got: list[tuple[str, object]] = []
+    c = connected(peer, max_packet=256)
+    c.on_message = lambda t, p, r: got.append((t, p))
+    big = bytes(range(256)) * 40  # 10,240 bytes
+    peer.a.sendall(oversized_publish(b"d/cmd", 1, 7, big))
+    c.poll(500)
+    assert peer.read() == b"\x40\x02\x00\x07"  # PUBACK
+    peer.a.sendall(oversized_publish(b"d/cmd", 2, 8, big))
+    c.poll(500)
+    assert peer.read() == b"\x50\x02\x00\x08"  # PUBREC
+    peer.a.sendall(oversized_publish(b"d/cmd", 2, 8, big, dup=True))  # redelivered before PUBREL
+    c.poll(500)
+    assert peer.read() == b"\x50\x02\x00\x08"
+    peer.a.sendall(b"\x62\x02\x00\x08")
+    c.poll(500)
+    assert peer.read() == b"\x70\x02\x00\x08"  # PUBCOMP
+    peer.a.sendall(oversized_publish(b"d/x", 0, 0, b"z" * 300) + bytes.fromhex("3205" "0001" "61" "0009"))
+    c.poll(500)
+    assert peer.read() == b"\x40\x02\x00\x09"  # the next packet is read from the right place
+    assert c.connected and c.oversized == 4  # packets read past; the QoS 2 repeat is reported once
+    size = 2 + 5 + 2 + len(big)
+    # an oversized one comes with (its size, its first 80 payload bytes) as payload
+    assert got == [("d/cmd", (size, big[:80])), ("d/cmd", (size, big[:80])), ("d/x", (2 + 3 + 300, b"z" * 80)),
+                   ("a", b"")]
+    c.close()
+
+
+def test_new_session_republishes_unacknowledged_and_drops_past_pubrec(peer: Peer) -> None:
+    # #6.3: a clean session holds nothing of the old one (MQTT-3.1.2-6), so nothing
+    # is resent with DUP and no PUBREL goes out; what the broker never acknowledged
+    # is published again as a new message, a QoS 2 message past PUBREC is dropped
+    # and counted (docs/decisions.md, D9).
+    c = connected(peer)
+    p1 = c.publish("t", b"one", 2)
+    peer.read()
+    peer.a.sendall(b"\x50\x02" + p1.to_bytes(2, "big"))  # PUBREC: the broker has it
+    c.poll(200)
+    assert peer.read() == b"\x62\x02" + p1.to_bytes(2, "big")
+    p2 = c.publish("t", b"two", 2)
+    p3 = c.publish("t", b"three", 1)
+    peer.read(), peer.read()
+    peer.close()
+    fresh = Peer()
+    try:
+        fresh.a.sendall(b"\x20\x02\x00\x00")  # session present 0
+        assert c.connect(fresh.b) is False
+        assert fresh.read()[0] == 0x10
+        assert fresh.read() == bytes.fromhex("3408" "000174") + p2.to_bytes(2, "big") + b"two"    # DUP 0
+        assert fresh.read() == bytes.fromhex("320a" "000174") + p3.to_bytes(2, "big") + b"three"  # DUP 0
+        assert c.q2_dropped == 1 and c.inflight() == 2 and not c.holds(p1)
+        fresh.a.settimeout(0.3)
+        with pytest.raises(socket.timeout):
+            fresh.a.recv(1)  # nothing else: no PUBREL for p1
+    finally:
+        c.close()
+        fresh.close()
+
+
+def test_lost_persistent_session_forgets_inbound_qos2(peer: Peer) -> None:
+    # #6.3: clean_session false, but the broker answers session-present 0 (it lost
+    # the session): its packet ids start again, so a remembered inbound QoS 2 id
+    # would swallow a new message as a redelivery.
+    got: list[bytes] = []
+    c = connected(peer, clean_session=False)
+    c.on_message = lambda t, p, r: got.append(p)
+    peer.a.sendall(bytes.fromhex("3408" "0001" "61" "0001") + b"one")
+    c.poll(200)
+    assert peer.read() == b"\x50\x02\x00\x01"  # PUBREC; the PUBREL never comes
+    peer.close()
+    fresh = Peer()
+    try:
+        fresh.a.sendall(b"\x20\x02\x00\x00")
+        assert c.connect(fresh.b) is False
+        fresh.read()
+        fresh.a.sendall(bytes.fromhex("3408" "0001" "61" "0001") + b"two")  # a new message, same id
+        c.poll(200)
+        assert fresh.read() == b"\x50\x02\x00\x01"
+        assert got == [b"one", b"two"]
+    finally:
+        c.close()
+        fresh.close()
+
+
+def test_on_wait_runs_in_every_wait_and_can_end_the_session(peer: Peer) -> None:
+    calls: list[int] = []
+    c = connected(peer)
+    c.on_wait = lambda: calls.append(1)
+    assert c.poll(1200) == 0
+    assert len(calls) == 3  # slices of at most 500 ms: 500 + 500 + 200
+
+    def down() -> None:
+        raise mqtt.MQTTError("network link down")
+    c.on_wait = down
+    with pytest.raises(mqtt.MQTTError, match="link down"):
+        c.poll(1000)
+    assert not c.connected
 
 
 MICROPYTHON_BYTES = r"""

@@ -11,6 +11,9 @@
 #              time_ms()                 epoch ms, or None while the clock is not set
 #              random_u32()              32 random bits
 #   network    network_up()              the link (Wi-Fi) is up
+#              link_up()                 cheap, non-blocking: the link is still up (the
+#                                        Device asks at least once a second and before
+#                                        each publish; down = connection lost at once)
 #              connect_network(timeout_ms) -> bool   bring the link up, bounded
 #              connect(host, port, timeout_ms) -> socket
 #                                        a connected TCP socket; OSError on failure
@@ -22,6 +25,8 @@
 #              default_streams()         streams used when config.json names none
 #   setup      configure(config)         take board settings (Wi-Fi) from the device config; no I/O
 #   system     free_memory() -> bytes or None
+#              feed()                    feed the watchdog (no-op without one); the Device
+#                                        calls it every step and inside every long wait
 #              reset()                   reboot (SimBoard: raises ResetRequested)
 #
 # Board below implements the shared parts (clock, storage, TCP connect, memory).
@@ -144,6 +149,9 @@ class Board:
             s.close()
             raise
 
+    def link_up(self):
+        return self.network_up()
+
     # ------------------------------------------------------------ storage
 
     def _path(self, name):
@@ -180,6 +188,9 @@ class Board:
 
     def default_streams(self):
         return []
+
+    def feed(self):
+        """Feed the watchdog; boards without one do nothing."""
 
     def free_memory(self):
         try:

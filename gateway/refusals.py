@@ -9,7 +9,7 @@ seconds, saying how many were suppressed in between.
 
 `Throttle` is that rule on its own. `ThrottleFilter` applies it to a logger
 (aiohttp's server log: one traceback per malformed request otherwise), and
-`throttled_exception_handler` to the event loop's error reports (asyncio logs
+the event-loop exception handler below to the loop's error reports (asyncio logs
 every failed accept(), e.g. "Too many open files"). Only the first line of a
 kind carries its traceback; later ones name the exception in one line."""
 from __future__ import annotations

@@ -26,9 +26,10 @@ SERVER_LOG.addFilter(_SERVER_FILTER)
 
 # Descriptors kept below the file limit: the MQTT link, journal, logs and the
 # like (64), refused connections reading their 503 (guard.MAX_LINGERING, 64),
-# and one accept() burst (asyncio accepts up to the listen backlog, 128,
-# before any of them can be turned away).
-FD_HEADROOM = 256
+# and the accept() bursts whose evictions have not closed yet: asyncio accepts
+# up to guard.ACCEPT_BACKLOG (128) at once, before any can be turned away, and
+# under a flood about three bursts are on their way (seen: 256 was not enough).
+FD_HEADROOM = 512
 
 STATIC = Path(__file__).parent / "static"
 

@@ -39,6 +39,11 @@ __all__ = ["ConnectionGuard", "GuardedSite"]
 KEEPALIVE_GRACE = 1.0  # seconds a kept-alive connection is idle before it may be taken
 REFUSAL_LINGER = 1.0   # seconds a refused connection may read our 503 before it is cut
 MAX_LINGERING = 64     # refused connections reading their 503 at once; beyond, cut at once
+# The listen backlog, which is also how many connections asyncio accepts in one
+# go before any of them can be turned away (descriptors over the limit for a
+# moment; app.FD_HEADROOM allows for it). A smaller one makes a flood's SYNs
+# wait for retries instead, which slows everyone's connects.
+ACCEPT_BACKLOG = 128
 
 _REFUSAL = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\n"
             b"Retry-After: 5\r\nContent-Length: %d\r\n\r\n%s")
@@ -307,7 +312,7 @@ class GuardedSite(web.BaseSite):
         server = self._runner.server
         assert server is not None
         self._server = await asyncio.get_running_loop().create_server(
-            self._guard.wrap(server), self._host, self._port, reuse_address=True, backlog=128)
+            self._guard.wrap(server), self._host, self._port, reuse_address=True, backlog=ACCEPT_BACKLOG)
         self._bound = int(self._server.sockets[0].getsockname()[1])
         self._guard.start()
 

@@ -107,7 +107,7 @@ def test_1100_idle_connections_under_a_1024_file_limit(tmp_path: Path, broker: M
         statuses += [_health(port, 5.0) for _ in range(5)]
         assert statuses == [200] * 15, statuses
         http = _stats(port)
-        assert http is not None and http["max"] == 1024 - 256 and http["evicted"] > 0 and http["open"] <= http["max"]
+        assert http is not None and http["max"] == 1024 - 512 and http["evicted"] > 0 and http["open"] <= http["max"]
     finally:
         for f in floods:
             if f.stdin is not None:

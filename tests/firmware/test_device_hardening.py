@@ -1,15 +1,18 @@
-"""Issue #6 on the MicroPython unix port (64K) against a real mosquitto: a poison
-command, and QoS 2 exactly once across reconnects into a resumed session."""
+"""Issue #6 items 1-3 on the MicroPython unix port (64K) against a real mosquitto:
+a poison command, a refused command subscription, QoS 2 across reconnects in a
+clean and in a persistent session, and a broker that lost the session."""
 from __future__ import annotations
 
+import signal
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import msgpack
 import paho.mqtt.client as mqtt
 import pytest
 
-from tests.firmware.fake_broker import Proxy
+from tests.firmware.fake_broker import FakeBroker, Proxy
 from tests.firmware.helpers import Controlled, Recorder, device_config
 from tests.support.broker import Mosquitto
 
@@ -75,11 +78,49 @@ def test_poison_command_is_read_past_answered_and_telemetry_goes_on(broker: Mosq
     assert "Traceback" not in d.out, d.out
 
 
+def test_refused_command_subscription_is_retried_while_telemetry_goes_on(tmp_path: Path,
+                                                                          firmware_build: Path) -> None:
+    # #6.2. A broker that refuses the command subscription (SUBACK 0x80; mosquitto's
+    # ACL file filters at delivery and never refuses, so a scripted broker does it).
+    fb = FakeBroker([])
+    fb.scenarios = [fb.good]
+    fb.refuse_subscriptions = 3
+    fb.start()
+    dev = "mp-subref"
+    d = Controlled(tmp_path, dev, device_config(fb.port, ONE_Q1))
+
+    def telemetry() -> int:
+        return len([x for x in fb.published if x[0].endswith("/telemetry")])
+    try:
+        wait_until(lambda: fb.subscribes >= 4, 30, "the subscription retried until granted")
+        n = telemetry()
+        assert n >= 3, "no telemetry while the subscription was refused"
+        wait_until(lambda: telemetry() >= n + 5, 15, "telemetry after the subscription")
+        st = d.finish()
+    finally:
+        d.kill()
+        fb.close()
+    assert fb.connections == 1 and fb.subscribes == 4, (fb.connections, fb.subscribes)
+    assert st["sub_refused"] == 3 and st["connects"] == 1 and st["conn_failures"] == 0, st
+    assert "cmd subscription refused (SUBACK 0x80)" in d.out
+    assert "Traceback" not in d.out, d.out
+
+
+def wait_until(cond: Callable[[], bool], timeout: float, what: str) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
 QOS2 = [{"name": "door", "source": "sim:door", "interval_ms": 50, "qos": 2}]
 
 
-def test_qos2_across_reconnects_persistent_session(broker: Mosquitto, tmp_path: Path, firmware_build: Path) -> None:
-    clean = False
+@pytest.mark.parametrize("clean", [True, False], ids=["clean_session", "persistent_session"])
+def test_qos2_across_reconnects_no_duplicates(broker: Mosquitto, tmp_path: Path, firmware_build: Path,
+                                              clean: bool) -> None:
     # #6.3. The link is cut at each point of the QoS 2 exchange: after the device's
     # PUBLISH reached the broker (PUBREC lost), after its PUBREL reached it (PUBCOMP
     # lost), and with the PUBREL itself lost. A QoS 2 subscriber counts what arrives.
@@ -117,4 +158,44 @@ def test_qos2_across_reconnects_persistent_session(broker: Mosquitto, tmp_path: 
         assert st.get("q2_dropped", 0) >= len(missing) and len(missing) >= 1, (st, missing)
     else:
         assert missing == set() and st.get("q2_dropped", 0) == 0, (st, missing)
+    assert "Traceback" not in d.out, d.out
+
+
+def test_lost_session_does_not_swallow_a_new_qos2_command(tmp_path: Path, firmware_build: Path) -> None:
+    # #6.3. clean_session false (the default), and the broker restarts without
+    # persistence: session-present 0, packet ids start again at 1. A QoS 2 command
+    # whose PUBREL never reached the device leaves its id behind; the first command
+    # of the new broker has the same id and must be executed, not taken for a repeat.
+    broker = Mosquitto(tmp_path).start()
+    dev = "mp-q2-lost"
+    proxy = Proxy(broker.port)
+    d = Controlled(tmp_path, dev, device_config(proxy.port, ONE_Q1))
+    rec = Recorder(broker.port, dev, "rec-q2-lost").start()
+    cmd = None
+    try:
+        rec.wait(lambda r: len(r.telemetry()) >= 2, 15, "telemetry")
+        proxy.drop_to_device = {6}  # PUBREL
+        cmd = Commander(broker.port, dev)
+        cmd.send("c-one", "ping", qos=2)
+        rec.wait(lambda r: bool(results(r, "c-one")), 10, "the first QoS 2 command answered")
+        cmd.close()
+        cmd = None
+        broker.kill()
+        proxy.drop_to_device = set()
+        proxy.cut()
+        broker.start()
+        rec.subscribed.clear()
+        rec.wait(lambda r: r.subscribed.is_set() and len(r.births()) >= 2, 20, "device and recorder back")
+        cmd = Commander(broker.port, dev)
+        cmd.send("c-two", "ping", qos=2)
+        rec.wait(lambda r: bool(results(r, "c-two")), 10, "the new broker's first QoS 2 command answered")
+        st = d.finish()
+    finally:
+        d.kill()
+        if cmd is not None:
+            cmd.close()
+        proxy.close()
+        rec.stop()
+        broker.stop()
+    assert st["commands"] == 2, st
     assert "Traceback" not in d.out, d.out

@@ -16,9 +16,11 @@ import logging
 import signal
 import socket
 import sys
+import tempfile
+from pathlib import Path
 from typing import TextIO
 
-from edgewire.gateway.config import EmbeddedBrokerConfig, GatewayConfig, HttpConfig, MqttConfig
+from edgewire.gateway.config import EmbeddedBrokerConfig, GatewayConfig, HttpConfig, JournalConfig, MqttConfig
 from edgewire.gateway.errors import GatewayError
 from edgewire.gateway.service import Gateway
 from edgewire.sim import Fleet
@@ -30,13 +32,15 @@ DEMO_RATE = 1.0  # telemetry messages per second per device
 QOS_CYCLE = (1, 0, 2)  # the fleet is split across the three QoS levels
 
 
-def demo_config(*, http_port: int, mqtt_port: int) -> GatewayConfig:
-    """A gateway with no [mqtt] url (so the embedded broker starts) and the
-    dashboard on loopback."""
+def demo_config(*, http_port: int, mqtt_port: int, journal: Path) -> GatewayConfig:
+    """A gateway with no [mqtt] url (so the embedded broker starts), the
+    dashboard on loopback, and its journal at `journal` (the demo's data is
+    throwaway: a temporary folder, not the user's working directory)."""
     return GatewayConfig(
         mqtt=MqttConfig(url=""),
         embedded_broker=EmbeddedBrokerConfig(host="127.0.0.1", port=mqtt_port, allow_fallback=True),
         http=HttpConfig(host="127.0.0.1", port=http_port),
+        journal=JournalConfig(path=str(journal)),
     )
 
 
@@ -63,7 +67,14 @@ def _fleets(mqtt_url: str, devices: int) -> list[Fleet]:
 async def run_demo(*, http_port: int, mqtt_port: int, devices: int, duration: float | None,
                    out: TextIO) -> None:
     loop = asyncio.get_running_loop()
-    async with Gateway(demo_config(http_port=http_port, mqtt_port=mqtt_port)) as gw:
+    with tempfile.TemporaryDirectory(prefix="edgewire-demo-") as tmp:
+        await _run_demo(loop, Path(tmp) / "journal.db", http_port=http_port, mqtt_port=mqtt_port,
+                        devices=devices, duration=duration, out=out)
+
+
+async def _run_demo(loop: asyncio.AbstractEventLoop, journal: Path, *, http_port: int, mqtt_port: int,
+                    devices: int, duration: float | None, out: TextIO) -> None:
+    async with Gateway(demo_config(http_port=http_port, mqtt_port=mqtt_port, journal=journal)) as gw:
         # From here on Ctrl-C (or SIGTERM) ends the demo cleanly, whenever it comes.
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, gw.close)

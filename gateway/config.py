@@ -25,6 +25,7 @@ __all__ = [
     "GatewayConfig",
     "HttpConfig",
     "HubConfig",
+    "JournalConfig",
     "LogConfig",
     "MqttConfig",
     "RegistryConfig",
@@ -162,8 +163,10 @@ class HttpConfig:
 
 @dataclass(frozen=True, slots=True)
 class HubConfig:
-    """[hub]: live fan-out. `ring` recent events are kept for resume; each live
-    client has a queue of `client_queue` events (overflow drops the oldest)."""
+    """[hub]: live fan-out. The newest `ring` events are also kept in memory, so
+    that most resumes and slow clients do not read SQLite; each live client
+    has a queue of `client_queue` events (a client that lets it overflow reads
+    from the journal until it has caught up)."""
 
     ring: int = 10000
     client_queue: int = 10000
@@ -173,6 +176,39 @@ class HubConfig:
         _int("hub", "ring", self.ring, 1, 10_000_000, " events")
         _int("hub", "client_queue", self.client_queue, 1, 10_000_000, " events")
         _int("hub", "max_clients", self.max_clients, 1, 100_000)
+
+
+@dataclass(frozen=True, slots=True)
+class JournalConfig:
+    """[journal]: the durable journal (SQLite, WAL). docs/gateway.md "The journal".
+
+    `synchronous` "full" fsyncs the WAL at every commit: a power cut loses
+    nothing acknowledged. "normal" fsyncs only at checkpoints: a crash of the
+    gateway process loses nothing, a power cut can lose the last commits
+    (already acknowledged to the broker). Retention removes the oldest entries
+    beyond `max_bytes` or older than `max_age` seconds (0: no limit)."""
+
+    path: str = "edgewire-journal.db"
+    synchronous: str = "full"
+    max_bytes: int = 512 * 1024 * 1024
+    max_age: float = 30 * 86400.0
+    max_pending: int = 50_000
+    retention_interval: float = 1.0
+
+    def __post_init__(self) -> None:
+        s = "journal"
+        _str(s, "path", self.path, 4096)
+        if not self.path or self.path == ":memory:":
+            raise ConfigError(s, "path", self.path, "expected a file path, e.g. /var/lib/edgewire/journal.db")
+        if self.synchronous not in ("full", "normal"):
+            raise ConfigError(s, "synchronous", self.synchronous,
+                              "expected full (safe against power cuts) or normal (safe against crashes)")
+        _int(s, "max_bytes", self.max_bytes, 0, 1 << 50, " bytes (0: no size limit; at least 1 MiB otherwise)")
+        if 0 < self.max_bytes < 1 << 20:
+            raise ConfigError(s, "max_bytes", self.max_bytes, "expected 0 (no limit) or at least 1048576 (1 MiB)")
+        _num(s, "max_age", self.max_age, 0, 100 * 365 * 86400.0)
+        _int(s, "max_pending", self.max_pending, 100, 10_000_000, " entries")
+        _num(s, "retention_interval", self.retention_interval, 0.05, 3600)
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +269,7 @@ class GatewayConfig:
     embedded_broker: EmbeddedBrokerConfig = field(default_factory=EmbeddedBrokerConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     hub: HubConfig = field(default_factory=HubConfig)
+    journal: JournalConfig = field(default_factory=JournalConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     commands: CommandsConfig = field(default_factory=CommandsConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -246,6 +283,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "embedded_broker": EmbeddedBrokerConfig,
     "http": HttpConfig,
     "hub": HubConfig,
+    "journal": JournalConfig,
     "registry": RegistryConfig,
     "commands": CommandsConfig,
     "log": LogConfig,

@@ -1,79 +1,190 @@
-"""The gateway core that every ingest adapter feeds: decoded input goes
-through the registry (sessions, gaps, duplicates) into the live hub; results
-go to the pending commands; refusals are counted. No transport in here."""
+"""The gateway core that every ingest adapter feeds. No transport in here.
+
+An adapter hands over one transport batch at a time: it calls accept_*() for
+each decoded message, then `commit(ack)`. The core accounts every message in
+the registry (sessions, gaps, in-memory duplicates), turns it into journal
+rows with their sequence numbers, and queues them, with the registry state
+they changed, for the journal's next commit. Only after that COMMIT, in this
+order:
+
+    1. events are published to the live hub (so an id a client sees is durable),
+    2. command results resolve the commands waiting for them,
+    3. the adapter's ack handle runs (MQTT: PUBACK/PUBREC go to the broker).
+
+That is the whole "acknowledge only what is durable" contract, in `commit()`.
+A message the journal's unique key refuses (a redelivery the in-memory window
+did not catch) is counted as a duplicate and never published."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from edgewire.gateway.commands import Commands
 from edgewire.gateway.decode import Result, Status, Telemetry
 from edgewire.gateway.hub import Event, Hub
+from edgewire.gateway.journal import (KIND_BIRTH, KIND_DEATH, KIND_RESULT, KIND_TELEMETRY, Journal, Row, pack)
+from edgewire.gateway.journal_state import device_state, registry_state
 from edgewire.gateway.refusals import Refusals
 from edgewire.gateway.registry import Registry, RegistryFull
 
 log = logging.getLogger("edgewire.gateway.core")
 
-__all__ = ["Core"]
+__all__ = ["Ack", "Core"]
+
+Ack = Callable[[], None]
 
 
 class Core:
-    def __init__(self, *, registry: Registry, hub: Hub, commands: Commands, refusals: Refusals) -> None:
+    def __init__(self, *, registry: Registry, hub: Hub, commands: Commands, refusals: Refusals,
+                 journal: Journal) -> None:
         self.registry = registry
         self.hub = hub
         self.commands = commands
         self.refusals = refusals
+        self.journal = journal
         self.messages = 0
         self.readings = 0
+        self.duplicates_journal = 0   # refused by the journal's unique key
+        self.last_adapter: dict[str, str] = {}   # device -> the ingest adapter it last came through
+        self._rows: list[Row] = []
+        self._events: list[Event] = []
+        self._results: list[Result] = []
+        self._counted: list[tuple[Row, Telemetry]] = []
+        self._dirty: set[str] = set()
 
     def refuse(self, kind: str, detail: str) -> None:
         self.refusals.count(kind, detail)
 
-    def accept_telemetry(self, batch: Sequence[Telemetry], received_ms: int) -> None:
-        """Account, deduplicate and publish a batch of telemetry messages."""
+    # ------------------------------------------------------------------ accept
+    def accept_telemetry(self, batch: Sequence[Telemetry], received_ms: int, *, adapter: str = "mqtt") -> None:
+        """Account and deduplicate telemetry messages; their readings become events."""
         registry = self.registry
         reg_telemetry = registry.telemetry
         remember = registry.remember
         devices = registry.devices
-        events: list[Event] = []
-        add = events.append
+        reserve = self.journal.reserve
+        rows = self._rows
+        add = self._events.append
+        dirty = self._dirty
         accepted = 0
+        readings = 0
         for t in batch:
+            device = t["device"]
             try:
                 if not reg_telemetry(t, received_ms):
+                    dirty.add(device)
                     continue  # duplicate: counted by the registry, never forwarded
             except RegistryFull as e:
                 self.refuse("capacity", str(e))
                 continue
+            dirty.add(device)
+            if self.last_adapter.get(device) != adapter:
+                self.last_adapter[device] = adapter
             accepted += 1
-            device = t["device"]
             boot = t["boot"]
             seq = t["seq"]
             tm = t["time"]
             base = (received_ms if tm is None else tm) - t["uptime"]
             dev = devices[device]
-            for stream, value, up, error in t["readings"]:
+            rs = t["readings"]
+            n = len(rs)
+            i = reserve(n or 1)
+            body = []
+            for stream, value, up, error in rs:
                 ts = base + up
-                add(Event(device, stream, value, error, ts, boot, seq))
+                e = Event(device, stream, value, error, ts, boot, seq)
+                e.id = i
+                i += 1
+                add(e)
+                body.append((stream, value, ts, error))
                 remember(dev, stream, value, ts, error)
+            row = Row(i - n if n else i, n or 1, KIND_TELEMETRY, device, boot, seq, received_ms, pack(body))
+            rows.append(row)
+            self._counted.append((row, t))
+            readings += n
         self.messages += accepted
-        self.readings += len(events)
-        self.hub.publish(events)
+        self.readings += readings
 
-    def accept_status(self, status: Status, received_ms: int, *, retained: bool = False) -> None:
+    def accept_status(self, status: Status, received_ms: int, *, adapter: str = "mqtt",
+                      retained: bool = False) -> None:
         try:
             outcome = self.registry.status(status, received_ms, retained=retained)
         except RegistryFull as e:
             self.refuse("capacity", str(e))
             return
+        self._dirty.add(status.device)
         if outcome == "stale":
             log.info("device %s: ignored a death for session (boot %d, conn %d): not the current session",
                      status.device, status.boot, status.conn)
         else:
             log.info("device %s is %s (boot %d, conn %d%s)", status.device, outcome, status.boot, status.conn,
                      f", {status.why}" if status.why else "")
+            if status.online:
+                self.last_adapter[status.device] = adapter
+        kind = KIND_BIRTH if status.online else KIND_DEATH
+        self._rows.append(Row(self.journal.reserve(1), 1, kind, status.device, None, None, received_ms,
+                              pack({**status._asdict(), "outcome": outcome})))
 
-    def accept_result(self, result: Result) -> None:
-        if not self.commands.resolve(result):
-            self.refuse("unmatched_result",
-                        f"result {result.id!r} from {result.device!r} matches no pending command (late or repeated)")
+    def accept_result(self, result: Result, received_ms: int = 0) -> None:
+        self._rows.append(Row(self.journal.reserve(1), 1, KIND_RESULT, result.device, None, None, received_ms,
+                              pack(result._asdict())))
+        self._results.append(result)
+
+    # ------------------------------------------------------------------ commit
+    def commit(self, ack: Ack | None = None) -> None:
+        """Queue what was accepted since the last commit for the journal; after
+        its COMMIT, publish, resolve results, then call `ack` (see module doc)."""
+        rows, events, results, counted = self._rows, self._events, self._results, self._counted
+        self._rows, self._events, self._results, self._counted = [], [], [], []
+        devices = self.registry.devices
+        evicted = self.registry.evicted_ids
+        if evicted:
+            self._dirty.update(evicted)   # gone from the registry: deleted from the journal's copy
+            evicted.clear()
+        states = [(d, device_state(devices[d]) if d in devices else None) for d in self._dirty]
+        self._dirty = set()
+        upto = rows[-1].id + rows[-1].n - 1 if rows else 0
+        hub = self.hub
+
+        def durable(refused: set[int]) -> None:
+            evs = events
+            if refused:
+                evs = self._refused(refused, events, counted)
+            hub.publish(evs, upto)
+            for r in results:
+                if not self.commands.resolve(r):
+                    self.refuse("unmatched_result",
+                                f"result {r.id!r} from {r.device!r} matches no pending command (late or repeated)")
+            if ack is not None:
+                ack()
+
+        self.journal.append(rows, devices=states, meta=[("registry", registry_state(self.registry))],
+                            then=durable)
+
+    def _refused(self, refused: set[int], events: list[Event], counted: list[tuple[Row, Telemetry]]) -> list[Event]:
+        """Messages the journal already held: take them back out of the counts."""
+        gone: set[int] = set()
+        reg = self.registry
+        for row, t in counted:
+            if row.id in refused:
+                gone.update(range(row.id, row.id + row.n))
+                dev = reg.devices.get(row.device)
+                if dev is not None:
+                    dev.messages -= 1
+                    dev.readings -= len(t["readings"])
+                    dev.duplicates += 1
+                    self._dirty.add(row.device)
+                reg.duplicates += 1
+                self.messages -= 1
+                self.readings -= len(t["readings"])
+                self.duplicates_journal += 1
+        log.info("journal refused %d redelivered message(s) as duplicates", len(refused))
+        return [e for e in events if e.id not in gone]
+
+    async def ready(self) -> None:
+        """Back-pressure: returns at once unless the journal's backlog is full."""
+        await self.journal.wait_space()
+
+    def stats(self) -> dict[str, int]:
+        return {"messages": self.messages, "readings": self.readings,
+                "duplicates_journal": self.duplicates_journal}

@@ -1,21 +1,27 @@
-"""The live hub: accepted readings become events with a monotonic id, kept in
-an event log for resume and fanned out to live subscribers.
+"""The live hub: the first consumer of the journal. Committed readings are
+events whose id is their journal sequence number; the hub fans them out to
+live subscribers (SSE, WebSocket) and serves resume from the journal.
 
-Each subscriber has a bounded queue with a declared policy: when full, the
-oldest queued events are dropped and counted (`Subscription.dropped`). The hub
-never waits for a subscriber, so a stalled client costs only its own queue.
-
-The event log sits behind the small `EventLog` protocol: today `RingLog`, a
-bounded in-memory ring; the SQLite journal (ARCHITECTURE.md, "The journal is
-the truth") implements the same three members and slots in unchanged.
+Every subscriber reads one ordered stream: a cursor (the last id it was
+handed) and filters, each with the id after which it applies. A subscriber
+is either *live* (committed events are offered to its bounded queue as they
+commit) or *catching up* (it reads the journal from its cursor, oldest
+first, in pages: from the hub's in-memory ring of recent events when they are
+there, else from SQLite). A live subscriber whose queue would overflow goes
+back to catching up instead of dropping: a slow client costs no memory and
+loses nothing the journal still holds. What retention has removed before a
+subscriber got it is reported as a `Gap` (and counted in `dropped`), never
+skipped silently. Resume points (SSE Last-Event-ID, WebSocket `after`) are
+journal ids, so they stay valid across gateway restarts.
 
     async with hub.subscribe(["dev-01/#"], after=last_id) as sub:
-        async for batch in sub:          # list[Event] | Gap, in id order
+        async for item in sub:           # list[Event] | Gap, in id order
             ...
 """
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
 import itertools
 import json
@@ -24,9 +30,11 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from edgewire.gateway.journal import KIND_TELEMETRY, Entry
+
 from edgewire import wire_rx as rx  # the receiver half of the protocol code
 
-__all__ = ["Event", "EventLog", "Gap", "Hub", "HubFull", "RingLog", "Subscription", "valid_filter"]
+__all__ = ["Event", "EventSource", "Gap", "Hub", "HubFull", "Subscription", "events_of", "valid_filter"]
 
 _json_str = json.JSONEncoder(ensure_ascii=False).encode
 
@@ -83,71 +91,45 @@ class Event:
 
 @dataclass(frozen=True, slots=True)
 class Gap:
-    """Events a subscriber asked for that are gone: `after` was older than the
-    log's oldest event. `first_available` is the id it resumes from."""
+    """Events a subscriber asked for that are gone. `after` is where it stood,
+    `first_available` the id it resumes from, `missed` how many ids lie
+    between. `reason`: "retention" (the journal no longer holds them) or
+    "ahead" (the resume id is beyond the journal's last id: the journal was
+    replaced; missed is 0 and the stream resumes after its last id)."""
 
     after: int
     first_available: int
     missed: int
+    reason: str = "retention"
 
     @property
     def json(self) -> str:
-        return json.dumps({"after": self.after, "first_available": self.first_available, "missed": self.missed})
+        return json.dumps({"after": self.after, "first_available": self.first_available, "missed": self.missed,
+                           "reason": self.reason})
 
 
-class EventLog(Protocol):
-    """Where accepted events are sequenced and kept for resume."""
-
-    @property
-    def last_id(self) -> int: ...
-
-    def append(self, events: Sequence[Event]) -> None:
-        """Assign consecutive ids (last_id+1, ...) and keep the events."""
-
-    def since(self, after: int, limit: int) -> tuple[list[Event], int]:
-        """Events with id > after, at most `limit` (the newest ones when more are
-        kept), and how many after `after` were no longer there to return."""
-
-
-class RingLog:
-    """Bounded in-memory EventLog: the newest `size` events."""
-
-    def __init__(self, *, size: int) -> None:
-        self.size = size
-        self._ring: collections.deque[Event] = collections.deque(maxlen=size)
-        self._last = 0
+class EventSource(Protocol):
+    """What the hub reads: the journal (gateway/journal.py)."""
 
     @property
-    def last_id(self) -> int:
-        return self._last
+    def first_id(self) -> int: ...
 
-    @property
-    def first_id(self) -> int:
-        return self._ring[0].id if self._ring else self._last + 1
+    async def read(self, after: int, limit: int, *, hi: int | None = None) -> tuple[list[Entry], int]: ...
 
-    def __len__(self) -> int:
-        return len(self._ring)
 
-    def append(self, events: Sequence[Event]) -> None:
-        i = self._last
-        for e in events:
-            i += 1
-            e.id = i
-        self._last = i
-        self._ring.extend(events)
-
-    def since(self, after: int, limit: int) -> tuple[list[Event], int]:
-        if after >= self._last:
-            return [], 0
-        first = self.first_id
-        missed = max(0, first - after - 1)
-        start = max(after + 1, first)
-        count = self._last - start + 1
-        if count > limit:
-            missed += count - limit
-            start = self._last - limit + 1
-        idx = start - first
-        return list(itertools.islice(self._ring, idx, None)), missed
+def events_of(entry: Entry) -> list[Event]:
+    """The reading events of a journal entry (none for births, deaths, results)."""
+    if entry.kind != KIND_TELEMETRY:
+        return []
+    out = []
+    i = entry.id
+    device, boot, seq = entry.device, entry.boot or 0, entry.seq or 0
+    for stream, value, ts, error in entry.data:
+        e = Event(device, stream, value, error, ts, boot, seq)
+        e.id = i
+        i += 1
+        out.append(e)
+    return out
 
 
 def valid_filter(flt: str) -> bool:
@@ -161,44 +143,73 @@ class HubFull(Exception):
 
 
 class Subscription:
-    """A live subscriber: filters, a bounded queue (drop-oldest) and counters."""
+    """One subscriber's ordered stream: cursor, filters, live queue, counters."""
 
     _ids = itertools.count(1)
 
-    def __init__(self, hub: Hub, filters: Iterable[str], *, maxlen: int, kind: str, peer: str) -> None:
+    def __init__(self, hub: Hub, *, cursor: int, maxlen: int, kind: str, peer: str) -> None:
         self.id = next(Subscription._ids)
         self.hub = hub
         self.kind = kind
         self.peer = peer
-        self.filters: list[str] = []
+        self.filters: dict[str, int] = {}   # filter -> the id after which it applies
         self._all = False
         self._match: dict[str, bool] = {}
-        self.queue: collections.deque[Event] = collections.deque(maxlen=maxlen)
+        self.cursor = cursor                # last id handed out (taken), or the resume point
+        self.live = cursor >= hub.last_id
+        self.queue: collections.deque[Event] = collections.deque()
         self.maxlen = maxlen
-        self.dropped = 0
+        self.dropped = 0                    # events missed: gone from the journal before this client got them
+        self.overflows = 0                  # times its queue filled and it went back to the journal
         self.delivered = 0
         self.gap: Gap | None = None
         self.closed = False
+        self._epoch = 0                     # changes when a filter rewinds the cursor
         self._wake = asyncio.Event()
-        for f in filters:
-            self.add_filter(f)
 
     # filters
-    def add_filter(self, flt: str) -> bool:
+    def add_filter(self, flt: str, after: int | None = None) -> bool:
+        """Add a filter; with `after`, it applies to events after that id and
+        the stream rewinds to deliver them (in id order, none twice). False if
+        it is already held."""
         if not valid_filter(flt):
             raise ValueError(f"filter {flt!r} is invalid: use <device>/<stream> with + and # wildcards, "
                              "e.g. 'dev-01/#' or '+/temperature'")
         if flt in self.filters:
             return False
-        self.filters.append(flt)
+        hub = self.hub
+        head = hub.last_id if self.live else self.cursor
+        start = head if after is None else max(0, min(after, hub.last_id))
+        if start < head:
+            self._rewind(start)
+        self.filters[flt] = start
         self._refresh()
+        if after is not None and after > hub.last_id and self.gap is None:
+            self.gap = Gap(after=after, first_available=hub.last_id + 1, missed=0, reason="ahead")
+            self._wake.set()
         return True
+
+    def _rewind(self, start: int) -> None:
+        """Go back to `start`: what is queued is dropped from memory (it will be
+        read again from the journal); held filters keep their position."""
+        self.queue.clear()
+        for f, a in self.filters.items():
+            self.filters[f] = max(a, self.cursor)
+        self.cursor = min(self.cursor, start)
+        self.live = False
+        self._epoch += 1
+        self._wake.set()
 
     def remove_filter(self, flt: str) -> bool:
         if flt not in self.filters:
             return False
-        self.filters.remove(flt)
+        del self.filters[flt]
         self._refresh()
+        if self.queue:
+            m = self.matches
+            kept = [e for e in self.queue if m(e.subject)]
+            self.queue.clear()
+            self.queue.extend(kept)
         return True
 
     def _refresh(self) -> None:
@@ -216,9 +227,30 @@ class Subscription:
             self._match[subject] = hit
         return hit
 
-    # queue
+    def pick(self, events: Sequence[Event]) -> list[Event]:
+        """The events this subscriber gets, honouring each filter's start."""
+        if not events or not self.filters:
+            return []
+        first = events[0].id
+        if all(a < first for a in self.filters.values()):
+            if self._all:
+                return list(events)
+            m = self.matches
+            return [e for e in events if m(e.subject)]
+        out = []
+        flts = list(self.filters.items())
+        tm = rx.topic_matches
+        for e in events:
+            for f, a in flts:
+                if e.id > a and tm(f, e.subject):
+                    out.append(e)
+                    break
+        return out
+
+    # live queue
     def offer(self, events: Sequence[Event]) -> None:
-        if not self.filters:
+        """Committed events, as they commit (live subscribers only)."""
+        if not self.live or not self.filters:
             return
         if self._all:
             picked: Sequence[Event] = events
@@ -227,11 +259,14 @@ class Subscription:
             picked = [e for e in events if m(e.subject)]
             if not picked:
                 return
-        q = self.queue  # a deque(maxlen=...): extend drops the oldest
-        over = len(q) + len(picked) - self.maxlen
-        if over > 0:
-            self.dropped += over
-        q.extend(picked)
+        q = self.queue
+        if len(q) + len(picked) > self.maxlen:
+            # Too slow for live: forget the queue, read from the journal instead.
+            q.clear()
+            self.live = False
+            self.overflows += 1
+        else:
+            q.extend(picked)
         self._wake.set()
 
     def wake(self) -> None:
@@ -239,10 +274,11 @@ class Subscription:
         self._wake.set()
 
     async def wait(self, timeout: float | None = None) -> bool:
-        """Wait until there are events (or a gap, or a wake); False on timeout."""
+        """Wait until there is something to read (events, a gap, catching up
+        to do) or a wake; False on timeout."""
         wake = self._wake
         if not wake.is_set():
-            if self.queue or self.gap is not None or self.closed:
+            if self.queue or self.gap is not None or self.closed or not self.live:
                 return True
             try:
                 async with asyncio.timeout(timeout):
@@ -253,14 +289,26 @@ class Subscription:
         return True
 
     def take(self, limit: int) -> list[Event]:
+        """Events from the live queue (none while catching up)."""
         q = self.queue
+        if not q:
+            return []
         if len(q) <= limit:
             out = list(q)
             q.clear()
         else:
             out = [q.popleft() for _ in range(limit)]
         self.delivered += len(out)
+        self.cursor = out[-1].id
         return out
+
+    async def next(self, limit: int) -> list[Event]:
+        """The next events in id order: from the live queue, or (catching up)
+        from the journal. May return [] (e.g. only a gap, or nothing matched
+        in the page read); check take_gap() first, then send these."""
+        if self.live:
+            return self.take(limit)
+        return await self.hub.catch_up(self, limit)
 
     def take_gap(self) -> Gap | None:
         g, self.gap = self.gap, None
@@ -269,62 +317,130 @@ class Subscription:
     async def __aiter__(self) -> AsyncIterator[list[Event] | Gap]:
         while not self.closed:
             await self.wait()
+            events = await self.next(self.maxlen)
             gap = self.take_gap()
             if gap is not None:
                 yield gap
-            if self.queue:
-                yield self.take(self.maxlen)
+            if events:
+                yield events
 
     def stats(self) -> dict[str, Any]:
         return {"id": self.id, "kind": self.kind, "peer": self.peer, "filters": list(self.filters),
-                "queued": len(self.queue), "delivered": self.delivered, "dropped": self.dropped}
+                "live": self.live, "cursor": self.cursor, "behind": max(0, self.hub.last_id - self.cursor),
+                "queued": len(self.queue), "delivered": self.delivered, "dropped": self.dropped,
+                "overflows": self.overflows}
 
 
 class Hub:
-    def __init__(self, *, log: EventLog, client_queue: int = 10000, max_clients: int = 256) -> None:
-        self.log = log
+    """Fan-out of committed events and resume from the journal. `ring` recent
+    events stay in memory so that most resumes and slow clients never touch
+    SQLite."""
+
+    def __init__(self, *, source: EventSource, last_id: int = 0, ring: int = 10000, client_queue: int = 10000,
+                 max_clients: int = 256, page: int = 2000) -> None:
+        self.source = source
+        self.last_id = last_id          # every event up to here is committed and was offered
+        self.ring_size = ring
         self.client_queue = client_queue
         self.max_clients = max_clients
+        self.page = page
         self.subscribers: dict[int, Subscription] = {}
         self.published = 0
-        self.dropped_closed = 0  # drops of subscribers that have gone
+        self.dropped_closed = 0         # drops of subscribers that have gone
+        self.journal_reads = 0
+        self.ring_reads = 0
+        self._ring: list[Event] = []
+        self._ring_ids: list[int] = []
+        self._ring_floor = last_id + 1  # every event with id >= this is in the ring
 
-    def publish(self, events: Sequence[Event]) -> None:
-        """Sequence the events in the log, then offer them to every subscriber."""
+    def start_at(self, last_id: int) -> None:
+        """Where the journal stands at start (no subscribers yet)."""
+        self.last_id = last_id
+        self._ring.clear()
+        self._ring_ids.clear()
+        self._ring_floor = last_id + 1
+
+    def publish(self, events: Sequence[Event], upto: int) -> None:
+        """Committed events (ids <= upto, in order): remember, offer to live subscribers."""
+        if upto > self.last_id:
+            self.last_id = upto
         if not events:
             return
-        self.log.append(events)
         self.published += len(events)
+        ring, ids = self._ring, self._ring_ids
+        ring.extend(events)
+        ids.extend([e.id for e in events])
+        if len(ring) > 2 * self.ring_size:
+            cut = len(ring) - self.ring_size
+            self._ring_floor = ids[cut - 1] + 1
+            del ring[:cut]
+            del ids[:cut]
         for sub in self.subscribers.values():
-            sub.offer(events)
+            if sub.live:
+                sub.offer(events)
+
+    async def read(self, after: int, limit: int, hi: int) -> tuple[list[Event], int]:
+        """Committed events with after < id <= hi, oldest first (about `limit`),
+        and the id up to which that covers."""
+        if after + 1 >= self._ring_floor:
+            self.ring_reads += 1
+            ids = self._ring_ids
+            i = bisect.bisect_right(ids, after)
+            j = bisect.bisect_right(ids, hi, lo=i)
+            if j - i > limit:
+                j = i + limit
+                return self._ring[i:j], ids[j - 1]
+            return self._ring[i:j], hi
+        self.journal_reads += 1
+        entries, upto = await self.source.read(after, max(1, limit // 4), hi=hi)
+        events = [e for entry in entries for e in events_of(entry) if after < e.id <= hi]
+        return events, upto
+
+    async def catch_up(self, sub: Subscription, limit: int) -> list[Event]:
+        """Read the subscriber's next page from the journal; turn it live when
+        it has reached the head."""
+        while not sub.closed:
+            hi = self.last_id
+            if sub.cursor >= hi:
+                sub.live = True
+                return sub.take(limit)
+            first = self.source.first_id
+            if sub.cursor < first - 1:
+                missed = first - 1 - sub.cursor
+                sub.gap = Gap(after=sub.cursor, first_available=first, missed=missed)
+                sub.dropped += missed
+                sub.cursor = first - 1
+                continue
+            epoch = sub._epoch
+            events, upto = await self.read(sub.cursor, limit, hi)
+            if epoch != sub._epoch or sub.closed:
+                continue  # a filter rewound the stream meanwhile: read again from there
+            picked = sub.pick(events)
+            sub.cursor = max(sub.cursor, upto)
+            if sub.cursor >= self.last_id:
+                sub.live = True
+            if picked:
+                sub.delivered += len(picked)
+                return picked
+            if sub.live:
+                return sub.take(limit)
+        return []
 
     def open(self, filters: Iterable[str] = (), *, after: int | None = None, kind: str = "live",
              peer: str = "", maxlen: int | None = None) -> Subscription:
-        """Register a subscriber; with `after`, first queue the logged events
-        after that id (matching its filters). Close it with close()."""
+        """Register a subscriber; with `after` it first gets the journal's
+        events after that id (matching its filters). Close it with close()."""
         if len(self.subscribers) >= self.max_clients:
             raise HubFull(f"{self.max_clients} live clients already (raise [hub] max_clients)")
-        sub = Subscription(self, filters, maxlen=maxlen or self.client_queue, kind=kind, peer=peer)
-        if after is not None:
-            self.backfill(sub, after, sub.filters)
+        start = self.last_id if after is None else min(after, self.last_id)
+        sub = Subscription(self, cursor=start, maxlen=maxlen or self.client_queue, kind=kind, peer=peer)
+        for f in filters:
+            sub.add_filter(f)
+        if after is not None and after > self.last_id:
+            sub.gap = Gap(after=after, first_available=self.last_id + 1, missed=0, reason="ahead")
+            sub.wake()
         self.subscribers[sub.id] = sub
         return sub
-
-    def backfill(self, sub: Subscription, after: int, filters: Sequence[str]) -> None:
-        """Queue logged events after `after` that match `filters` (and no
-        filter the subscriber already had, so none arrives twice)."""
-        events, missed = self.log.since(after, sub.maxlen)
-        if missed:
-            first = events[0].id if events else self.log.last_id + 1
-            sub.gap = Gap(after=after, first_available=first, missed=missed)
-            sub._wake.set()
-        old = [f for f in sub.filters if f not in filters]
-        picked = [e for e in events
-                  if any(rx.topic_matches(f, e.subject) for f in filters)
-                  and not any(rx.topic_matches(f, e.subject) for f in old)]
-        if picked:
-            sub.queue.extend(picked)
-            sub._wake.set()
 
     def close(self, sub: Subscription) -> None:
         if self.subscribers.pop(sub.id, None) is not None:
@@ -336,11 +452,17 @@ class Hub:
                   peer: str = "") -> _SubscriptionContext:
         return _SubscriptionContext(self, list(filters), after, kind, peer)
 
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        return True, {"last_id": self.last_id, "clients": len(self.subscribers)}
+
     def stats(self) -> dict[str, Any]:
         subs = [s.stats() for s in self.subscribers.values()]
         return {
-            "last_id": self.log.last_id,
+            "last_id": self.last_id,
             "published": self.published,
+            "ring": len(self._ring),
+            "ring_reads": self.ring_reads,
+            "journal_reads": self.journal_reads,
             "clients": subs,
             "dropped_total": self.dropped_closed + sum(s["dropped"] for s in subs),
         }

@@ -213,6 +213,7 @@ class Registry:
         self.boots_kept = boots_kept
         self.devices: dict[str, Device] = {}
         self._unborn: dict[str, None] = {}  # ids with no birth yet, oldest first
+        self.evicted_ids: list[str] = []
         self.duplicates = 0
         self.stale_deaths = 0
         self.evicted = 0
@@ -220,6 +221,12 @@ class Registry:
 
     def __len__(self) -> int:
         return len(self.devices)
+
+    def restored(self) -> None:
+        """After devices were put back from the journal: rebuild the derived
+        state (which ids never sent a birth, oldest first)."""
+        self._unborn = {d.id: None for d in sorted(self.devices.values(), key=lambda d: d.first_seen)
+                        if d.online is None}
 
     def get(self, device_id: str) -> Device | None:
         return self.devices.get(device_id)
@@ -247,6 +254,7 @@ class Registry:
             del self.devices[v]
             self._unborn.pop(v, None)
         self.evicted += len(victims)
+        self.evicted_ids.extend(victims)  # the core drains this: the journal forgets them too
 
     def telemetry(self, t: Telemetry, now_ms: int) -> bool:
         """Account one message; False if it is a duplicate to drop."""

@@ -23,8 +23,10 @@ from edgewire.gateway.config import GatewayConfig, load_config, read_password
 from edgewire.gateway.core import Core
 from edgewire.gateway.errors import ConfigError, GatewayError
 from edgewire.gateway.http.app import build_app
-from edgewire.gateway.hub import Hub, RingLog
+from edgewire.gateway.hub import Hub
 from edgewire.gateway.ingest.mqtt import SUBSCRIPTIONS, MqttIngest
+from edgewire.gateway.journal import Journal, JournalCorrupt
+from edgewire.gateway.journal_state import restore_registry
 from edgewire.gateway.mqtt import MqttClient
 from edgewire.gateway.refusals import Refusals
 from edgewire.gateway.registry import Registry
@@ -44,14 +46,18 @@ class Gateway:
         self.refusals = Refusals(interval=cfg.log.drop_log_interval)
         self.registry = Registry(max_devices=cfg.registry.max_devices, max_streams=cfg.registry.max_streams,
                                  window=cfg.registry.dedup_window, boots_kept=cfg.registry.boots_kept)
-        self.hub = Hub(log=RingLog(size=cfg.hub.ring), client_queue=cfg.hub.client_queue,
+        j = cfg.journal
+        self.journal = Journal(j.path, synchronous=j.synchronous, max_bytes=j.max_bytes, max_age=j.max_age,
+                               max_pending=j.max_pending, retention_interval=j.retention_interval)
+        self.hub = Hub(source=self.journal, ring=cfg.hub.ring, client_queue=cfg.hub.client_queue,
                        max_clients=cfg.hub.max_clients)
         self.mqtt: MqttClient | None = None
         self.commands = Commands(publisher=self, timeout=cfg.commands.timeout,
                                  max_timeout=cfg.commands.max_timeout, max_pending=cfg.commands.max_pending,
                                  max_pending_per_device=cfg.commands.max_pending_per_device,
                                  presence=self._presence)
-        self._core = Core(registry=self.registry, hub=self.hub, commands=self.commands, refusals=self.refusals)
+        self._core = Core(registry=self.registry, hub=self.hub, commands=self.commands, refusals=self.refusals,
+                          journal=self.journal)
         self._broker: Any = None
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -99,6 +105,7 @@ class Gateway:
         cfg = self._config
         self._started_at = time.monotonic()
         try:
+            self._open_journal()
             if cfg.mqtt.url:
                 host, port = cfg.mqtt.host_port
                 self.mqtt_url = cfg.mqtt.url
@@ -133,14 +140,25 @@ class Gateway:
             await self.stop()
             raise
 
+    def _open_journal(self) -> None:
+        """Open the journal and rebuild the registry and the hub's position from it."""
+        j = self.journal
+        j.open()
+        self.registry.devices.clear()
+        n = restore_registry(self.registry, j.devices, j.meta.get("registry"))
+        self.hub.start_at(j.last_id)
+        if j.last_id:
+            log.info("journal: resumed at id %d with %d devices", j.last_id, n)
+
     async def stop(self) -> None:
         for sub in list(self.hub.subscribers.values()):
             self.hub.close(sub)
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-        if self.mqtt is not None:
-            await self.mqtt.stop()
+        # Stop taking batches, commit what was taken (its acks go out while the
+        # connection is still up), then disconnect. What was not taken is not
+        # acknowledged: the broker keeps it for the next start.
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -149,6 +167,10 @@ class Gateway:
             except asyncio.CancelledError:
                 pass
         self._tasks.clear()
+        await self.journal.flush()
+        if self.mqtt is not None:
+            await self.mqtt.stop()
+        await self.journal.close()
         if self._broker is not None:
             await self._broker.stop()
             self._broker = None
@@ -164,16 +186,18 @@ class Gateway:
     # observability
     def health(self) -> tuple[bool, dict[str, Any]]:
         connected = self.mqtt is not None and self.mqtt.connected
+        ok = connected and self.journal.health()[0]
         body = {
-            "status": "ok" if connected else "degraded",
+            "status": "ok" if ok else "degraded",
             "uptime": round(time.monotonic() - self._started_at, 3),
             "mqtt": self._mqtt_state(),
             "refused": self.refusals.snapshot(),
             "devices": self.registry.totals(),
-            "events": {"last_id": self.hub.log.last_id, "clients": len(self.hub.subscribers),
+            "events": {"last_id": self.hub.last_id, "clients": len(self.hub.subscribers),
                        "dropped": self.hub.stats()["dropped_total"]},
+            "journal": self.journal.health()[1],
         }
-        return connected, body
+        return ok, body
 
     def _mqtt_state(self) -> dict[str, Any]:
         c = self.mqtt
@@ -188,7 +212,8 @@ class Gateway:
     def stats(self) -> dict[str, Any]:
         return {
             "mqtt": self._mqtt_state(),
-            "ingest": {"messages": self._core.messages, "readings": self._core.readings},
+            "ingest": self._core.stats(),
+            "journal": self.journal.stats(),
             "refused": self.refusals.snapshot(),
             "refused_total": self.refusals.total,
             "registry": self.registry.totals(),
@@ -218,6 +243,9 @@ def gateway_main(args: argparse.Namespace) -> int:
     tune_gc()
     try:
         asyncio.run(_run(config))
+    except JournalCorrupt as e:
+        print(f"JournalCorrupt: {e}", file=sys.stderr)
+        return 2
     except GatewayError as e:
         log.error("%s: %s", type(e).__name__, e)
         return 1

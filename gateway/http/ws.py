@@ -8,13 +8,15 @@ Gateway -> client:
   {"type": "hello", "last_id": N}
   {"type": "subscribed" | "unsubscribed", "filter": ..., "count": n, "last_id": N, "ref": ...}
   {"type": "readings", "events": [{"id", "device", "stream", "value", "ts", "boot", "seq"}, ...]}
-  {"type": "gap", "after", "first_available", "missed"}     (resume older than the log)
-  {"type": "dropped", "dropped": n, "total": n}             (this client's queue overflowed)
+  {"type": "gap", "after", "first_available", "missed", "reason"}  (resume older than retention)
   {"type": "result", "ref", "device", "command", "id", "ok", "value", "error", "elapsed"}
   {"type": "error", "error": code, "message": ..., "ref": ...}
 
 Readings are batched: one frame carries every queued event (up to [http]
-ws_batch). All output goes through one sender task, so frames never interleave.
+ws_batch). `after` is a journal id, valid across gateway restarts; the
+events after it come in id order, none twice, also when several filters
+are subscribed with different `after` (the stream rewinds to the oldest and
+merges). A client too slow for the live stream is served from the journal. All output goes through one sender task, so frames never interleave.
 Control replies wait in a bounded queue; a client that lets it overflow
 (never reads) is disconnected with close code 1008."""
 from __future__ import annotations
@@ -58,7 +60,6 @@ class _Session:
     async def sender(self) -> None:
         sub, ws = self.sub, self.ws
         batch = self.gw.config.http.ws_batch
-        reported = 0
         while not sub.closed and not ws.closed:
             await sub.wait()
             if self.overflowed:
@@ -66,15 +67,11 @@ class _Session:
                 return
             while self.control:
                 await ws.send_str(self.control.popleft())
+            events = await sub.next(batch)
             gap = sub.take_gap()
             if gap is not None:
-                await ws.send_str(f'{{"type":"gap","after":{gap.after},"first_available":{gap.first_available},'
-                                  f'"missed":{gap.missed}}}')
-            if sub.dropped != reported:
-                await ws.send_str(f'{{"type":"dropped","dropped":{sub.dropped - reported},"total":{sub.dropped}}}')
-                reported = sub.dropped
-            while sub.queue:
-                events = sub.take(batch)
+                await ws.send_str('{"type":"gap",' + gap.json[1:])
+            if events:
                 await ws.send_str('{"type":"readings","events":[' + ",".join([e.json for e in events]) + "]}")
 
     def handle(self, text: str) -> None:
@@ -103,10 +100,9 @@ class _Session:
                             self.err("too_many_filters", f"this connection holds {cap} filters already "
                                      "([http] max_filters); unsubscribe one first", ref)
                             return
-                        if after is not None:
-                            # before adding: backfill only what no held filter already delivered
-                            hub.backfill(self.sub, after, [flt])
-                        self.sub.add_filter(flt)
+                        # with `after`, the stream rewinds: the filter's events after that id,
+                        # merged in id order with what the held filters have not delivered yet
+                        self.sub.add_filter(flt, after)
                 elif not self.sub.remove_filter(flt):
                     self.err("not_subscribed", f"filter {flt[:140]!r} is not subscribed on this connection; "
                              f"nothing changed ({len(self.sub.filters)} filters held)", ref)
@@ -116,7 +112,7 @@ class _Session:
                 return
             # the filter and the count, not the whole list: replies stay small
             self.reply({"type": op + "d", "filter": flt, "count": len(self.sub.filters),
-                        "last_id": hub.log.last_id, "ref": ref})
+                        "last_id": hub.last_id, "ref": ref})
         elif op == "command":
             if len(self.commands) >= MAX_COMMANDS:
                 self.err("busy", f"{MAX_COMMANDS} commands of this connection are still pending", ref)
@@ -169,7 +165,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
         await ws.close(code=1013, message=str(e).encode()[:120])
         return ws
     session = _Session(gw, ws, sub)
-    session.reply({"type": "hello", "last_id": hub.log.last_id})
+    session.reply({"type": "hello", "last_id": hub.last_id})
     sender = asyncio.get_running_loop().create_task(session.sender(), name="ws-sender")
     try:
         async for msg in ws:

@@ -25,9 +25,14 @@ class MqttIngest:
         self.decoder = decoder or Decoder()
 
     async def run(self) -> None:
-        """Consume until the client stops."""
+        """Consume until the client stops. Each batch is accounted, then handed
+        to the journal with its ack handle: the broker hears PUBACK/PUBREC only
+        after the batch is committed."""
+        core = self.core
         async for batch in self.client.batches():
             self.handle(batch)
+            core.commit(batch.ack)
+            await core.ready()  # journal backlog full: stop reading (the broker holds the rest)
 
     def handle(self, batch: Sequence[Message]) -> None:
         now_ms = int(time.time() * 1000)
@@ -46,14 +51,15 @@ class MqttIngest:
                         raise ProtocolError("retained", "retained telemetry ignored (publish telemetry "
                                                         "without the retain flag)")
                     add(telemetry(m.payload, device))
-                elif kind == "status":
-                    if pending:
+                elif kind == "status" or kind == "result":
+                    if pending:  # keep the journal in arrival order
                         core.accept_telemetry(pending, now_ms)
                         pending = []
                         add = pending.append
-                    core.accept_status(self.decoder.status(m.payload, device), now_ms, retained=m.retain)
-                elif kind == "result":
-                    core.accept_result(self.decoder.result(m.payload, device))
+                    if kind == "status":
+                        core.accept_status(self.decoder.status(m.payload, device), now_ms, retained=m.retain)
+                    else:
+                        core.accept_result(self.decoder.result(m.payload, device), now_ms)
                 # kind "cmd": our own commands, echoed by the '#' subscription
             except ProtocolError as e:
                 core.refuse(e.kind, f"{m.topic[:120].decode('utf-8', 'replace')}: {e}")

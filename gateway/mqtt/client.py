@@ -8,16 +8,23 @@ was queued meanwhile.
 
     async with MqttClient(host="127.0.0.1", port=1883, client_id="gw",
                           subscriptions=[("edgewire/v1/#", 2)]) as client:
-        async for batch in client.batches():     # list[Message], many per read
-            ...                                  # acks go out when you ask for the next batch
+        async for batch in client.batches():     # Batch: list[Message], many per read
+            ...                                  # journal it; once it is committed:
+            batch.ack()                          # now the PUBACK/PUBREC go to the broker
         await client.publish("t", b"x", qos=1)   # returns when the broker's PUBACK arrives
 
 Inbound: QoS 0, 1 (PUBACK) and 2 (PUBREC/PUBREL/PUBCOMP; a PUBLISH
-redelivered before its PUBREL is not delivered twice). Acknowledgements of a
-batch are sent when the consumer asks for the next batch, so whatever the
-consumer does with a batch (later: journal it) happens before the broker is
-told. Between socket and consumer at most `queue_limit` messages wait; beyond
-that the socket is not read (TCP back-pressure to the broker).
+redelivered before its PUBREL is not delivered twice). Acknowledgement is
+explicit: nothing is acknowledged until the consumer calls the batch's
+`ack()`, which the gateway does only after the journal has committed the
+batch (ack after durable). Call ack() in the order the batches came; a batch
+can be acknowledged after later ones were received (pipelining), up to the
+broker's in-flight limit. A batch may be empty and carry only the
+acknowledgement of a QoS 2 redelivery, which must wait for its original's
+commit like any other. Acks of a connection that has since been lost are not
+sent (packet ids belong to their connection; the broker redelivers in the
+kept session). Between socket and consumer at most `queue_limit` messages
+wait; beyond that the socket is not read (TCP back-pressure to the broker).
 """
 from __future__ import annotations
 
@@ -35,12 +42,35 @@ from edgewire.gateway.mqtt import packets as P
 
 log = logging.getLogger("edgewire.gateway.mqtt")
 
-__all__ = ["Message", "MqttClient", "MqttStats", "backoff_delay"]
+__all__ = ["Batch", "Message", "MqttClient", "MqttStats", "backoff_delay"]
 
 
 Message = P.Publish
 """One inbound PUBLISH: topic, payload, qos, retain, dup, pid, and `size` > 0
 with an empty payload for a packet larger than max_packet (refused unread)."""
+
+
+class Batch(list[Message]):
+    """Messages of one read, in order, with their acknowledgement handle."""
+
+    __slots__ = ("_client", "_conn", "_acks")
+
+    def __init__(self, messages: list[Message], client: MqttClient, conn: _Conn, acks: list[tuple[int, int]]) -> None:
+        super().__init__(messages)
+        self._client = client
+        self._conn = conn
+        self._acks = acks
+
+    @property
+    def needs_ack(self) -> bool:
+        return bool(self._acks)
+
+    def ack(self) -> None:
+        """Send this batch's PUBACK/PUBREC. Call it only once what the batch
+        carries is durable. Idempotent."""
+        acks, self._acks = self._acks, []
+        if acks:
+            self._client._send_acks(self._conn, acks)
 
 
 @dataclass(slots=True)
@@ -53,6 +83,8 @@ class MqttStats:
     duplicates_qos2: int = 0
     published: int = 0
     paused: int = 0
+    acks_sent: int = 0
+    acks_moot: int = 0       # acks of a connection lost before the commit (the broker redelivers)
     last_error: str = ""
 
 
@@ -376,18 +408,15 @@ class MqttClient:
         if self._queued >= self.queue_limit:
             conn.pause()
 
-    async def batches(self) -> AsyncIterator[list[Message]]:
-        """Yield received messages in batches, in order, until stop(). One
-        consumer at a time. A batch's acks go out when the next is requested."""
+    async def batches(self) -> AsyncIterator[Batch]:
+        """Yield received messages in batches (`Batch`), in order, until stop().
+        One consumer at a time. Nothing is acknowledged until the consumer
+        calls `batch.ack()`."""
         if self._consumer_active:
             raise RuntimeError("batches() already has a consumer")
         self._consumer_active = True
-        pending: tuple[_Conn, list[tuple[int, int]]] | None = None
         try:
             while True:
-                if pending is not None:
-                    self._send_acks(*pending)
-                    pending = None
                 # Let other tasks (the live clients' senders) run between
                 # batches, also when batches are waiting.
                 await asyncio.sleep(0)
@@ -400,20 +429,17 @@ class MqttClient:
                 self._queued -= len(batch)
                 if conn.paused and self._queued <= self.queue_limit // 2:
                     conn.resume()
-                if acks:
-                    pending = (conn, acks)
-                if batch:
-                    yield batch
+                yield Batch(batch, self, conn, acks)
         finally:
             self._consumer_active = False
-            if pending is not None:
-                self._send_acks(*pending)
 
     def _send_acks(self, conn: _Conn, acks: list[tuple[int, int]]) -> None:
         # Packet ids belong to their connection: a dead one's acks are moot,
         # the broker redelivers on the next (session kept).
         if conn is not self._conn or conn.transport is None or conn.transport.is_closing():
+            self.stats.acks_moot += len(acks)
             return
+        self.stats.acks_sent += len(acks)
         conn.write(b"".join(P.ack(t, pid) for t, pid in acks))
 
     # ------------------------------------------------------------ outbound

@@ -25,7 +25,8 @@ def gateway_url(broker: Mosquitto, tmp_path: Path) -> Iterator[str]:
     conf = tmp_path / "gateway.toml"
     conf.write_text(f'[mqtt]\nurl = "{broker.url}"\n\n[http]\nhost = "127.0.0.1"\nport = {port}\n')
     proc = subprocess.Popen([str(Path(sys.executable).parent / "edgewire"), "gateway", "--config", str(conf)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            cwd=tmp_path)  # the default [journal] path is relative to it
     try:
         wait_port(port, timeout=15)
         yield f"http://127.0.0.1:{port}"

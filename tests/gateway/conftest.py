@@ -18,7 +18,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from edgewire import wire
-from edgewire.gateway.config import CommandsConfig, GatewayConfig, HttpConfig, HubConfig, MqttConfig
+from edgewire.gateway.config import CommandsConfig, GatewayConfig, HttpConfig, HubConfig, JournalConfig, MqttConfig
 from edgewire.gateway.service import Gateway
 from tests.support.broker import Mosquitto
 
@@ -32,6 +32,8 @@ def gateway_config(broker: Mosquitto, **sections: Any) -> GatewayConfig:
         http=HttpConfig(host="127.0.0.1", port=0, heartbeat=0.5),
         commands=CommandsConfig(timeout=3.0),
         hub=HubConfig(),
+        # the default settings, in the test's own folder
+        journal=JournalConfig(path=str(broker.workdir / f"journal-{uuid.uuid4().hex[:8]}.db")),
     )
     return cfg.replace(**sections) if sections else cfg
 
@@ -85,6 +87,22 @@ class Publisher:
     def close(self) -> None:
         self.client.loop_stop()
         self.client.disconnect()
+
+
+@pytest.fixture
+def burst_broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    """A private mosquitto for tests that publish a burst faster than the
+    gateway commits it. Why not the defaults: mosquitto queues at most
+    max_queued_messages (default 1000) per client beyond the 20 in flight and
+    DROPS the rest, so a burst that outruns the gateway loses messages at the
+    broker before the gateway sees them, which is not what such tests are
+    about. Sites size this setting for their bursts (docs/gateway.md, "Broker
+    settings"); max_inflight_messages stays at its default."""
+    b = Mosquitto(tmp_path, extra_conf="max_queued_messages 1000000\n").start()
+    try:
+        yield b
+    finally:
+        b.stop()
 
 
 @pytest.fixture

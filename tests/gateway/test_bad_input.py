@@ -51,7 +51,7 @@ async def test_bad_input_counted_logged_once_and_survived(gateway: Gateway, publ
 
     await wait_for(counted, what=f"refusal counters {expected}")
     # the good message after all that got through
-    await wait_for(lambda: gateway.hub.log.last_id == 1, what="the good reading")
+    await wait_for(lambda: gateway.hub.last_id == 1, what="the good reading")
     dev = gateway.registry.get("dev-bad")
     assert dev is not None and dev.messages == 1
 

@@ -73,8 +73,9 @@ def test_gateway_process_runs_and_stops_on_sigterm(tmp_path: Path, broker: Mosqu
     port = free_port()
     f = tmp_path / "gw.toml"
     f.write_text(f'[mqtt]\nurl = "{broker.url}"\nclient_id = "gw-proc"\n[http]\nhost = "127.0.0.1"\nport = {port}\n')
+    # cwd: the default [journal] path is relative to the working directory
     p = subprocess.Popen([str(EDGEWIRE), "gateway", "--config", str(f)], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+                         stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     try:
         assert p.stdout is not None
         line = p.stdout.readline()
@@ -94,6 +95,7 @@ def test_gateway_process_runs_and_stops_on_sigterm(tmp_path: Path, broker: Mosqu
         p.send_signal(signal.SIGTERM)
         assert p.wait(10) == 0
         assert "shutting down" in p.stderr.read()  # type: ignore[union-attr]
+        assert (tmp_path / "edgewire-journal.db").exists()
     finally:
         if p.poll() is None:
             p.kill()

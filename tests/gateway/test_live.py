@@ -3,6 +3,7 @@ restart under the gateway."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
 
 import aiohttp
@@ -24,9 +25,9 @@ def burst(publisher: Publisher, device: str, first: int, n: int, per_msg: int = 
         publisher.telemetry(device, 1, s, readings, qos=qos)
 
 
-async def test_stalled_sse_client_does_not_slow_others(broker: Mosquitto, publisher: Publisher,
-                                                       http: aiohttp.ClientSession) -> None:
-    cfg = gateway_config(broker, hub=HubConfig(client_queue=1000))
+async def test_stalled_sse_client_does_not_slow_others(burst_broker: Mosquitto, http: aiohttp.ClientSession) -> None:
+    cfg = gateway_config(burst_broker, hub=HubConfig(client_queue=1000))
+    publisher = Publisher(burst_broker.port)
     async with Gateway(cfg) as gw:
         await gw.mqtt.wait_connected(5)  # type: ignore[union-attr]
         port = gw.http_port
@@ -50,11 +51,15 @@ async def test_stalled_sse_client_does_not_slow_others(broker: Mosquitto, publis
             stats = await (await http.get(gw.http_url + "/api/v1/stats")).json()
             sse_clients = [c for c in stats["hub"]["clients"] if c["kind"] == "sse"]
             assert len(sse_clients) == 1  # the healthy one has gone, the stalled one stays
-            assert sse_clients[0]["dropped"] > 0
-            assert sse_clients[0]["queued"] <= 1000
-            assert stats["hub"]["dropped_total"] >= sse_clients[0]["dropped"]
+            # its queue overflowed: it went back to reading the journal, holding nothing in memory
+            # and losing nothing (it resumes from its cursor when it reads again)
+            stalled_stats = sse_clients[0]
+            assert stalled_stats["overflows"] >= 1 and not stalled_stats["live"]
+            assert stalled_stats["queued"] <= 1000 and stalled_stats["behind"] > 0
+            assert stalled_stats["dropped"] == 0 and stats["hub"]["dropped_total"] == 0
         finally:
             stalled.close()
+            publisher.close()
 
 
 async def test_sse_resume_with_last_event_id(gateway: Gateway, publisher: Publisher,
@@ -66,7 +71,7 @@ async def test_sse_resume_with_last_event_id(gateway: Gateway, publisher: Publis
     last = got[-1]["id"]
     assert [e["seq"] for e in got] == [1, 2, 3, 4, 5]
     await asyncio.to_thread(burst, publisher, "dev-res", 6, 5)  # while nobody listens
-    await wait_for(lambda: gateway.hub.log.last_id == 10, what="10 events")
+    await wait_for(lambda: gateway.hub.last_id == 10, what="10 events")
     async with http.get(url, headers={"Last-Event-ID": str(last)}) as second:
         await asyncio.to_thread(burst, publisher, "dev-res", 11, 2)
         resumed = await read_readings(second, 7)
@@ -75,24 +80,34 @@ async def test_sse_resume_with_last_event_id(gateway: Gateway, publisher: Publis
     assert ids == sorted(set(ids))  # none twice, none missing
 
 
-async def test_sse_resume_older_than_ring_says_so(broker: Mosquitto, publisher: Publisher,
-                                                  http: aiohttp.ClientSession) -> None:
-    async with Gateway(gateway_config(broker, hub=HubConfig(ring=5))) as gw:
+async def test_sse_resume_older_than_retention_gets_a_gap(burst_broker: Mosquitto,
+                                                          http: aiohttp.ClientSession) -> None:
+    # A 1 MiB journal (the smallest allowed) and a small ring, so that the resume point
+    # is gone from both: 400 messages of 16 readings of 200 characters are ~2 MB.
+    cfg = gateway_config(burst_broker, hub=HubConfig(ring=5))
+    cfg = cfg.replace(journal=dataclasses.replace(cfg.journal, max_bytes=1 << 20, retention_interval=0.05))
+    publisher = Publisher(burst_broker.port)
+    async with Gateway(cfg) as gw:
         await gw.mqtt.wait_connected(5)  # type: ignore[union-attr]
-        await asyncio.to_thread(burst, publisher, "dev-ring", 1, 12)
-        await wait_for(lambda: gw.hub.log.last_id == 12, what="12 events")
+        await asyncio.to_thread(burst, publisher, "dev-ring", 1, 400, 16)
+        await wait_for(lambda: gw.hub.last_id == 400 * 16, timeout=30, what="6400 events")
+        await wait_for(lambda: gw.journal.first_id > 3, timeout=10, what="retention to remove the oldest")
+        first = gw.journal.first_id
         async with http.get(gw.http_url + "/api/v1/stream", headers={"Last-Event-ID": "2"}) as r:
             events = []
-            async with asyncio.timeout(5):
+            async with asyncio.timeout(10):
                 async for ev in sse_events(r):
                     if "event" not in ev:
                         continue  # the "retry:" preamble
                     events.append(ev)
                     if len(events) == 6:
                         break
+        stats = gw.journal.stats()
+    publisher.close()
     assert events[0]["event"] == "gap"
-    assert events[0].data_json == {"after": 2, "first_available": 8, "missed": 5}
-    assert [int(e["id"]) for e in events[1:]] == [8, 9, 10, 11, 12]
+    assert events[0].data_json == {"after": 2, "first_available": first, "missed": first - 3, "reason": "retention"}
+    assert [int(e["id"]) for e in events[1:]] == list(range(first, first + 5))
+    assert stats["removed_ids"] == stats["first_id"] - 1 and stats["removed_by_size"] > 0
 
 
 async def test_bad_stream_requests(gateway: Gateway, http: aiohttp.ClientSession) -> None:

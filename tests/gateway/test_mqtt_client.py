@@ -103,6 +103,14 @@ class ScriptedBroker:
                 if pkt[0] >> 4 == ptype:
                     return pkt
 
+    async def until(self, ptype: int) -> list[bytes]:
+        """Every packet received up to and including the next one of ptype."""
+        out: list[bytes] = []
+        async with asyncio.timeout(5):
+            while not out or out[-1][0] >> 4 != ptype:
+                out.append(await self.received.get())
+        return out
+
     def send(self, data: bytes) -> None:
         self.writers[-1].write(data)
 
@@ -124,7 +132,7 @@ async def scripted() -> AsyncIterator[tuple[ScriptedBroker, int]]:
         await b.close()
 
 
-async def test_qos2_redelivery_before_pubrel_is_delivered_once(scripted: tuple[ScriptedBroker, int]) -> None:
+async def test_qos2_redelivery_is_delivered_once_and_acks_wait_for_ack(scripted: tuple[ScriptedBroker, int]) -> None:
     broker, port = scripted
     async with MqttClient(host="127.0.0.1", port=port, client_id="gw-test", subscriptions=[("x/#", 2)],
                           reconnect_min=0.05, reconnect_max=0.1) as c:
@@ -135,19 +143,30 @@ async def test_qos2_redelivery_before_pubrel_is_delivered_once(scripted: tuple[S
         assert sub.endswith(b"x/#\x02")
         batches = c.batches()
         broker.send(P.publish("x/1", b"once", qos=2, pid=11))
-        assert [m.payload for m in await anext(batches)] == [b"once"]
-        broker.send(P.publish("x/1", b"once", qos=2, pid=11, dup=True)   # redelivered before PUBREL
+        first = await anext(batches)
+        assert [m.payload for m in first] == [b"once"]
+        broker.send(P.publish("x/1", b"once", qos=2, pid=11, dup=True)   # redelivered before PUBREC
                     + P.publish("x/2", b"q1", qos=1, pid=12))
-        next_batch = asyncio.ensure_future(anext(batches))  # asking for more acknowledges the first batch
-        assert await broker.expect(P.PUBREC) == bytes((0x50, 0, 11))
-        assert [m.payload for m in await next_batch] == [b"q1"]
+        second = await anext(batches)                  # received, but nothing acknowledged yet
+        assert [m.payload for m in second] == [b"q1"]
         assert c.stats.duplicates_qos2 == 1
+        # a marker the client writes after anything it might have acknowledged on its own
+        await c.publish("x/marker", b"", qos=0)
+        assert [p[0] >> 4 for p in await broker.until(P.PUBLISH)] == [P.PUBLISH]
+        first.ack()                                    # the pipeline says: durable
+        assert await broker.expect(P.PUBREC) == bytes((0x50, 0, 11))
+        second.ack()                                   # the duplicate's PUBREC travels with the later batch
+        assert await broker.expect(P.PUBREC) == bytes((0x50, 0, 11))
+        assert await broker.expect(P.PUBACK) == bytes((0x40, 0, 12))
+        second.ack()                                   # idempotent
         broker.send(P.ack(P.PUBREL, 11))
         assert await broker.expect(P.PUBCOMP) == bytes((0x70, 0, 11))
         broker.send(P.publish("x/1", b"again", qos=2, pid=11))          # after PUBREL: a new message
-        later = asyncio.ensure_future(anext(batches))
-        assert await broker.expect(P.PUBACK) == bytes((0x40, 0, 12))
-        assert [m.payload for m in await later] == [b"again"]
+        later = await anext(batches)
+        assert [m.payload for m in later] == [b"again"]
+        later.ack()
+        assert await broker.expect(P.PUBREC) == bytes((0x50, 0, 11))
+        assert c.stats.acks_sent == 4
         await batches.aclose()
 
 

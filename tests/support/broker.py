@@ -1,5 +1,10 @@
 """A private mosquitto per test: started on a free loopback port, so a test can
-stop, kill, freeze (SIGSTOP) and restart it without touching anyone else's."""
+stop, kill, freeze (SIGSTOP) and restart it without touching anyone else's.
+
+It runs with mosquitto's DEFAULT limits (max_inflight_messages 20,
+max_queued_messages 1000), what a user's broker has: the gateway acknowledges
+only after its journal commits, and these limits decide how that behaves. A
+test that needs other limits passes them in `extra_conf` and says why."""
 from __future__ import annotations
 
 import os
@@ -56,8 +61,6 @@ class Mosquitto:
             f"listener {self.port} 127.0.0.1\n"
             "allow_anonymous true\n"
             "persistence false\n"
-            "max_inflight_messages 0\n"
-            "max_queued_messages 100000\n"
             f"log_dest file {self.log}\n"
             "log_type error\nlog_type warning\nlog_type notice\n"
             + extra_conf

@@ -463,6 +463,8 @@ class Device:
         # Commands are rare: the msgpack decoder and the command code are imported
         # when one arrives and, on MicroPython, dropped again afterwards, one after
         # the other, so that only one of them takes RAM at a time (~2.7 KB each).
+        if _MP:
+            gc.collect()  # this step's telemetry garbage goes before a module loads
         cmds = self._cmds
         i = 0
         while i < len(cmds):

@@ -49,10 +49,10 @@ def test_load_with_commands_makes_steady_progress(broker: Mosquitto, tmp_path: P
     assert st["reconnects"] <= 1, st
     # every command is answered or its loss counted
     assert len(answered) + st["cmd_dropped"] >= sent - 1, (len(answered), sent, st)
-    # Commands load their code on demand into a heap the streams keep busy: at 64K
-    # on the 64-bit port some run out of heap (answered by the sender's timeout,
-    # counted here); measured 14-18 of 40 answered. A board has twice the room.
-    assert len(answered) >= sent // 3, (len(answered), sent)
+    # Commands load their code on demand into a heap the streams keep busy; the
+    # device collects this step's garbage first. Measured: 40 of 40 answered (the
+    # code before: 14-23, the rest ran out of heap).
+    assert len(answered) >= sent * 9 // 10, (len(answered), sent, st)
     # the books balance, and what was sent at QoS 1/2 arrived
     assert st["readings"] == st["sent_readings"] + st["dropped"] + st["queued"], st
     assert delivered >= 300 and st["dropped"] <= st["readings"] // 10, st

@@ -43,6 +43,7 @@ test: $(STAMP) system-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP) system-deps
+	$(BIN)/python -m pip install --quiet $(EDITABLE) '.[bench]'
 	$(BIN)/python bench/relay.py
 
 clean:

@@ -3,6 +3,7 @@
     edgewire gateway --config FILE | --check FILE
     edgewire sim --devices N --rate R --qos Q [--broker URL] --duration S
     edgewire demo [--port 8080]
+    edgewire journal check|repair|export PATH | --config FILE
 
 Each job's module is imported only when that job runs. This module lives in
 edgewire.app, above the gateway and the simulator, so that neither of those
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edgewire", description="Edgewire: sensor data from devices to people and services.")
-    sub = p.add_subparsers(dest="job", required=True, metavar="{gateway,sim,demo}")
+    sub = p.add_subparsers(dest="job", required=True, metavar="{gateway,sim,demo,journal}")
 
     g = sub.add_parser("gateway", help="run the gateway service")
     mode = g.add_mutually_exclusive_group()
@@ -45,6 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--devices", type=int, default=5, help="simulated devices (default 5)")
     d.add_argument("--mqtt-port", type=int, default=1883, help="embedded broker port; a free one is used when taken")
     d.add_argument("--duration", type=float, default=None, help="stop after this many seconds (default: run until Ctrl-C)")
+
+    j = sub.add_parser("journal", help="check, repair or export a gateway journal (docs/gateway.md)")
+    j.add_argument("action", choices=("check", "repair", "export"))
+    j.add_argument("path", nargs="?", help="the journal file ([journal] path)")
+    j.add_argument("--config", metavar="FILE", help="take the path from this gateway configuration")
+    j.add_argument("--out", metavar="FILE", help="export: write here instead of standard output")
+    j.add_argument("--after", type=int, default=0, help="export: only entries with ids after this one")
     return p
 
 
@@ -65,6 +73,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from edgewire.gateway.service import gateway_main
 
         return gateway_main(args)
+    if args.job == "journal":
+        from edgewire.gateway.journal_tools import journal_main
+
+        return journal_main(args)
     if args.job == "sim":
         from edgewire.sim.cli import sim_main
 

@@ -1,25 +1,31 @@
 """Relay benchmark: how fast does the gateway pass MQTT telemetry to a WebSocket
-client, compared with how fast mosquitto alone relays the same packets?
+client, against the broker's own relay limit measured in the same run?
 
-One run measures two phases on loopback, each with a private mosquitto:
+Per QoS (0 and 1), per repeat, on loopback, each phase with a private mosquitto
+under its DEFAULT limits (max_inflight_messages 20, max_queued_messages 1000):
 
-  broker   raw publisher ──QoS 0──► mosquitto ──► mosquitto_sub (counts lines)
-  gateway  raw publisher ──QoS 0──► mosquitto ──► edgewire gateway ──WS──► client
+  baseline  raw publisher ─► mosquitto ─► mosquitto_sub | raw-socket counter | gmqtt
+            (the broker's relay limit = the best of the three in this repeat)
+  gateway   raw publisher ─► mosquitto ─► edgewire gateway ─WS─► one client
 
-Both phases publish the same packets: valid 100-byte telemetry envelopes
-(wire.encode_telemetry, distinct (device, boot, seq)) from a raw socket writing
-pre-built PUBLISH packets, so the publisher is never the bottleneck. Each
-phase reports messages relayed per second (first to last message received),
-messages lost, and the CPU% of every process; the gateway phase also reports
-the gateway's peak RSS. The result is the ratio gateway/broker from the same
-run, next to the goal (ratio >= 0.5, RSS < 60 MB).
+Every message is a valid 100-byte telemetry envelope (wire.encode_telemetry,
+distinct (device, boot, seq)) from a raw socket writing pre-built PUBLISH
+packets, so the publisher is never the bottleneck. The rate of a phase is the
+messages received over the time from the first to the last one received. The
+gateway's ratio is taken against the baseline of the same repeat; the report
+gives the median and the spread (min-max) of the repeats and says which goals
+are met (ratio >= 0.5 at each QoS, gateway peak RSS < 60 MB).
 
-    .venv/bin/python bench/relay.py                # both phases, ~30 s
-    .venv/bin/python bench/relay.py --seconds 3 --json
-    make bench
+Loss in the gateway phase is accounted per device from the sequence numbers
+the WebSocket client saw: head (before the first seen), interior (gaps between
+the first and last seen) and tail (after the last seen), set against the
+gateway's own `missing` counters (which can only see interior gaps) and its
+hub drops.
 
-The script also runs its own helper processes (`publish`, `wsclient` modes),
-so that each one's CPU time is measured on its own.
+    .venv/bin/python bench/relay.py                       # = make bench
+    .venv/bin/python bench/relay.py --repeat 1 --seconds 2 --qos 0
+    .venv/bin/python bench/relay.py --clients ours,gmqtt,aiomqtt   # the MQTT client decision
+    .venv/bin/python bench/relay.py --json
 """
 from __future__ import annotations
 
@@ -29,7 +35,7 @@ import os
 import shutil
 import signal
 import socket
-import struct
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -41,154 +47,33 @@ from typing import Any
 
 import psutil
 
-from edgewire import wire  # the one protocol implementation (firmware/edgewire/wire.py)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from loadgen import (  # noqa: E402  (bench/ is not a package; this file runs as a script)
+    SEQ_BASE,
+    BenchError,
+    PacketTemplate,
+    device_ids,
+    run_gmqttsub,
+    run_publisher,
+    run_rawsub,
+    run_wsclient,
+    send_probe,
+)
+
+from edgewire import wire  # noqa: E402
+
+__all__ = ["PacketTemplate", "SEQ_BASE", "BenchError", "phase_baseline", "phase_gateway", "account_loss"]
 
 ROOT = Path(__file__).resolve().parents[1]
-
+HERE = Path(__file__).resolve()
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 MOSQUITTO_SUB = shutil.which("mosquitto_sub") or "/usr/bin/mosquitto_sub"
-PAYLOAD_BYTES = 100
-SEQ_BASE = 1 << 24  # every seq from here to 2**32-1 is encoded as uint32 (0xce): fixed width
-BOOT = 7
+EDGEWIRE = Path(sys.executable).parent / "edgewire"
 GOAL_RATIO = 0.5
 GOAL_RSS_MB = 60.0
-# References measured on the development machine (see docs/benchmarks.md).
-REFERENCE = "mosquitto relays ~158k msg/s; paho bare subscriber ~60k msg/s; Node-RED 82k msg/s in 132 MB"
-
-
-class BenchError(RuntimeError):
-    pass
-
-
-# ---------------------------------------------------------------- MQTT packets
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        out.append(b | 0x80 if n else b)
-        if not n:
-            return bytes(out)
-
-
-def _str(s: str) -> bytes:
-    b = s.encode()
-    return struct.pack(">H", len(b)) + b
-
-
-def connect_packet(client_id: str, keepalive: int = 60) -> bytes:
-    body = _str("MQTT") + bytes([4, 0x02]) + struct.pack(">H", keepalive) + _str(client_id)
-    return b"\x10" + _varint(len(body)) + body
-
-
-def publish_packet(topic: str, payload: bytes) -> bytes:
-    body = _str(topic) + payload
-    return b"\x30" + _varint(len(body)) + body
-
-
-DISCONNECT = b"\xe0\x00"
-
-
-def telemetry_payload(device: str, seq: int) -> bytes:
-    """A canonical telemetry envelope of exactly PAYLOAD_BYTES bytes carrying
-    one reading (so one message is one event on the gateway's WebSocket); the
-    stream name is padded to reach the size."""
-    up = 123456
-    base = "site-1/line-2/temperature"
-    for pad in range(0, wire.MAX_STREAM - len(base)):
-        stream = base[:7] + "x" * pad + base[7:] if pad else base
-        p = wire.encode_telemetry(device, BOOT, seq, up, [[stream, 21.5, up]])
-        if len(p) == PAYLOAD_BYTES:
-            return p
-        if len(p) > PAYLOAD_BYTES:
-            break
-    raise BenchError(f"cannot build a {PAYLOAD_BYTES}-byte envelope for {device!r}")
-
-
-class PacketTemplate:
-    """A PUBLISH packet for one device whose seq can be patched in place. The
-    patched bytes are exactly what wire.encode_telemetry produces for that seq
-    (checked at construction), so every message is a valid, distinct envelope."""
-
-    def __init__(self, device: str) -> None:
-        self.device = device
-        self.topic = wire.topic(device, wire.KIND_TELEMETRY)
-        probe = SEQ_BASE + 0x00ABCDEF
-        self.packet = publish_packet(self.topic, telemetry_payload(device, probe))
-        marker = b"\xa1s\xce" + struct.pack(">I", probe)
-        at = self.packet.find(marker)
-        if at < 0 or self.packet.find(marker, at + 1) >= 0:
-            raise BenchError("sequence number not found exactly once in the template packet")
-        self.offset = at + 3
-        for seq in (SEQ_BASE, SEQ_BASE + 1, 0xFFFFFFFF):
-            if self.build(seq) != publish_packet(self.topic, telemetry_payload(device, seq)):
-                raise BenchError("patched template differs from wire.encode_telemetry output")
-
-    def build(self, seq: int) -> bytes:
-        b = bytearray(self.packet)
-        struct.pack_into(">I", b, self.offset, seq)
-        return bytes(b)
-
-
-def device_ids(n: int) -> list[str]:
-    return [f"bench-{i:03d}" for i in range(n)]
-
-
-# ---------------------------------------------------------------- helper: publisher process
-
-def _connect(port: int, client_id: str) -> socket.socket:
-    s = socket.create_connection(("127.0.0.1", port), timeout=10)
-    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    s.sendall(connect_packet(client_id))
-    ack = b""
-    while len(ack) < 4:
-        chunk = s.recv(4 - len(ack))
-        if not chunk:
-            raise BenchError("broker closed the connection before CONNACK")
-        ack += chunk
-    if ack[0] != 0x20 or ack[3] != 0:
-        raise BenchError(f"broker refused CONNECT: {ack!r}")
-    return s
-
-
-def run_publisher(port: int, seconds: float, devices: int, first_seq: int, max_messages: int) -> dict[str, Any]:
-    """Write QoS 0 PUBLISH packets as fast as the socket takes them, round-robin
-    over `devices`, each with its own increasing seq. Bounded by time and count."""
-    templates = [PacketTemplate(d) for d in device_ids(devices)]
-    size = len(templates[0].packet)
-    per_chunk = 64 * devices
-    chunk = bytearray(b"".join(t.packet for t in templates) * (per_chunk // devices))
-    offsets = [(i * size + templates[i % devices].offset) for i in range(per_chunk)]
-    s = _connect(port, f"bench-pub-{os.getpid()}")
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
-    sent = 0
-    seq = first_seq
-    pack = struct.pack_into
-    t0 = time.monotonic()
-    deadline = t0 + seconds
-    while sent < max_messages and time.monotonic() < deadline:
-        n = min(per_chunk, max_messages - sent)
-        n -= n % devices  # whole rounds, so seq stays in step across devices
-        if n <= 0:
-            break
-        for i in range(n):
-            pack(">I", chunk, offsets[i], seq + i // devices)
-        s.sendall(memoryview(chunk)[: n * size])
-        sent += n
-        seq += n // devices
-    elapsed = time.monotonic() - t0
-    s.sendall(DISCONNECT)
-    s.close()
-    return {"sent": sent, "seconds": elapsed, "last_seq": seq - 1}
-
-
-def send_probe(port: int, device: str, seq: int) -> None:
-    """One telemetry message from a separate probe device (to learn that the
-    receiving side is subscribed before the measured traffic starts)."""
-    s = _connect(port, f"bench-probe-{os.getpid()}")
-    s.sendall(publish_packet(wire.topic(device, wire.KIND_TELEMETRY), telemetry_payload(device, seq)) + DISCONNECT)
-    s.close()
+SUBSCRIBERS = ("mosquitto_sub", "raw", "gmqtt")
+TELEMETRY_FILTER = f"{wire.ROOT}/+/telemetry"
 
 
 # ---------------------------------------------------------------- processes
@@ -222,43 +107,78 @@ def stop_process(p: subprocess.Popen[Any] | None, timeout: float = 5.0) -> None:
 
 
 class Mosquitto:
-    def __init__(self, workdir: Path) -> None:
+    """A private mosquitto with its default limits, plus `extra` config lines
+    (e.g. deploy/mosquitto.conf's)."""
+
+    def __init__(self, workdir: Path, extra: str = "") -> None:
         if not os.path.exists(MOSQUITTO):
             raise BenchError("mosquitto is not installed: make system-deps (apt-get install mosquitto mosquitto-clients)")
         self.port = free_port()
         conf = workdir / f"mosquitto-{self.port}.conf"
         conf.write_text(
             f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-            "max_queued_messages 100000\nlog_type error\nlog_type warning\n"
-            f"log_dest file {workdir / f'mosquitto-{self.port}.log'}\n"
+            "log_type error\nlog_type warning\n"
+            f"log_dest file {workdir / f'mosquitto-{self.port}.log'}\n" + extra
         )
         self.proc: subprocess.Popen[bytes] | None = subprocess.Popen(
             [MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_port(self.port)
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
 
     def stop(self) -> None:
         stop_process(self.proc)
         self.proc = None
 
 
-class LineCounter:
-    """Counts newline-terminated records from a pipe in a thread, noting the
-    time of the first and last record after `arm()`."""
+def broker_settings(path: Path | None) -> str:
+    """The limit lines of a mosquitto config file (listeners, persistence and
+    logging stay the bench's own)."""
+    if path is None:
+        return ""
+    keep = ("max_inflight_messages", "max_queued_messages", "max_queued_bytes", "max_inflight_bytes",
+            "max_packet_size", "message_size_limit")
+    lines = [ln.strip() for ln in path.read_text().splitlines()]
+    return "".join(ln + "\n" for ln in lines if ln.split(" ")[0] in keep)
 
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
+
+class Receiver:
+    """One receiving process. `count` is live; `finish()` gives the final
+    numbers: measured, first, last (monotonic), and per-device seqs where known."""
+
+    pid: int
+    count: int
+
+    def arm(self) -> None: ...
+
+    def finish(self) -> dict[str, Any]: ...
+
+
+class LineReceiver(Receiver):
+    """mosquitto_sub printing one line per message; counted here in a thread."""
+
+    def __init__(self, port: int, qos: int) -> None:
+        self.proc = subprocess.Popen([MOSQUITTO_SUB, "-h", "127.0.0.1", "-p", str(port), "-q", str(qos),
+                                      "-t", TELEMETRY_FILTER, "-F", ""],
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        self.pid = self.proc.pid
         self.count = 0
-        self.armed_at_count = 0
+        self._armed_at = 0
+        self._armed = False
         self.first: float | None = None
         self.last: float | None = None
-        self._armed = False
+        assert self.proc.stdout is not None
+        self._fd = self.proc.stdout.fileno()
         self._thread = threading.Thread(target=self._run, name="line-counter", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         while True:
             try:
-                b = os.read(self.fd, 1 << 20)
+                b = os.read(self._fd, 1 << 20)
             except OSError:
                 return
             if not b:
@@ -273,12 +193,67 @@ class LineCounter:
                     self.last = now
 
     def arm(self) -> None:
-        self.armed_at_count = self.count
+        self._armed_at = self.count
         self._armed = True
 
-    @property
-    def measured(self) -> int:
-        return self.count - self.armed_at_count
+    def finish(self) -> dict[str, Any]:
+        out = {"measured": self.count - self._armed_at, "first": self.first, "last": self.last}
+        stop_process(self.proc)
+        self._thread.join(2)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        return out
+
+
+class ProcessReceiver(Receiver):
+    """A loadgen receiver process (raw, gmqtt, wsclient): JSON lines out,
+    commands in."""
+
+    def __init__(self, args: list[str]) -> None:
+        self.proc = subprocess.Popen([sys.executable, str(HERE), *args], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, bufsize=1)
+        self.pid = self.proc.pid
+        self.latest: dict[str, Any] = {}
+        self.count = 0
+        self._thread = threading.Thread(target=self._read, name="receiver-reader", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            try:
+                self.latest = json.loads(line)
+            except ValueError:
+                continue
+            self.count = int(self.latest.get("events", 0))
+
+    def send(self, cmd: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(cmd + "\n")
+        self.proc.stdin.flush()
+
+    def arm(self) -> None:
+        self.send("arm")
+        wait_until(lambda: self.latest.get("armed") is True, 10, "the receiver to arm")
+
+    def finish(self) -> dict[str, Any]:
+        try:
+            self.send("quit")
+            self.proc.wait(10)
+        except (OSError, subprocess.TimeoutExpired):
+            stop_process(self.proc)
+        self._thread.join(2)
+        for f in (self.proc.stdin, self.proc.stdout):
+            if f is not None:
+                f.close()
+        return self.latest
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            stop_process(self.proc)
+        for f in (self.proc.stdin, self.proc.stdout):
+            if f is not None and not f.closed:
+                f.close()
 
 
 def wait_until(pred: Any, timeout: float, what: str, poll: float = 0.05, action: Any = None) -> None:
@@ -292,8 +267,8 @@ def wait_until(pred: Any, timeout: float, what: str, poll: float = 0.05, action:
     raise BenchError(f"timed out after {timeout}s waiting for {what}")
 
 
-def wait_drained(counter: LineCounter, quiet: float = 0.7, timeout: float = 20.0) -> None:
-    """Wait until no record arrived for `quiet` seconds (bounded by `timeout`)."""
+def wait_drained(counter: Receiver, quiet: float = 0.7, timeout: float = 30.0) -> None:
+    """Wait until no message arrived for `quiet` seconds (bounded by `timeout`)."""
     deadline = time.monotonic() + timeout
     last = -1
     last_change = time.monotonic()
@@ -341,111 +316,6 @@ class CpuMeter:
                 for n in self.end_cpu if n in self.start_cpu}
 
 
-@dataclass
-class PhaseResult:
-    name: str
-    sent: int = 0
-    received: int = 0
-    seconds: float = 0.0
-    rate: float = 0.0
-    lost: int = 0
-    cpu_percent: dict[str, float] = field(default_factory=dict)
-    peak_rss_mb: float | None = None
-    note: str = ""
-    gateway_stats: dict[str, Any] | None = None
-
-
-def _publisher_cmd(port: int, seconds: float, devices: int, max_messages: int) -> list[str]:
-    return [sys.executable, str(Path(__file__).resolve()), "publish", "--port", str(port), "--seconds", str(seconds),
-            "--devices", str(devices), "--max-messages", str(max_messages)]
-
-
-def _run_publisher_process(port: int, seconds: float, devices: int, max_messages: int) -> tuple[dict[str, Any], float]:
-    """Run the publisher to completion; returns its stats and its CPU seconds."""
-    p = subprocess.Popen(_publisher_cmd(port, seconds, devices, max_messages), stdout=subprocess.PIPE, text=True)
-    ps = psutil.Process(p.pid)
-    cpu = 0.0
-    while p.poll() is None:
-        try:
-            t = ps.cpu_times()
-            cpu = t.user + t.system
-        except psutil.Error:
-            break
-        time.sleep(0.05)
-    out, _ = p.communicate(timeout=seconds + 30)
-    if p.returncode != 0:
-        raise BenchError(f"publisher failed with exit code {p.returncode}")
-    stats = json.loads(out.strip().splitlines()[-1])
-    return stats, float(stats.get("cpu", cpu))
-
-
-def phase_broker(workdir: Path, seconds: float, devices: int, max_messages: int) -> PhaseResult:
-    """mosquitto alone: raw publisher -> mosquitto -> mosquitto_sub."""
-    res = PhaseResult("broker")
-    mq = Mosquitto(workdir)
-    sub: subprocess.Popen[bytes] | None = None
-    try:
-        sub = subprocess.Popen([MOSQUITTO_SUB, "-h", "127.0.0.1", "-p", str(mq.port), "-q", "0",
-                                "-t", f"{wire.ROOT}/+/telemetry", "-F", ""],
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-        assert sub.stdout is not None
-        counter = LineCounter(sub.stdout.fileno())
-        probe_seq = [1]
-
-        def probe() -> None:
-            send_probe(mq.port, "bench-probe", probe_seq[0])
-            probe_seq[0] += 1
-
-        wait_until(lambda: counter.count > 0, 10, "mosquitto_sub to receive a probe", poll=0.1, action=probe)
-        wait_drained(counter, quiet=0.3)
-        counter.arm()
-        cpu = CpuMeter({"broker": mq.proc.pid, "subscriber": sub.pid})  # type: ignore[union-attr]
-        cpu.start()
-        stats, pub_cpu = _run_publisher_process(mq.port, seconds, devices, max_messages)
-        wait_drained(counter)
-        cpu.stop()
-        cpu.add("publisher", pub_cpu)
-        res.sent = stats["sent"]
-        res.received = counter.measured
-        res.seconds = (counter.last - counter.first) if counter.first and counter.last else 0.0
-        res.rate = res.received / res.seconds if res.seconds > 0 else 0.0
-        res.lost = res.sent - res.received
-        res.cpu_percent = cpu.percent()
-        return res
-    finally:
-        stop_process(sub)
-        if sub is not None and sub.stdout is not None:
-            sub.stdout.close()
-        mq.stop()
-
-
-# ---------------------------------------------------------------- gateway phase
-
-def gateway_missing() -> str | None:
-    """What is missing for the gateway phase, or None when it can run."""
-    try:
-        import edgewire.gateway.service  # noqa: F401
-    except ImportError as e:
-        return f"edgewire.gateway.service is not importable ({e})"
-    if not EDGEWIRE.exists():
-        return f"{EDGEWIRE} does not exist (make venv)"
-    return None
-
-
-EDGEWIRE = Path(sys.executable).parent / "edgewire"
-
-
-def http_json(url: str, timeout: float = 2.0) -> Any:
-    import urllib.error
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            return json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return {"_status": e.code}
-
-
 class RssSampler:
     """Peak RSS of one process, sampled every 20 ms in a thread."""
 
@@ -469,208 +339,164 @@ class RssSampler:
         return self.peak / (1 << 20)
 
 
-class WsClientProcess:
-    """The WebSocket client process: reports its counts as JSON lines."""
+# ---------------------------------------------------------------- phases
 
-    def __init__(self, url: str) -> None:
-        self.proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "wsclient", "--url", url],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
-        self.latest: dict[str, Any] = {}
-        self.count = 0  # events, for wait_drained()
-        self._thread = threading.Thread(target=self._read, name="wsclient-reader", daemon=True)
-        self._thread.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            try:
-                self.latest = json.loads(line)
-            except ValueError:
-                continue
-            self.count = int(self.latest.get("events", 0))
-
-    def send(self, cmd: str) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(cmd + "\n")
-        self.proc.stdin.flush()
-
-    def finish(self) -> dict[str, Any]:
-        try:
-            self.send("quit")
-            self.proc.wait(10)
-        except (OSError, subprocess.TimeoutExpired):
-            stop_process(self.proc)
-        self._thread.join(2)
-        for f in (self.proc.stdin, self.proc.stdout):
-            if f is not None:
-                f.close()
-        return self.latest
+@dataclass
+class Load:
+    seconds: float
+    devices: int
+    max_messages: int
+    qos: int
 
 
-def phase_gateway(workdir: Path, seconds: float, devices: int, max_messages: int) -> PhaseResult:
-    """raw publisher -> mosquitto -> edgewire gateway -> WebSocket client."""
-    missing = gateway_missing()
-    if missing:
-        return PhaseResult("gateway", note=f"not run: {missing}")
-    res = PhaseResult("gateway")
-    mq = Mosquitto(workdir)
-    http_port = free_port()
-    conf = workdir / "gateway.toml"
-    conf.write_text(
-        f'[mqtt]\nurl = "mqtt://127.0.0.1:{mq.port}"\nclient_id = "bench-gateway"\n\n'
-        f'[http]\nhost = "127.0.0.1"\nport = {http_port}\ndashboard = false\n\n'
-        '[log]\nlevel = "warning"\n'
-    )
-    log_path = workdir / "gateway.log"
-    gw: subprocess.Popen[bytes] | None = None
-    client: WsClientProcess | None = None
-    rss: RssSampler | None = None
+@dataclass
+class PhaseResult:
+    name: str
+    qos: int = 0
+    sent: int = 0
+    received: int = 0
+    seconds: float = 0.0
+    rate: float = 0.0
+    lost: int = 0
+    cpu_percent: dict[str, float] = field(default_factory=dict)
+    peak_rss_mb: float | None = None
+    note: str = ""
+    loss: dict[str, int] | None = None
+    gateway_counters: dict[str, int] | None = None
+
+
+def _run_publisher_process(port: int, load: Load) -> tuple[dict[str, Any], float]:
+    """Run the publisher to completion; returns its stats and its CPU seconds."""
+    p = subprocess.Popen([sys.executable, str(HERE), "publish", "--port", str(port), "--seconds", str(load.seconds),
+                          "--devices", str(load.devices), "--max-messages", str(load.max_messages),
+                          "--qos", str(load.qos)], stdout=subprocess.PIPE, text=True)
+    out, _ = p.communicate(timeout=load.seconds + 60)
+    if p.returncode != 0:
+        raise BenchError(f"publisher failed with exit code {p.returncode}")
+    stats = json.loads(out.strip().splitlines()[-1])
+    return stats, float(stats["cpu"])
+
+
+def _measure(res: PhaseResult, mq: Mosquitto, rx: Receiver, procs: dict[str, int], load: Load,
+             quiet: float, probe_timeout: float = 15.0) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Probe until the receiver gets traffic, arm, publish, wait until quiet."""
+    probe_seq = [1]
+
+    def probe() -> None:
+        send_probe(mq.port, "bench-probe", probe_seq[0])
+        probe_seq[0] += 1
+
+    wait_until(lambda: rx.count > 0, probe_timeout, f"a probe message to reach the {res.name} receiver",
+               poll=0.2, action=probe)
+    wait_drained(rx, quiet=0.3)
+    rx.arm()
+    cpu = CpuMeter(procs)
+    cpu.start()
+    stats, pub_cpu = _run_publisher_process(mq.port, load)
+    wait_drained(rx, quiet=quiet)
+    cpu.stop()
+    cpu.add("publisher", pub_cpu)
+    final = rx.finish()
+    res.sent = int(stats["sent"])
+    res.received = int(final.get("measured", 0))
+    first, last = final.get("first"), final.get("last")
+    res.seconds = (last - first) if first is not None and last is not None else 0.0
+    res.rate = res.received / res.seconds if res.seconds > 0 else 0.0
+    res.lost = res.sent - res.received
+    res.cpu_percent = cpu.percent()
+    return stats, final
+
+
+def phase_baseline(workdir: Path, load: Load, subscriber: str, broker_extra: str = "") -> PhaseResult:
+    """The broker alone: raw publisher -> mosquitto -> one subscriber."""
+    res = PhaseResult(subscriber, qos=load.qos)
+    mq = Mosquitto(workdir, broker_extra)
+    rx: Receiver | None = None
     try:
-        with open(log_path, "wb") as logf:
-            gw = subprocess.Popen([str(EDGEWIRE), "gateway", "--config", str(conf)], stdout=logf, stderr=logf)
-        rss = RssSampler(gw.pid)
-        base = f"http://127.0.0.1:{http_port}"
-
-        def healthy() -> bool:
-            if gw is not None and gw.poll() is not None:
-                raise BenchError(f"the gateway exited with {gw.returncode}: {log_path.read_text()[-2000:]}")
-            try:
-                return "_status" not in http_json(base + "/healthz")
-            except OSError:
-                return False
-
-        wait_until(healthy, 20, "the gateway to report healthy on /healthz", poll=0.1)
-        client = WsClientProcess(f"ws://127.0.0.1:{http_port}/api/v1/ws")
-        wait_until(lambda: client.latest.get("subscribed") is True, 10, "the WebSocket client to subscribe")
-        probe_seq = [1]
-
-        def probe() -> None:
-            send_probe(mq.port, "bench-probe", probe_seq[0])
-            probe_seq[0] += 1
-
-        wait_until(lambda: client.count > 0, 15, "a probe message to reach the WebSocket client", poll=0.2,
-                   action=probe)
-        wait_drained(client, quiet=0.5)  # type: ignore[arg-type]
-        client.send("arm")
-        wait_until(lambda: client.latest.get("armed") is True, 5, "the WebSocket client to arm")
-        assert mq.proc is not None
-        cpu = CpuMeter({"broker": mq.proc.pid, "gateway": gw.pid, "client": client.proc.pid})
-        cpu.start()
-        stats, pub_cpu = _run_publisher_process(mq.port, seconds, devices, max_messages)
-        wait_drained(client, quiet=1.5, timeout=60)  # type: ignore[arg-type]
-        cpu.stop()
-        cpu.add("publisher", pub_cpu)
-        final = client.finish()
-        res.sent = stats["sent"]
-        res.received = int(final.get("measured", 0))
-        first, last = final.get("first"), final.get("last")
-        res.seconds = (last - first) if first is not None and last is not None else 0.0
-        res.rate = res.received / res.seconds if res.seconds > 0 else 0.0
-        res.lost = res.sent - res.received
-        res.cpu_percent = cpu.percent()
-        try:
-            res.gateway_stats = http_json(base + "/api/v1/stats")
-        except OSError as e:
-            res.note = f"GET /api/v1/stats failed: {e}"
-        drops = int(final.get("dropped", 0))
-        if drops or final.get("gaps"):
-            res.note = (res.note + "; " if res.note else "") + \
-                f"WebSocket client was told of {drops} dropped events and {final.get('gaps', 0)} gaps"
+        if subscriber == "mosquitto_sub":
+            rx = LineReceiver(mq.port, load.qos)
+        elif subscriber in ("raw", "gmqtt"):
+            rx = ProcessReceiver([subscriber + "sub", "--port", str(mq.port), "--qos", str(load.qos),
+                                  "--filter", TELEMETRY_FILTER])
+        else:
+            raise BenchError(f"unknown subscriber {subscriber!r}")
+        _measure(res, mq, rx, {"broker": mq.pid, "subscriber": rx.pid}, load, quiet=0.7)
         return res
     finally:
-        if client is not None and client.proc.poll() is None:
-            stop_process(client.proc)
-            for f in (client.proc.stdin, client.proc.stdout):
-                if f is not None:
-                    f.close()
-        stop_process(gw)
-        if rss is not None:
-            res.peak_rss_mb = round(rss.stop(), 1)
+        if isinstance(rx, ProcessReceiver):
+            rx.close()
+        elif isinstance(rx, LineReceiver):
+            stop_process(rx.proc)
         mq.stop()
 
 
-def run_wsclient(url: str) -> int:
-    """Subscribe to every reading ('#') and count events. Reports a JSON line
-    whenever the count changed (at most every 100 ms); stdin commands:
-    'arm' starts the measured window, 'quit' prints the final line and exits."""
-    import asyncio
+def http_json(url: str, timeout: float = 5.0) -> Any:
+    import urllib.error
+    import urllib.request
 
-    import aiohttp
-
-    st: dict[str, Any] = {"events": 0, "measured": 0, "first": None, "last": None, "dropped": 0, "gaps": 0,
-                          "subscribed": False, "armed": False}
-    armed_at = [0]
-    quit_ev = asyncio.Event()
-
-    def emit() -> None:
-        sys.stdout.write(json.dumps(st) + "\n")
-        sys.stdout.flush()
-
-    async def stdin_reader() -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            line = await loop.run_in_executor(None, sys.stdin.readline)
-            cmd = line.strip()
-            if cmd == "arm":
-                armed_at[0] = st["events"]
-                st.update(armed=True, first=None, last=None, measured=0)
-                emit()
-            elif cmd == "quit" or not line:
-                quit_ev.set()
-                return
-
-    async def reporter() -> None:
-        shown = -1
-        while not quit_ev.is_set():
-            await asyncio.sleep(0.1)
-            if st["events"] != shown:
-                shown = st["events"]
-                emit()
-
-    async def main() -> None:
-        async with aiohttp.ClientSession() as session:
-            async with session.ws_connect(url, max_msg_size=0) as ws:
-                await ws.send_str(json.dumps({"op": "subscribe", "filter": "#", "ref": 1}))
-                tasks = [asyncio.create_task(stdin_reader()), asyncio.create_task(reporter())]
-
-                async def receive() -> None:
-                    loads = json.loads
-                    async for msg in ws:
-                        if msg.type != aiohttp.WSMsgType.TEXT:
-                            break
-                        m = loads(msg.data)
-                        t = m.get("type")
-                        if t == "readings":
-                            now = time.monotonic()
-                            st["events"] += len(m["events"])
-                            if st["armed"]:
-                                st["measured"] = st["events"] - armed_at[0]
-                                if st["first"] is None:
-                                    st["first"] = now
-                                st["last"] = now
-                        elif t == "subscribed":
-                            st["subscribed"] = True
-                            emit()
-                        elif t == "dropped":
-                            st["dropped"] = int(m.get("total", 0))
-                        elif t == "gap":
-                            st["gaps"] += 1
-                        elif t == "error":
-                            sys.stderr.write(f"wsclient: gateway error: {m}\n")
-
-                rx = asyncio.create_task(receive())
-                await quit_ev.wait()
-                rx.cancel()
-                for t in tasks:
-                    t.cancel()
-                await asyncio.gather(rx, *tasks, return_exceptions=True)
-        emit()
-
-    asyncio.run(main())
-    return 0
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return {"_status": e.code}
 
 
-# ---------------------------------------------------------------- report
+def gateway_missing() -> str | None:
+    """What is missing for the gateway phase, or None when it can run."""
+    try:
+        import edgewire.gateway.service  # noqa: F401
+    except ImportError as e:
+        return f"edgewire.gateway.service is not importable ({e})"
+    if not EDGEWIRE.exists():
+        return f"{EDGEWIRE} does not exist (make venv)"
+    return None
+
+
+def journal_supported() -> bool:
+    """Whether this gateway has a durable journal to configure ([journal] path)."""
+    from edgewire.gateway.config import GatewayConfig
+
+    return hasattr(GatewayConfig(), "journal")
+
+
+def gateway_toml(mq_port: int, http_port: int, workdir: Path, journal: bool) -> str:
+    out = (f'[mqtt]\nurl = "mqtt://127.0.0.1:{mq_port}"\nclient_id = "bench-gateway"\n\n'
+           f'[http]\nhost = "127.0.0.1"\nport = {http_port}\ndashboard = false\n\n'
+           '[log]\nlevel = "warning"\n')
+    if journal or journal_supported():
+        # The gateway always journals now; without a path it would write
+        # ./edgewire-journal.db in the caller's working directory.
+        out += f'\n[journal]\npath = "{workdir / f"journal-{http_port}.db"}"\n'
+    return out
+
+
+def gateway_command(client: str, conf: Path) -> list[str]:
+    if client == "ours":
+        return [str(EDGEWIRE), "gateway", "--config", str(conf)]
+    return [sys.executable, str(HERE.parent / "candidates.py"), "--client", client, "--config", str(conf)]
+
+
+def account_loss(sent_first: int, sent_last: int, devices: list[str], seqs: dict[str, list[int]],
+                 registry_missing: int, hub_dropped: int) -> dict[str, int]:
+    """Split what the WebSocket client did not get into head (before the first
+    seq it saw of a device), interior (gaps between its first and last) and
+    tail (after its last), per device, summed. The gateway's gap counter
+    (`missing`) sees only interior gaps upstream of its hub; the hub's drops to
+    this client are interior gaps too. So interior == missing + hub drops when
+    the books balance."""
+    head = interior = tail = 0
+    for d in devices:
+        r = seqs.get(d)
+        if r is None:
+            tail += sent_last - sent_first + 1
+            continue
+        count, lo, hi = r
+        head += lo - sent_first
+        interior += (hi - lo + 1) - count
+        tail += sent_last - hi
+    return {"head": head, "interior": interior, "tail": tail, "registry_missing": registry_missing,
+            "hub_dropped": hub_dropped, "unexplained_interior": interior - registry_missing - hub_dropped}
+
 
 def loss_counters(stats: Any, prefix: str = "") -> dict[str, int]:
     """Non-zero counters in the gateway's /api/v1/stats that explain a loss."""
@@ -686,56 +512,239 @@ def loss_counters(stats: Any, prefix: str = "") -> dict[str, int]:
     return out
 
 
-def render(broker: PhaseResult, gateway: PhaseResult) -> str:
-    lines = [f"relay benchmark: {PAYLOAD_BYTES}-byte telemetry envelopes, QoS 0, loopback, "
-             f"{os.cpu_count()} CPUs", ""]
-    for r in (broker, gateway):
-        if r.note and not r.received:
-            lines.append(f"{r.name:8s} {r.note}")
-            continue
-        cpu = ", ".join(f"{k} {v:.0f}%" for k, v in r.cpu_percent.items())
-        rss = f", gateway peak RSS {r.peak_rss_mb:.1f} MB" if r.peak_rss_mb is not None else ""
-        lines.append(f"{r.name:8s} {r.rate:>10,.0f} msg/s  ({r.received:,} of {r.sent:,} received in "
-                     f"{r.seconds:.2f} s, {r.lost:,} lost){rss}")
-        lines.append(f"{'':8s} CPU: {cpu}")
-        if r.note:
-            lines.append(f"{'':8s} note: {r.note}")
-        losses = loss_counters(r.gateway_stats)
-        if losses:
-            lines.append(f"{'':8s} gateway counters: " + ", ".join(f"{k} {v:,}" for k, v in losses.items()))
-    if broker.rate and gateway.rate:
-        ratio = gateway.rate / broker.rate
-        lines.append("")
-        lines.append(f"ratio gateway/broker {ratio:.2f}  (goal >= {GOAL_RATIO}: {'met' if ratio >= GOAL_RATIO else 'NOT met'})")
-        if gateway.peak_rss_mb is not None:
-            ok = gateway.peak_rss_mb < GOAL_RSS_MB
-            lines.append(f"gateway peak RSS {gateway.peak_rss_mb:.1f} MB  (goal < {GOAL_RSS_MB:.0f} MB: {'met' if ok else 'NOT met'})")
-    lines.append(f"reference (this machine kind): {REFERENCE}")
-    return "\n".join(lines)
+def phase_gateway(workdir: Path, load: Load, client: str = "ours", journal: bool = False,
+                  broker_extra: str = "", name: str | None = None) -> PhaseResult:
+    """raw publisher -> mosquitto -> gateway (with `client` as its MQTT client)
+    -> one WebSocket client."""
+    res = PhaseResult(name or f"gateway/{client}", qos=load.qos)
+    missing = gateway_missing()
+    if missing:
+        res.note = f"not run: {missing}"
+        return res
+    mq = Mosquitto(workdir, broker_extra)
+    http_port = free_port()
+    conf = workdir / f"gateway-{http_port}.toml"
+    conf.write_text(gateway_toml(mq.port, http_port, workdir, journal))
+    log_path = workdir / f"gateway-{http_port}.log"
+    gw: subprocess.Popen[bytes] | None = None
+    rx: ProcessReceiver | None = None
+    rss: RssSampler | None = None
+    try:
+        with open(log_path, "wb") as logf:
+            gw = subprocess.Popen(gateway_command(client, conf), stdout=logf, stderr=logf)
+        rss = RssSampler(gw.pid)
+        base = f"http://127.0.0.1:{http_port}"
+
+        def healthy() -> bool:
+            if gw is not None and gw.poll() is not None:
+                raise BenchError(f"the gateway exited with {gw.returncode}: {log_path.read_text()[-2000:]}")
+            try:
+                return "_status" not in http_json(base + "/healthz")
+            except OSError:
+                return False
+
+        wait_until(healthy, 30, "the gateway to report healthy on /healthz", poll=0.1)
+        rx = ProcessReceiver(["wsclient", "--url", f"ws://127.0.0.1:{http_port}/api/v1/ws"])
+        wait_until(lambda: rx is not None and rx.latest.get("ready") is True, 10, "the WebSocket client to subscribe")
+        stats, final = _measure(res, mq, rx, {"broker": mq.pid, "gateway": gw.pid, "client": rx.pid}, load,
+                                quiet=1.5)
+        gstats = http_json(base + "/api/v1/stats")
+        devs = {d["id"]: d for d in http_json(base + "/api/v1/devices").get("devices", [])}
+        names = device_ids(load.devices)
+        hub = gstats.get("hub", {}) if isinstance(gstats, dict) else {}
+        res.loss = account_loss(int(stats["first_seq"]), int(stats["last_seq"]), names, final.get("seqs", {}),
+                                sum(int(devs.get(d, {}).get("missing", 0)) for d in names),
+                                int(hub.get("dropped_total", 0)))
+        res.gateway_counters = loss_counters(gstats)
+        if final.get("gaps"):
+            res.note = f"the WebSocket client was sent {final['gaps']} gap events"
+        return res
+    finally:
+        if rx is not None:
+            rx.close()
+        stop_process(gw)
+        if rss is not None:
+            res.peak_rss_mb = round(rss.stop(), 1)
+        mq.stop()
+
+
+# ---------------------------------------------------------------- the run and its report
+
+@dataclass
+class Repeat:
+    qos: int
+    baseline: dict[str, PhaseResult]
+    gateways: dict[str, PhaseResult]
+
+    @property
+    def best(self) -> tuple[str, float]:
+        name = max(self.baseline, key=lambda k: self.baseline[k].rate)
+        return name, self.baseline[name].rate
+
+    def ratio(self, gw: str) -> float | None:
+        r = self.gateways.get(gw)
+        best = self.best[1]
+        return (r.rate / best) if r is not None and r.rate and best else None
+
+
+def spread(values: list[float]) -> tuple[float, float, float]:
+    return statistics.median(values), min(values), max(values)
+
+
+def load_average() -> str:
+    try:
+        a = os.getloadavg()
+        return f"{a[0]:.2f} {a[1]:.2f} {a[2]:.2f}"
+    except OSError:
+        return "?"
+
+
+def render(repeats: list[Repeat], args: argparse.Namespace, load_before: str, load_after: str) -> tuple[str, dict[str, Any]]:
+    lines = [f"relay benchmark: {wire.ROOT}/<device>/telemetry, 100-byte envelopes, {args.devices} devices, "
+             f"{args.seconds:g} s per phase, {args.repeat} repeat(s), {os.cpu_count()} CPUs",
+             f"mosquitto limits: {'defaults (max_inflight_messages 20, max_queued_messages 1000)' if not args.broker_conf else 'from ' + str(args.broker_conf)}",
+             f"load average before {load_before}, after {load_after} (a loaded machine depresses and "
+             "spreads absolute figures: compare ratios)", ""]
+    summary: dict[str, Any] = {"goals": []}
+    hdr = f"{'QoS':>3}  {'path':34s} {'median msg/s':>13} {'min-max':>17}  {'ratio median (min-max)':>24}  notes"
+    lines.append(hdr)
+    lines.append("-" * len(hdr))
+    goals: list[str] = []
+    for qos in sorted({r.qos for r in repeats}):
+        reps = [r for r in repeats if r.qos == qos]
+        for sub in SUBSCRIBERS:
+            rates = [r.baseline[sub].rate for r in reps if sub in r.baseline]
+            if rates:
+                m, lo, hi = spread(rates)
+                lost = sum(r.baseline[sub].lost for r in reps if sub in r.baseline)
+                lines.append(f"{qos:>3}  {'mosquitto → ' + sub:34s} {m:>13,.0f} {f'{lo:,.0f}-{hi:,.0f}':>17}  "
+                             f"{'':>24}  lost {lost:,}")
+        bests = [r.best for r in reps]
+        m, lo, hi = spread([b[1] for b in bests])
+        winners = ", ".join(sorted({b[0] for b in bests}))
+        lines.append(f"{qos:>3}  {'BASELINE (best per repeat)':34s} {m:>13,.0f} {f'{lo:,.0f}-{hi:,.0f}':>17}  "
+                     f"{'1.00':>24}  fastest: {winners}")
+        for gw in reps[0].gateways:
+            runs = [r.gateways[gw] for r in reps if gw in r.gateways]
+            rates = [g.rate for g in runs if g.rate]
+            ratios = [x for r in reps if (x := r.ratio(gw)) is not None]
+            if not rates:
+                lines.append(f"{qos:>3}  {gw:34s} {'-':>13} {'':>17}  {'':>24}  {runs[0].note}")
+                continue
+            m, lo, hi = spread(rates)
+            rm, rlo, rhi = spread(ratios)
+            rss = max((g.peak_rss_mb or 0.0) for g in runs)
+            lost = sum(g.lost for g in runs)
+            cpu = statistics.median([g.cpu_percent.get("gateway", 0.0) for g in runs])
+            lines.append(f"{qos:>3}  {gw:34s} {m:>13,.0f} {f'{lo:,.0f}-{hi:,.0f}':>17}  "
+                         f"{f'{rm:.2f} ({rlo:.2f}-{rhi:.2f})':>24}  peak RSS {rss:.1f} MB, CPU {cpu:.0f}%, "
+                         f"lost {lost:,}")
+            summary.setdefault("gateways", {})[f"{gw} qos{qos}"] = {"rate_median": m, "ratio_median": rm,
+                                                                   "ratio_min": rlo, "ratio_max": rhi,
+                                                                   "peak_rss_mb": rss, "lost": lost}
+            ours = next((k for k in r.gateways if k.startswith("gateway/ours")), None) if (r := reps[0]) else None
+            if ours is not None and gw != ours:
+                vs = [g.rate / o.rate for rr in reps if (g := rr.gateways.get(gw)) and (o := rr.gateways.get(ours))
+                      and g.rate and o.rate]
+                if vs:
+                    vm, vlo, vhi = spread(vs)
+                    lines.append(f"{'':>3}  {'':34s} {'':>13} {'':>17}  {'':>24}  "
+                                 f"= {vm:.2f}x ours ({vlo:.2f}-{vhi:.2f}) in the same repeats")
+                    summary["gateways"][f"{gw} qos{qos}"]["vs_ours_median"] = vm
+            if gw.startswith("gateway/ours"):
+                goals.append(f"QoS {qos} {gw}: ratio {rm:.3f} (min {rlo:.3f}, max {rhi:.3f}) against goal >= "
+                             f"{GOAL_RATIO}: {'MET' if rm >= GOAL_RATIO else 'NOT MET'}"
+                             f"{' (not in every repeat)' if rm >= GOAL_RATIO and rlo < GOAL_RATIO else ''}")
+                goals.append(f"QoS {qos} {gw}: peak RSS {rss:.1f} MB against goal < {GOAL_RSS_MB:.0f} MB: "
+                             f"{'MET' if rss < GOAL_RSS_MB else 'NOT MET'}")
+    lines.append("")
+    lines.append("loss accounting, gateway phases (per repeat): head + interior + tail = lost; "
+                 "interior = registry missing + hub drops")
+    for r in repeats:
+        for gw, g in r.gateways.items():
+            if g.loss is None:
+                continue
+            ls = g.loss
+            ok = ls["head"] + ls["interior"] + ls["tail"] == g.lost and ls["unexplained_interior"] == 0
+            lines.append(f"  QoS {r.qos} {gw:24s} lost {g.lost:>9,} = head {ls['head']:,} + interior "
+                         f"{ls['interior']:,} + tail {ls['tail']:,}; registry missing {ls['registry_missing']:,}, "
+                         f"hub drops {ls['hub_dropped']:,}: {'balanced' if ok else 'NOT balanced'}"
+                         + (f"; {g.note}" if g.note else ""))
+    lines.append("")
+    lines.append("goals:")
+    lines.extend("  " + g for g in goals)
+    summary["goals"] = goals
+    return "\n".join(lines), summary
+
+
+def run_all(args: argparse.Namespace) -> tuple[list[Repeat], str]:
+    journal = args.journal == "on" or (args.journal == "auto" and journal_supported())
+    extra = broker_settings(args.broker_conf)
+    load_before = load_average()
+    repeats: list[Repeat] = []
+    with tempfile.TemporaryDirectory(prefix="edgewire-bench-") as tmp:
+        work = Path(tmp)
+        for i in range(args.repeat):
+            for qos in args.qos:
+                load = Load(args.seconds, args.devices, args.max_messages, qos)
+                rep = Repeat(qos, {}, {})
+                for sub in args.subscribers:
+                    rep.baseline[sub] = phase_baseline(work, load, sub, extra)
+                    progress(f"repeat {i + 1} QoS {qos} baseline {sub}: {rep.baseline[sub].rate:,.0f} msg/s")
+                for client in args.clients:
+                    label = f"gateway/{client}" + (" +journal" if journal else "")
+                    rep.gateways[label] = g = phase_gateway(work, load, client, journal, extra, label)
+                    progress(f"repeat {i + 1} QoS {qos} {label}: {g.rate:,.0f} msg/s {g.note}")
+                repeats.append(rep)
+    return repeats, load_before
+
+
+def progress(msg: str) -> None:
+    print(f"  .. {msg}", file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="mode")
-    ap.add_argument("--seconds", type=float, default=5.0, help="publishing time per phase (default 5)")
+    ap.add_argument("--seconds", type=float, default=3.0, help="publishing time per phase (default 3)")
+    ap.add_argument("--repeat", type=int, default=3, help="repeats of every phase (default 3)")
+    ap.add_argument("--qos", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1],
+                    help="QoS levels, comma-separated (default 0,1)")
     ap.add_argument("--devices", type=int, default=10, help="simulated device ids to round-robin (default 10)")
-    ap.add_argument("--max-messages", type=int, default=3_000_000, help="cap on messages per phase")
-    ap.add_argument("--json", action="store_true", help="print the result as JSON")
-    ap.add_argument("--only", choices=("broker", "gateway"), default=None, help="run one phase")
+    ap.add_argument("--max-messages", type=int, default=2_000_000, help="cap on messages per phase")
+    ap.add_argument("--subscribers", type=lambda s: s.split(","), default=list(SUBSCRIBERS),
+                    help="baseline subscribers (default mosquitto_sub,raw,gmqtt)")
+    ap.add_argument("--clients", type=lambda s: s.split(","), default=["ours"],
+                    help="the gateway's MQTT client(s): ours, gmqtt, aiomqtt (default ours)")
+    ap.add_argument("--journal", choices=("auto", "on", "off"), default="auto",
+                    help="run the gateway with its durable journal (auto: when it has one)")
+    ap.add_argument("--broker-conf", type=Path, default=None,
+                    help="take mosquitto's limit settings from this file (default: mosquitto's defaults)")
+    ap.add_argument("--json", action="store_true", help="print the results as JSON")
     pp = sub.add_parser("publish", help="(internal) the raw publisher process")
     pp.add_argument("--port", type=int, required=True)
     pp.add_argument("--seconds", type=float, required=True)
     pp.add_argument("--devices", type=int, required=True)
     pp.add_argument("--max-messages", type=int, required=True)
+    pp.add_argument("--qos", type=int, default=0)
+    for mode in ("rawsub", "gmqttsub"):
+        rp = sub.add_parser(mode, help="(internal) a baseline subscriber process")
+        rp.add_argument("--port", type=int, required=True)
+        rp.add_argument("--qos", type=int, default=0)
+        rp.add_argument("--filter", required=True)
     wp = sub.add_parser("wsclient", help="(internal) the WebSocket client process")
     wp.add_argument("--url", required=True)
     args = ap.parse_args(argv)
 
     if args.mode == "wsclient":
         return run_wsclient(args.url)
-
+    if args.mode == "rawsub":
+        return run_rawsub(args.port, args.qos, args.filter)
+    if args.mode == "gmqttsub":
+        return run_gmqttsub(args.port, args.qos, args.filter)
     if args.mode == "publish":
-        stats = run_publisher(args.port, args.seconds, args.devices, SEQ_BASE, args.max_messages)
+        stats = run_publisher(args.port, args.seconds, args.devices, SEQ_BASE, args.max_messages, args.qos)
         t = os.times()
         stats["cpu"] = t.user + t.system
         print(json.dumps(stats), flush=True)
@@ -743,22 +752,28 @@ def main(argv: list[str] | None = None) -> int:
 
     if not 0 < args.seconds <= 30:
         ap.error(f"--seconds {args.seconds} must be in (0, 30]")
+    if not 1 <= args.repeat <= 20:
+        ap.error(f"--repeat {args.repeat} must be 1..20")
     if not 1 <= args.devices <= 1000:
         ap.error(f"--devices {args.devices} must be 1..1000")
     if args.max_messages < args.devices:
         ap.error("--max-messages must be at least --devices")
-    with tempfile.TemporaryDirectory(prefix="edgewire-bench-") as tmp:
-        work = Path(tmp)
-        empty = PhaseResult("-", note="not run (--only)")
-        broker = phase_broker(work, args.seconds, args.devices, args.max_messages) if args.only != "gateway" else empty
-        gateway = phase_gateway(work, args.seconds, args.devices, args.max_messages) if args.only != "broker" else empty
+    if any(q not in (0, 1) for q in args.qos):
+        ap.error("--qos takes 0 and/or 1")
+    if any(s not in SUBSCRIBERS for s in args.subscribers) or not args.subscribers:
+        ap.error(f"--subscribers takes some of {','.join(SUBSCRIBERS)}")
+    if any(c not in ("ours", "gmqtt", "aiomqtt") for c in args.clients):
+        ap.error("--clients takes some of ours,gmqtt,aiomqtt")
+    if args.broker_conf is not None and not args.broker_conf.is_file():
+        ap.error(f"--broker-conf {args.broker_conf}: no such file")
+    repeats, load_before = run_all(args)
+    text, summary = render(repeats, args, load_before, load_average())
     if args.json:
-        out: dict[str, Any] = {"broker": asdict(broker), "gateway": asdict(gateway),
-                               "ratio": (gateway.rate / broker.rate) if broker.rate and gateway.rate else None,
-                               "goal": {"ratio": GOAL_RATIO, "rss_mb": GOAL_RSS_MB}}
-        print(json.dumps(out, indent=2))
+        print(json.dumps({"repeats": [{"qos": r.qos, "baseline": {k: asdict(v) for k, v in r.baseline.items()},
+                                       "gateways": {k: asdict(v) for k, v in r.gateways.items()}}
+                                      for r in repeats], "summary": summary}, indent=2))
     else:
-        print(render(broker, gateway))
+        print(text)
     return 0
 
 

@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import math
 import tomllib
+from types import MappingProxyType
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -273,6 +274,25 @@ class GatewayConfig:
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     commands: CommandsConfig = field(default_factory=CommandsConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    # [[sinks]] tables, each validated by its sink's module (gateway/sinks/)
+    sinks: tuple[Mapping[str, Any], ...] = ()
+
+    def __post_init__(self) -> None:
+        from edgewire.gateway.sinks import validate_sink
+
+        if not isinstance(self.sinks, (tuple, list)):
+            raise ConfigError("sinks", None, _MISSING_VALUE, "expected [[sinks]] tables")
+        checked = []
+        names: set[str] = set()
+        for t in self.sinks:
+            if not isinstance(t, Mapping):
+                raise ConfigError("sinks", None, _MISSING_VALUE, "expected [[sinks]] tables")
+            v = validate_sink(dict(t))
+            if v["name"] in names:
+                raise ConfigError("sinks", "name", v["name"], "two sinks with one name (their cursors would mix)")
+            names.add(v["name"])
+            checked.append(MappingProxyType(v))
+        object.__setattr__(self, "sinks", tuple(checked))
 
     def replace(self, **sections: Any) -> GatewayConfig:
         return dataclasses.replace(self, **sections)
@@ -302,9 +322,15 @@ def parse_config(text: str, *, source: str = "<config>") -> GatewayConfig:
 def config_from_mapping(data: Mapping[str, Any]) -> GatewayConfig:
     built: dict[str, Any] = {}
     for name, table in data.items():
+        if name == "sinks":
+            if not isinstance(table, list):
+                raise ConfigError("sinks", None, _MISSING_VALUE, "expected [[sinks]] tables (an array of tables)")
+            built["sinks"] = tuple(table)
+            continue
         cls = _SECTIONS.get(name)
         if cls is None:
-            raise ConfigError(name, None, _MISSING_VALUE, "unknown section (known: " + ", ".join(_SECTIONS) + ")")
+            raise ConfigError(name, None, _MISSING_VALUE,
+                              "unknown section (known: " + ", ".join([*_SECTIONS, "sinks"]) + ")")
         if not isinstance(table, dict):
             raise ConfigError(name, None, _MISSING_VALUE, "expected a table, e.g. [" + name + "]")
         known = [f.name for f in dataclasses.fields(cls)]

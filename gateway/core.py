@@ -92,10 +92,10 @@ class Core:
             body = []
             for stream, value, up, error in rs:
                 ts = base + up
-                e = Event(device, stream, value, error, ts, boot, seq)
-                e.id = i
+                ev = Event(device, stream, value, error, ts, boot, seq)
+                ev.id = i
                 i += 1
-                add(e)
+                add(ev)
                 body.append((stream, value, ts, error))
                 remember(dev, stream, value, ts, error)
             row = Row(i - n if n else i, n or 1, KIND_TELEMETRY, device, boot, seq, received_ms, pack(body))
@@ -141,7 +141,8 @@ class Core:
         if evicted:
             self._dirty.update(evicted)   # gone from the registry: deleted from the journal's copy
             evicted.clear()
-        states = [(d, device_state(devices[d]) if d in devices else None) for d in self._dirty]
+        last = self.last_adapter
+        states = [(d, device_state(devices[d], last.get(d)) if d in devices else None) for d in self._dirty]
         self._dirty = set()
         upto = rows[-1].id + rows[-1].n - 1 if rows else 0
         hub = self.hub

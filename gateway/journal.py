@@ -56,7 +56,7 @@ from edgewire.gateway.errors import GatewayError
 log = logging.getLogger("edgewire.gateway.journal")
 
 __all__ = ["Entry", "Journal", "JournalCorrupt", "JournalError", "JournalLocked", "KIND_BIRTH", "KIND_DEATH",
-           "KIND_RESULT", "KIND_TELEMETRY", "Row", "check_file", "export_file", "repair_file"]
+           "KIND_NAMES", "KIND_RESULT", "KIND_TELEMETRY", "Row", "SCHEMA", "pack", "unpack"]
 
 SCHEMA_VERSION = 1
 
@@ -66,7 +66,7 @@ KIND_DEATH = 2
 KIND_RESULT = 3
 KIND_NAMES = {KIND_TELEMETRY: "telemetry", KIND_BIRTH: "birth", KIND_DEATH: "death", KIND_RESULT: "result"}
 
-_SCHEMA = """
+SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value BLOB) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS journal(
     id INTEGER PRIMARY KEY,     -- first gateway sequence number of the entry
@@ -84,6 +84,8 @@ CREATE TABLE IF NOT EXISTS devices(id TEXT PRIMARY KEY, state BLOB NOT NULL) WIT
 CREATE TABLE IF NOT EXISTS cursors(name TEXT PRIMARY KEY, id INTEGER NOT NULL, updated INTEGER NOT NULL)
     WITHOUT ROWID;
 """
+
+_SCHEMA = SCHEMA  # the old name (bench/journal_bench.py uses it)
 
 _INSERT = "INSERT OR IGNORE INTO journal(id, n, kind, device, boot, seq, received, body) VALUES (?,?,?,?,?,?,?,?)"
 
@@ -190,8 +192,10 @@ class Journal:
         self.removed_by_age = 0
         self.removed_by_size = 0
         self.write_errors = 0
+        self.failing = False         # the last write failed (cleared by the next commit)
         self.last_error = ""
         self.pending_rows = 0        # rows appended, not committed yet
+        self.space_waits = 0         # times ingest waited for the writer (max_pending reached)
         self._pending: list[_Append] = []
         self._cv = threading.Condition()
         self._closing = False
@@ -200,7 +204,7 @@ class Journal:
         self._reader: ThreadPoolExecutor | None = None
         self._reader_local = threading.local()
         self._lock_fd: int | None = None
-        self._drained = asyncio.Event()
+        self.listeners: list[Callable[[], None]] = []  # told after every commit (sinks)
         self._space: asyncio.Event | None = None
         self.size_bytes = 0
 
@@ -217,7 +221,7 @@ class Journal:
                 p.parent.mkdir(parents=True, exist_ok=True)
             except OSError as e:
                 raise JournalError(f"journal {self.path}: cannot create its folder: {e.strerror}") from None
-        self._lock()
+        self.lock()
         try:
             conn = _connect(self.path, self.synchronous, check=True)
             try:
@@ -225,7 +229,7 @@ class Journal:
             finally:
                 conn.close()
         except BaseException:
-            self._unlock()
+            self.unlock()
             raise
         self._thread = threading.Thread(target=self._writer, name="journal-writer", daemon=True)
         self._thread.start()
@@ -233,7 +237,8 @@ class Journal:
         log.info("journal %s: ids %d..%d, %d devices, synchronous=%s", self.path, self.first_id, self.last_id,
                  len(self.devices), self.synchronous.upper())
 
-    def _lock(self) -> None:
+    def lock(self) -> None:
+        """Take the journal file's lock (one process at a time); JournalLocked if held."""
         try:
             fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
@@ -246,14 +251,14 @@ class Journal:
                                 "[journal] path?)") from None
         self._lock_fd = fd
 
-    def _unlock(self) -> None:
+    def unlock(self) -> None:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
 
     def _load(self, conn: sqlite3.Connection) -> None:
         try:
-            conn.executescript(_SCHEMA)
+            conn.executescript(SCHEMA)
             version = conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
             if version is None:
                 conn.execute("INSERT INTO meta(key, value) VALUES ('schema', ?)", (SCHEMA_VERSION,))
@@ -290,7 +295,7 @@ class Journal:
         if self._reader is not None:
             self._reader.shutdown(wait=True)
             self._reader = None
-        self._unlock()
+        self.unlock()
 
     # ------------------------------------------------------------------ writing
     def reserve(self, n: int) -> int:
@@ -325,6 +330,7 @@ class Journal:
         """Wait while more than max_pending rows wait for the writer (ingest
         calls this between batches: the transport then applies back-pressure)."""
         if self._space is not None and not self._space.is_set():
+            self.space_waits += 1
             await self._space.wait()
 
     async def flush(self) -> None:
@@ -332,7 +338,12 @@ class Journal:
         if self._thread is None:
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.append([], then=lambda _: fut.done() or fut.set_result(None))
+
+        def done(_: set[int]) -> None:
+            if not fut.done():
+                fut.set_result(None)
+
+        self.append([], then=done)
         await fut
 
     def _writer(self) -> None:
@@ -357,6 +368,7 @@ class Journal:
                     except sqlite3.Error as e:
                         # Nothing was committed: keep the items (their acks wait), retry with backoff.
                         self.write_errors += 1
+                        self.failing = True
                         self.last_error = f"{type(e).__name__}: {e}"
                         log.error("journal %s: write failed (%s); retrying in %.2f s, nothing acknowledged "
                                   "meanwhile", self.path, self.last_error, delay)
@@ -368,6 +380,7 @@ class Journal:
                         delay = min(delay * 2, 5.0)
                         continue
                     delay = 0.05
+                    self.failing = False
                     _post(loop, self._committed, items, refused, seconds)
                 if time.monotonic() >= next_retention:
                     next_retention = time.monotonic() + self.retention_interval
@@ -461,6 +474,8 @@ class Journal:
                     it.then(mine)
                 except Exception:  # a callback's bug must not stop the next ones
                     log.exception("journal commit callback failed")
+        for listener in self.listeners:
+            listener()
 
     # ------------------------------------------------------------------ retention
     def _retain(self, conn: sqlite3.Connection) -> None:
@@ -552,9 +567,9 @@ class Journal:
 
     # ------------------------------------------------------------------ observability
     def health(self) -> tuple[bool, dict[str, Any]]:
-        ok = self._thread is not None and not self.last_error
+        ok = self._thread is not None and not self.failing
         return ok, {"path": self.path, "last_id": self.last_id, "backlog": self.pending_rows,
-                    "last_error": self.last_error}
+                    "writing": ok, "last_error": self.last_error}
 
     def stats(self) -> dict[str, Any]:
         lat = sorted(self.latencies)
@@ -567,7 +582,7 @@ class Journal:
             "commit_ms_avg": round(1000 * self.commit_seconds / self.commits, 3) if self.commits else 0.0,
             "commit_ms_max": round(1000 * self.commit_max, 3),
             "append_to_commit_ms_p99": round(1000 * p99, 3),
-            "backlog": self.pending_rows, "size_bytes": self.size_bytes,
+            "backlog": self.pending_rows, "space_waits": self.space_waits, "size_bytes": self.size_bytes,
             "max_bytes": self.max_bytes, "max_age": self.max_age,
             "removed_entries": self.removed_entries, "removed_ids": self.removed_ids,
             "removed_by_age": self.removed_by_age, "removed_by_size": self.removed_by_size,
@@ -611,19 +626,3 @@ def _size(conn: sqlite3.Connection) -> int:
     free = conn.execute("PRAGMA freelist_count").fetchone()[0]
     size = conn.execute("PRAGMA page_size").fetchone()[0]
     return int((pages - free) * size)
-
-
-# ---------------------------------------------------------------------- offline tools
-
-def check_file(path: str) -> tuple[bool, str]:
-    """(ok, report) for `edgewire journal check`."""
-    raise NotImplementedError
-
-
-def repair_file(path: str) -> str:
-    raise NotImplementedError
-
-
-def export_file(path: str, out: Any) -> int:
-    raise NotImplementedError
-

@@ -40,8 +40,9 @@ def _slots(cls: type) -> list[str]:
     return [n for n in out if not n.startswith("__")]
 
 
-def device_state(dev: Device) -> bytes:
-    d: dict[str, Any] = {}
+def device_state(dev: Device, adapter: str | None = None) -> bytes:
+    """One device's state; `adapter`: the ingest adapter it last came through."""
+    d: dict[str, Any] = {} if adapter is None else {"~adapter": adapter}
     for name in _slots(type(dev)):
         if not hasattr(dev, name):
             continue
@@ -65,10 +66,12 @@ def registry_state(reg: Registry) -> bytes:
     return pack({k: v for k, v in vars(reg).items() if type(v) is int and k not in skip})
 
 
-def restore_registry(reg: Registry, devices: dict[str, Any], meta: Any) -> int:
+def restore_registry(reg: Registry, devices: dict[str, Any], meta: Any,
+                     adapters: dict[str, str] | None = None) -> int:
     """Put the journal's registry state into an empty registry; returns how
     many devices were restored. Unknown fields (from a newer gateway) are
-    ignored; missing ones keep their defaults."""
+    ignored; missing ones keep their defaults. `adapters` gets each device's
+    last ingest adapter."""
     if isinstance(meta, (bytes, bytearray)):
         meta = unpack(meta)
     if isinstance(meta, dict):
@@ -83,6 +86,8 @@ def restore_registry(reg: Registry, devices: dict[str, Any], meta: Any) -> int:
         if not isinstance(state, dict):
             continue
         dev = Device(dev_id, int(state.get("first_seen", 0)))
+        if adapters is not None and isinstance(state.get("~adapter"), str):
+            adapters[dev_id] = state["~adapter"]
         for name, v in state.items():
             if name not in dev_slots or name == "id":
                 continue

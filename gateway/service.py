@@ -1,9 +1,14 @@
-"""Wiring: config -> broker (configured or embedded) -> MQTT client -> ingest
--> core (registry, hub, commands) -> HTTP. And `edgewire gateway`.
+"""Wiring only: config -> journal (registry and hub rebuilt from it) -> core
+-> ingest adapters (MQTT: broker, configured or embedded, and our client) and
+sinks, each built by name from the config -> HTTP. And `edgewire gateway`.
 
     async with Gateway(config) as gw:      # everything started, ports bound
         print(gw.http_url, gw.mqtt_url)
         await gw.wait_closed()             # until gw.close() or a signal
+
+Adding an ingest adapter (gateway/ingest/) or a sink (gateway/sinks/) needs
+no edit here: they are listed by name in their packages and configured in the
+TOML file.
 """
 from __future__ import annotations
 
@@ -19,17 +24,18 @@ from typing import Any
 from aiohttp import web
 
 from edgewire.gateway.commands import Commands
-from edgewire.gateway.config import GatewayConfig, load_config, read_password
+from edgewire.gateway.config import GatewayConfig, load_config
 from edgewire.gateway.core import Core
-from edgewire.gateway.errors import ConfigError, GatewayError
+from edgewire.gateway.errors import ConfigError, GatewayError, MqttNotConnected
 from edgewire.gateway.http.app import build_app
 from edgewire.gateway.hub import Hub
-from edgewire.gateway.ingest.mqtt import SUBSCRIPTIONS, MqttIngest
+from edgewire.gateway.ingest import IngestAdapter, build_adapter, enabled
 from edgewire.gateway.journal import Journal, JournalCorrupt
 from edgewire.gateway.journal_state import restore_registry
 from edgewire.gateway.mqtt import MqttClient
 from edgewire.gateway.refusals import Refusals
 from edgewire.gateway.registry import Registry
+from edgewire.gateway.sinks import JournalSink, build_sink
 
 log = logging.getLogger("edgewire.gateway")
 
@@ -51,20 +57,18 @@ class Gateway:
                                max_pending=j.max_pending, retention_interval=j.retention_interval)
         self.hub = Hub(source=self.journal, ring=cfg.hub.ring, client_queue=cfg.hub.client_queue,
                        max_clients=cfg.hub.max_clients)
-        self.mqtt: MqttClient | None = None
         self.commands = Commands(publisher=self, timeout=cfg.commands.timeout,
                                  max_timeout=cfg.commands.max_timeout, max_pending=cfg.commands.max_pending,
                                  max_pending_per_device=cfg.commands.max_pending_per_device,
                                  presence=self._presence)
         self._core = Core(registry=self.registry, hub=self.hub, commands=self.commands, refusals=self.refusals,
                           journal=self.journal)
-        self._broker: Any = None
+        self.adapters: dict[str, IngestAdapter] = {}
+        self.sinks: dict[str, JournalSink] = {}
         self._runner: web.AppRunner | None = None
-        self._tasks: list[asyncio.Task[None]] = []
         self._closed = asyncio.Event()
         self._started_at = 0.0
         self.http_port = 0
-        self.mqtt_url = ""
 
     # GatewayView
     @property
@@ -81,13 +85,25 @@ class Gateway:
         host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
         return f"http://{host}:{self.http_port}"
 
-    async def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
-        """Commands go out through the ingest connection (one session per gateway)."""
-        from edgewire.gateway.errors import MqttNotConnected
+    @property
+    def mqtt(self) -> MqttClient | None:
+        """The MQTT adapter's client (None before start)."""
+        a = self.adapters.get("mqtt")
+        return getattr(a, "client", None)
 
-        if self.mqtt is None:
+    @property
+    def mqtt_url(self) -> str:
+        a = self.adapters.get("mqtt")
+        return str(getattr(a, "url", ""))
+
+    async def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
+        """Commands go down through the adapter the device last came through
+        (MQTT when it is not known yet)."""
+        device, kind = topic.split("/")[-2:]
+        adapter = self.adapters.get(self._core.last_adapter.get(device, "mqtt")) or self.adapters.get("mqtt")
+        if adapter is None:
             raise MqttNotConnected("the gateway is not started")
-        await self.mqtt.publish(topic, payload, qos=qos, retain=retain)
+        await adapter.downlink(device, kind, payload)
 
     def _presence(self, device: str) -> tuple[bool | None, str | None]:
         dev = self.registry.get(device)
@@ -106,29 +122,12 @@ class Gateway:
         self._started_at = time.monotonic()
         try:
             self._open_journal()
-            if cfg.mqtt.url:
-                host, port = cfg.mqtt.host_port
-                self.mqtt_url = cfg.mqtt.url
-            else:
-                from edgewire.gateway.embedded_broker import start_embedded_broker
-
-                eb = cfg.embedded_broker
-                self._broker = await start_embedded_broker(host=eb.host, port=eb.port,
-                                                           allow_fallback=eb.allow_fallback)
-                host, port = eb.host, int(self._broker.port)
-                self.mqtt_url = str(self._broker.url)
-                log.info("no [mqtt] url: embedded broker at %s", self.mqtt_url)
-            m = cfg.mqtt
-            self.mqtt = MqttClient(host=host, port=port, client_id=m.client_id, subscriptions=SUBSCRIPTIONS,
-                                   keepalive=m.keepalive, clean_session=m.clean_session,
-                                   username=m.username or None, password=read_password(m),
-                                   connect_timeout=m.connect_timeout, reconnect_min=m.reconnect_min,
-                                   reconnect_max=m.reconnect_max, max_packet=m.max_packet,
-                                   queue_limit=m.queue_limit, max_inflight=max(16, cfg.commands.max_pending),
-                                   name="mqtt-ingest")
-            self.mqtt.start()
-            ingest = MqttIngest(client=self.mqtt, core=self._core)
-            self._tasks.append(asyncio.get_running_loop().create_task(ingest.run(), name="ingest-mqtt"))
+            for table in cfg.sinks:
+                sink = self.sinks[table["name"]] = build_sink(dict(table), self.journal)
+                await sink.start()
+            for name in enabled(cfg):
+                adapter = self.adapters[name] = build_adapter(name, cfg, self._core)
+                await adapter.start()
             self._runner = web.AppRunner(build_app(self), access_log=None, shutdown_timeout=1.0,
                                          handle_signals=False, handler_cancellation=True)
             await self._runner.setup()
@@ -145,7 +144,7 @@ class Gateway:
         j = self.journal
         j.open()
         self.registry.devices.clear()
-        n = restore_registry(self.registry, j.devices, j.meta.get("registry"))
+        n = restore_registry(self.registry, j.devices, j.meta.get("registry"), self._core.last_adapter)
         self.hub.start_at(j.last_id)
         if j.last_id:
             log.info("journal: resumed at id %d with %d devices", j.last_id, n)
@@ -156,24 +155,17 @@ class Gateway:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-        # Stop taking batches, commit what was taken (its acks go out while the
-        # connection is still up), then disconnect. What was not taken is not
+        # Stop taking input, commit what was taken (its acks go out while the
+        # connections are still up), then disconnect. What was not taken is not
         # acknowledged: the broker keeps it for the next start.
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            try:
-                await t
-            except asyncio.CancelledError:
-                pass
-        self._tasks.clear()
+        for adapter in self.adapters.values():
+            await adapter.drain()
         await self.journal.flush()
-        if self.mqtt is not None:
-            await self.mqtt.stop()
+        for adapter in self.adapters.values():
+            await adapter.stop()
+        for sink in self.sinks.values():
+            await sink.stop()
         await self.journal.close()
-        if self._broker is not None:
-            await self._broker.stop()
-            self._broker = None
         self._closed.set()
 
     def close(self) -> None:
@@ -183,35 +175,35 @@ class Gateway:
     async def wait_closed(self) -> None:
         await self._closed.wait()
 
-    # observability
+    # observability: every component answers health() and stats() the same way
+    def components(self) -> dict[str, Any]:
+        out: dict[str, Any] = dict(self.adapters)
+        out["journal"] = self.journal
+        out["hub"] = self.hub
+        for name, sink in self.sinks.items():
+            out[f"sink:{name}"] = sink
+        return out
+
     def health(self) -> tuple[bool, dict[str, Any]]:
-        connected = self.mqtt is not None and self.mqtt.connected
-        ok = connected and self.journal.health()[0]
+        checks = {name: c.health() for name, c in self.components().items()}
+        # sinks report their state but a backend being down does not make the gateway unhealthy
+        ok = all(good for name, (good, _) in checks.items() if not name.startswith("sink:"))
         body = {
             "status": "ok" if ok else "degraded",
             "uptime": round(time.monotonic() - self._started_at, 3),
-            "mqtt": self._mqtt_state(),
+            "mqtt": checks["mqtt"][1] if "mqtt" in checks else {"connected": False, "url": ""},
             "refused": self.refusals.snapshot(),
             "devices": self.registry.totals(),
             "events": {"last_id": self.hub.last_id, "clients": len(self.hub.subscribers),
                        "dropped": self.hub.stats()["dropped_total"]},
-            "journal": self.journal.health()[1],
+            "journal": checks["journal"][1],
+            "sinks": {name: c.health()[1] for name, c in self.sinks.items()},
         }
         return ok, body
 
-    def _mqtt_state(self) -> dict[str, Any]:
-        c = self.mqtt
-        if c is None:
-            return {"connected": False, "url": self.mqtt_url}
-        return {"connected": c.connected, "url": self.mqtt_url, "embedded": self._broker is not None,
-                "client_id": c.client_id, "connects": c.stats.connects, "disconnects": c.stats.disconnects,
-                "received": c.stats.received, "reads": c.stats.reads, "oversized": c.stats.oversized,
-                "qos2_duplicates": c.stats.duplicates_qos2, "paused": c.stats.paused,
-                "last_error": c.stats.last_error}
-
     def stats(self) -> dict[str, Any]:
-        return {
-            "mqtt": self._mqtt_state(),
+        out: dict[str, Any] = {name: c.stats() for name, c in self.adapters.items()}
+        out.update({
             "ingest": self._core.stats(),
             "journal": self.journal.stats(),
             "refused": self.refusals.snapshot(),
@@ -219,7 +211,11 @@ class Gateway:
             "registry": self.registry.totals(),
             "hub": self.hub.stats(),
             "commands": self.commands.stats(),
-        }
+            "sinks": [s.stats() for s in self.sinks.values()],
+        })
+        if "mqtt" not in out:
+            out["mqtt"] = {"connected": False, "url": ""}
+        return out
 
 
 # ---------------------------------------------------------------- CLI

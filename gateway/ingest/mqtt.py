@@ -1,34 +1,121 @@
-"""MQTT ingest: batches from our MQTT client -> decode -> Core."""
+"""MQTT ingest: the broker (configured, or the embedded one) -> our MQTT
+client -> decode -> Core, with each batch's ack handle; commands go down the
+same connection (one MQTT session per gateway)."""
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from edgewire import wire
+from edgewire.gateway.config import GatewayConfig, read_password
 from edgewire.gateway.core import Core
 from edgewire.gateway.decode import Decoder, ProtocolError, Telemetry
+from edgewire.gateway.errors import MqttNotConnected
 from edgewire.gateway.mqtt import Message, MqttClient
 
-__all__ = ["MqttIngest", "SUBSCRIPTIONS"]
+log = logging.getLogger("edgewire.gateway.ingest.mqtt")
+
+__all__ = ["MqttIngest", "SUBSCRIPTIONS", "build"]
 
 # One subscription for the whole protocol tree, so that wrong topics under it
 # are seen and counted (kind `topic`) rather than silently never delivered.
 SUBSCRIPTIONS = [(wire.ROOT + "/#", 2)]
 
 
+def build(config: GatewayConfig, core: Core) -> MqttIngest:
+    return MqttIngest(config=config, core=core)
+
+
 class MqttIngest:
+    """The MQTT ingest adapter (see gateway/ingest/__init__.py for the contract)."""
+
     name = "mqtt"
 
-    def __init__(self, *, client: MqttClient, core: Core, decoder: Decoder | None = None) -> None:
+    def __init__(self, *, core: Core, config: GatewayConfig | None = None, client: MqttClient | None = None,
+                 decoder: Decoder | None = None) -> None:
+        self.config = config or GatewayConfig()
         self.client = client
         self.core = core
         self.decoder = decoder or Decoder()
+        self.url = ""
+        self.broker: Any = None   # the embedded broker, when it runs
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Start the embedded broker if no [mqtt] url is set, connect, consume."""
+        cfg = self.config
+        if cfg.mqtt.url:
+            host, port = cfg.mqtt.host_port
+            self.url = cfg.mqtt.url
+        else:
+            from edgewire.gateway.embedded_broker import start_embedded_broker
+
+            eb = cfg.embedded_broker
+            self.broker = await start_embedded_broker(host=eb.host, port=eb.port, allow_fallback=eb.allow_fallback)
+            host, port = eb.host, int(self.broker.port)
+            self.url = str(self.broker.url)
+            log.info("no [mqtt] url: embedded broker at %s", self.url)
+        if self.client is None:
+            m = cfg.mqtt
+            self.client = MqttClient(host=host, port=port, client_id=m.client_id, subscriptions=SUBSCRIPTIONS,
+                                     keepalive=m.keepalive, clean_session=m.clean_session,
+                                     username=m.username or None, password=read_password(m),
+                                     connect_timeout=m.connect_timeout, reconnect_min=m.reconnect_min,
+                                     reconnect_max=m.reconnect_max, max_packet=m.max_packet,
+                                     queue_limit=m.queue_limit, max_inflight=max(16, cfg.commands.max_pending),
+                                     name="mqtt-ingest")
+        self.client.start()
+        self._task = asyncio.get_running_loop().create_task(self.run(), name="ingest-mqtt")
+
+    async def drain(self) -> None:
+        """Stop taking batches; what was taken is in the core's hands (committed,
+        then acknowledged while the connection is still up)."""
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    async def stop(self) -> None:
+        await self.drain()
+        if self.client is not None:
+            await self.client.stop()
+        if self.broker is not None:
+            await self.broker.stop()
+            self.broker = None
+
+    async def downlink(self, device: str, kind: str, payload: bytes) -> None:
+        """QoS 1 to edgewire/v1/<device>/<kind>; returns on the broker's PUBACK."""
+        if self.client is None:
+            raise MqttNotConnected("the gateway is not started")
+        await self.client.publish(wire.topic(device, kind), payload, qos=1)
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        st = self.stats()
+        return bool(st["connected"]), st
+
+    def stats(self) -> dict[str, Any]:
+        c = self.client
+        if c is None:
+            return {"connected": False, "url": self.url}
+        s = c.stats
+        return {"connected": c.connected, "url": self.url, "embedded": self.broker is not None,
+                "client_id": c.client_id, "connects": s.connects, "disconnects": s.disconnects,
+                "received": s.received, "reads": s.reads, "oversized": s.oversized,
+                "qos2_duplicates": s.duplicates_qos2, "paused": s.paused,
+                "acks_sent": s.acks_sent, "acks_moot": s.acks_moot, "last_error": s.last_error}
 
     async def run(self) -> None:
         """Consume until the client stops. Each batch is accounted, then handed
         to the journal with its ack handle: the broker hears PUBACK/PUBREC only
         after the batch is committed."""
         core = self.core
+        assert self.client is not None
         async for batch in self.client.batches():
             self.handle(batch)
             core.commit(batch.ack)

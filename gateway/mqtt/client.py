@@ -13,6 +13,10 @@ was queued meanwhile.
             batch.ack()                          # now the PUBACK/PUBREC go to the broker
         await client.publish("t", b"x", qos=1)   # returns when the broker's PUBACK arrives
 
+TLS: pass `tls_context=` (an ssl.SSLContext the caller built: CA, client
+certificate, verification); the server name checked is `server_hostname`,
+or the host.
+
 Inbound: QoS 0, 1 (PUBACK) and 2 (PUBREC/PUBREL/PUBCOMP; a PUBLISH
 redelivered before its PUBREL is not delivered twice). Acknowledgement is
 explicit: nothing is acknowledged until the consumer calls the batch's
@@ -32,6 +36,7 @@ import asyncio
 import collections
 import logging
 import random
+import ssl
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -227,6 +232,8 @@ class MqttClient:
         queue_limit: int = 20000,
         max_inflight: int = 1024,
         name: str = "mqtt",
+        tls_context: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
     ) -> None:
         if not subscriptions:
             raise ValueError("at least one subscription is needed")
@@ -245,6 +252,10 @@ class MqttClient:
         self.queue_limit = queue_limit
         self.max_inflight = max_inflight
         self.name = name
+        # TLS by injection: the caller builds the context (CA, client
+        # certificate, verification), nothing here reads certificates.
+        self.tls_context = tls_context
+        self.server_hostname = server_hostname
         self.stats = MqttStats()
         self.up = asyncio.Event()      # set while connected and subscribed
         self.down = asyncio.Event()    # set while not
@@ -270,7 +281,7 @@ class MqttClient:
 
     @property
     def url(self) -> str:
-        return f"mqtt://{self.host}:{self.port}"
+        return f"{'mqtts' if self.tls_context is not None else 'mqtt'}://{self.host}:{self.port}"
 
     @property
     def connected(self) -> bool:
@@ -335,7 +346,10 @@ class MqttClient:
     async def _connect(self) -> _Conn:
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(self.connect_timeout):
-            _, conn = await loop.create_connection(lambda: _Conn(self), self.host, self.port)
+            tls = self.tls_context
+            _, conn = await loop.create_connection(
+                lambda: _Conn(self), self.host, self.port, ssl=tls,
+                server_hostname=(self.server_hostname or self.host) if tls is not None else None)
             try:
                 conn.write(P.connect(client_id=self.client_id, keepalive=self.keepalive,
                                      clean_session=self.clean_session, username=self.username,

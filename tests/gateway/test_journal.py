@@ -175,6 +175,7 @@ async def test_registry_and_resume_survive_a_restart(broker: Mosquitto, publishe
         assert await details(gw) == before_detail
         assert gw.registry.totals() == before_totals
         assert gw.hub.last_id == last
+        assert gw.core.last_adapter == {"dev-r1": "mqtt", "dev-r2": "mqtt"}  # commands go back the same way
         # the stream resumes by id across the restart; new ids continue after the old ones
         await asyncio.to_thread(publisher.telemetry, "dev-r1", 3, 6, [["t", 9.0, 0]])
         async with http.get(gw.http_url + "/api/v1/stream?device=dev-r1", headers={"Last-Event-ID": "0"}) as sse:
@@ -221,3 +222,70 @@ def test_journal_config_is_validated() -> None:
         with pytest.raises(ConfigError, match=key):
             JournalConfig(**kw)  # type: ignore[arg-type]
     assert dataclasses.replace(GatewayConfig().journal, synchronous="normal").synchronous == "normal"
+
+
+async def test_retention_at_the_size_limit_keeps_ingest_going(tmp_path: Path) -> None:
+    """A long run into a 1 MiB journal: the oldest entries go (counted), the file
+    stays near the limit, and appends never wait for retention."""
+    j = Journal(tmp_path / "j.db", max_bytes=1 << 20, retention_interval=0.02)
+    j.open()
+    committed: list[int] = []
+    try:
+        seq = 0
+        body = pack([["s", "x" * 200, 0, None]])
+        for _ in range(60):  # ~6 MB of entries in all
+            now = int(time.time() * 1000)
+            rows = []
+            for _ in range(400):
+                seq += 1
+                rows.append(Row(j.reserve(1), 1, KIND_TELEMETRY, "dev-big", 1, seq, now, body))
+            j.append(rows, then=lambda refused, n=len(rows): committed.append(n - len(refused)))
+            await j.wait_space()
+            await j.flush()
+        await wait_for(lambda: j.removed_entries > 0 and j.size_bytes <= 1 << 20, timeout=10,
+                       what="retention to bring the journal under its limit")
+        stats = j.stats()
+        assert sum(committed) == seq == 24_000          # every append committed
+        assert stats["space_waits"] == 0                # ingest never waited
+        assert stats["removed_by_size"] == stats["removed_entries"] > 10_000
+        assert stats["first_id"] == stats["removed_ids"] + 1
+        entries, _ = await j.read(0, 10)
+        assert entries[0].id == stats["first_id"]       # the oldest went, in order
+        assert (tmp_path / "j.db").stat().st_size < 4 << 20  # freed pages are reused: the file stays bounded
+    finally:
+        await j.close()
+
+
+async def test_retention_by_age(tmp_path: Path) -> None:
+    j = Journal(tmp_path / "j.db", max_age=60, retention_interval=0.02)
+    j.open()
+    try:
+        old = int((time.time() - 120) * 1000)
+        new = int(time.time() * 1000)
+        for seq, received in [(1, old), (2, old), (3, new)]:
+            j.append([Row(j.reserve(1), 1, KIND_TELEMETRY, "d", 1, seq, received, pack([]))])
+        await j.flush()
+        await wait_for(lambda: j.removed_by_age == 2, what="the two old entries to go")
+        assert j.first_id == 3 and j.stats()["removed_ids"] == 2
+    finally:
+        await j.close()
+
+
+async def test_websocket_resume_across_a_restart(broker: Mosquitto, publisher: Publisher) -> None:
+    cfg = gateway_config(broker)
+    async with running(cfg) as gw:
+        for seq in (1, 2, 3):
+            await asyncio.to_thread(publisher.telemetry, "ws-r", 1, seq, [["t", seq, 0]])
+        await wait_for(lambda: gw.hub.last_id == 3, what="3 events")
+    async with running(cfg) as gw:
+        async with websockets.connect(gw.http_url.replace("http", "ws") + "/api/v1/ws") as ws:
+            assert json.loads(await ws.recv()) == {"type": "hello", "last_id": 3}
+            await ws.send(json.dumps({"op": "subscribe", "filter": "ws-r/#", "after": 1}))
+            await asyncio.to_thread(publisher.telemetry, "ws-r", 1, 4, [["t", 4, 0]])
+            events: list[dict[str, object]] = []
+            async with asyncio.timeout(10):
+                while len(events) < 3:
+                    frame = json.loads(await ws.recv())
+                    if frame["type"] == "readings":
+                        events.extend(frame["events"])
+    assert [(e["id"], e["seq"]) for e in events] == [(2, 2), (3, 3), (4, 4)]

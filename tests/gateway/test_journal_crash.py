@@ -286,3 +286,30 @@ async def _connected(url: str) -> bool:
 @pytest.mark.parametrize("qos", [1, 2])
 async def test_sigkill_twice_loses_nothing_and_duplicates_nothing(tmp_path: Path, qos: int) -> None:
     await crash_run(tmp_path, qos)
+
+
+def test_example_broker_config_is_one_mosquitto_accepts(tmp_path: Path) -> None:
+    """docs/examples/mosquitto-edgewire.conf, as shipped, starts mosquitto (on a free port)."""
+    import shutil
+
+    src = Path(__file__).resolve().parents[2] / "docs" / "examples" / "mosquitto-edgewire.conf"
+    text = src.read_text()
+    assert "max_queued_messages 100000" in text and "persistence true" in text
+    import tempfile
+
+    port = free_port()
+    # mosquitto started as root saves its store as its own user: a folder it can reach
+    store = Path(tempfile.mkdtemp(prefix="edgewire-mosq-"))
+    store.chmod(0o777)
+    conf = tmp_path / "m.conf"
+    conf.write_text(text.replace("listener 1883", f"listener {port} 127.0.0.1")
+                    + f"persistence_location {store}/\nlog_dest stderr\n")
+    mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    p = subprocess.Popen([mosquitto, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_port(port, timeout=10)
+    finally:
+        p.terminate()
+        _, err = p.communicate(timeout=10)
+        shutil.rmtree(store, ignore_errors=True)
+    assert b"Error" not in err, err

@@ -1,0 +1,213 @@
+"""Sinks: consumers that take the journal somewhere else (a file, RabbitMQ,
+a gRPC backend), each with a durable cursor stored in the journal.
+
+A sink is one module under gateway/sinks/, named in the configuration and
+imported only when a `[[sinks]]` table names it:
+
+    [[sinks]]
+    type = "jsonl"              # gateway/sinks/jsonl.py
+    name = "archive"            # optional; default: the type. The cursor's key in the journal
+    path = "/var/lib/edgewire/archive.jsonl"
+
+The module defines `validate(options) -> options` (called while the
+configuration is read, before any I/O: raise ConfigError naming the key) and a
+class `Sink(JournalSink)` that implements `deliver()`. `JournalSink` does the
+rest, the same for every sink:
+
+- it reads the journal oldest first from its cursor (`[sinks] batch` entries
+  at a time), calls `deliver(entries)`, and advances the cursor only when
+  deliver returns: the backend confirmed (publisher confirms, a gRPC
+  response, an fsync). The cursor is written to the journal (`cursors`
+  table), so after a restart the sink goes on where its backend last
+  confirmed: at least once, and exactly once for a backend that drops
+  repeats by the entry id.
+- when deliver raises, it backs off (full jitter, `retry_min` .. `retry_max`)
+  and tries the same entries again; the live hub and the other sinks go on.
+- what retention removed before the sink confirmed it is counted
+  (`lost_to_retention`) and the sink goes on from the oldest kept entry.
+- `health()` and `stats()` have the same shape as every component's.
+
+The live hub (gateway/hub.py) is the journal's first consumer, with a cursor
+per client instead of a durable one. AMQP and gRPC sinks (issue #8) plug in as
+`gateway/sinks/amqp.py` and `gateway/sinks/grpc.py` without editing the
+service."""
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import random
+import time
+from typing import Any, Protocol
+
+from edgewire.gateway.errors import ConfigError
+from edgewire.gateway.journal import Entry
+
+log = logging.getLogger("edgewire.gateway.sinks")
+
+__all__ = ["JournalReader", "JournalSink", "SINK_TYPES", "build_sink", "sink_module", "validate_sink"]
+
+# type -> module; a new sink adds one line here and one module.
+SINK_TYPES = {"jsonl": "edgewire.gateway.sinks.jsonl"}
+
+COMMON = ("type", "name", "batch", "retry_min", "retry_max")
+
+
+class JournalReader(Protocol):
+    """What a sink needs of the journal."""
+
+    @property
+    def first_id(self) -> int: ...
+
+    @property
+    def last_id(self) -> int: ...
+
+    cursors: dict[str, int]
+    listeners: list[Any]
+
+    async def read(self, after: int, limit: int, *, hi: int | None = None) -> tuple[list[Entry], int]: ...
+
+    def save_cursor(self, name: str, last_id: int, *, then: Any = None) -> None: ...
+
+
+def sink_module(kind: object) -> Any:
+    if not isinstance(kind, str) or kind not in SINK_TYPES:
+        raise ConfigError("sinks", "type", kind, "expected one of " + ", ".join(sorted(SINK_TYPES)))
+    return importlib.import_module(SINK_TYPES[kind])
+
+
+def validate_sink(table: dict[str, Any]) -> dict[str, Any]:
+    """Check one [[sinks]] table (before any I/O); returns it with defaults."""
+    mod = sink_module(table.get("type"))
+    out = dict(table)
+    name = out.setdefault("name", out["type"])
+    if not isinstance(name, str) or not name or len(name) > 64 or \
+            not all(c.isascii() and (c.isalnum() or c in "-_.") for c in name):
+        raise ConfigError("sinks", "name", name, "expected 1-64 of A-Z a-z 0-9 - _ . (the cursor's key)")
+    batch = out.setdefault("batch", 500)
+    if not isinstance(batch, int) or isinstance(batch, bool) or not 1 <= batch <= 100_000:
+        raise ConfigError("sinks", "batch", batch, "expected an integer 1-100000 (journal entries per delivery)")
+    for key, default in (("retry_min", 0.5), ("retry_max", 30.0)):
+        v = out.setdefault(key, default)
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0.01 <= v <= 3600:
+            raise ConfigError("sinks", key, v, "expected seconds 0.01-3600")
+    if out["retry_max"] < out["retry_min"]:
+        raise ConfigError("sinks", "retry_max", out["retry_max"], "must be at least retry_min")
+    own = {k: v for k, v in out.items() if k not in COMMON}
+    checked = mod.validate(own)
+    return {**{k: out[k] for k in COMMON}, **checked}
+
+
+def build_sink(table: dict[str, Any], journal: JournalReader) -> JournalSink:
+    """Construct (not start) the sink a validated table describes."""
+    mod = sink_module(table["type"])
+    sink: JournalSink = mod.Sink(table, journal)
+    return sink
+
+
+class JournalSink:
+    """The cursor loop every sink shares; subclasses implement deliver()."""
+
+    def __init__(self, table: dict[str, Any], journal: JournalReader) -> None:
+        self.name: str = table["name"]
+        self.type: str = table["type"]
+        self.journal = journal
+        self.batch: int = table["batch"]
+        self.retry_min: float = table["retry_min"]
+        self.retry_max: float = table["retry_max"]
+        self.cursor = 0
+        self.delivered_entries = 0
+        self.delivered_readings = 0
+        self.failures = 0
+        self.lost_to_retention = 0
+        self.last_error = ""
+        self.last_delivery: float | None = None
+        self.state = "new"
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+
+    # subclasses
+    async def open(self) -> None:
+        """Connect to the backend (called once, before the loop)."""
+
+    async def deliver(self, entries: list[Entry]) -> None:
+        """Hand entries to the backend; return only when it confirmed them."""
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        """Release the backend."""
+
+    # lifecycle
+    async def start(self) -> None:
+        self.cursor = self.journal.cursors.get(self.name, 0)
+        await self.open()
+        self.journal.listeners.append(self.notify)
+        self.state = "running"
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"sink-{self.name}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        await self.close()
+        self.state = "stopped"
+
+    def notify(self) -> None:
+        """New entries are committed (the core calls this after each commit)."""
+        self._wake.set()
+
+    async def _run(self) -> None:
+        attempt = 0
+        while True:
+            j = self.journal
+            if self.cursor >= j.last_id:
+                self._wake.clear()
+                if self.cursor >= j.last_id:
+                    await self._wake.wait()
+                continue
+            first = j.first_id
+            if self.cursor < first - 1:
+                lost = first - 1 - self.cursor
+                self.lost_to_retention += lost
+                log.warning("sink %s: %d ids were removed by retention before the backend confirmed them",
+                            self.name, lost)
+                self.cursor = first - 1
+            entries, upto = await j.read(self.cursor, self.batch)
+            if entries:
+                try:
+                    await self.deliver(entries)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as e:  # the backend failed: same entries again after a backoff
+                    self.failures += 1
+                    self.state = "retrying"
+                    self.last_error = f"{type(e).__name__}: {e}"
+                    delay = random.uniform(self.retry_min, min(self.retry_max, self.retry_min * 2 ** min(attempt, 30)))
+                    attempt += 1
+                    log.warning("sink %s: delivery failed (%s); retrying in %.2f s", self.name, self.last_error, delay)
+                    await asyncio.sleep(delay)
+                    continue
+                attempt = 0
+                self.state = "running"
+                self.delivered_entries += len(entries)
+                self.delivered_readings += sum(e.n for e in entries if e.kind == 0)
+                self.last_delivery = time.time()
+            self.cursor = upto
+            j.save_cursor(self.name, upto)
+
+    # observability: the same shape as every component
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        ok = self.state == "running"
+        return ok, {"state": self.state, "cursor": self.cursor, "lag": max(0, self.journal.last_id - self.cursor),
+                    "last_error": self.last_error}
+
+    def stats(self) -> dict[str, Any]:
+        return {"name": self.name, "type": self.type, "state": self.state, "cursor": self.cursor,
+                "lag": max(0, self.journal.last_id - self.cursor),
+                "delivered_entries": self.delivered_entries, "delivered_readings": self.delivered_readings,
+                "failures": self.failures, "lost_to_retention": self.lost_to_retention,
+                "last_error": self.last_error, "last_delivery": self.last_delivery}

@@ -85,5 +85,6 @@ def test_watchdog_fed_inside_long_waits(broker: Mosquitto) -> None:
         dev.stop()
         t.join(15)
     during = [x for x in board.feeds if x >= start]
+    assert len(during) > 10, f"{len(during)} feeds while the broker was frozen"
     gaps = [b - a for a, b in zip(during, during[1:])]
-    assert len(during) > 10 and max(gaps) < 2.0, f"longest time without a feed: {max(gaps):.2f} s"
+    assert max(gaps) < 2.0, f"longest time without a feed: {max(gaps):.2f} s"

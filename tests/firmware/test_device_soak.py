@@ -37,13 +37,13 @@ class Board(SimBoard):
             if sent >= TOTAL:
                 d.stop()
             gc.collect()
-            k = sent // 1000
+            k = min(sent // 1000, 11)
             a = gc.mem_alloc()
-            if k not in LOW or a < LOW[k]:
+            if a < LOW[k]:
                 LOW[k] = a
         return SimBoard.read(self, source)
 
-LOW = {}
+LOW = [1 << 30] * 12  # preallocated: the measurement must not grow the heap itself
 board = Board(%r, storage=%r, seed=3, fault_rate=0)
 import edgewire
 from edgewire import config
@@ -56,7 +56,7 @@ dev = Device(board, cfg, log=print)
 board.dev = dev
 dev.run()
 print("STATS", dev.stats)
-print("LOW", sorted(LOW.items()))
+print("LOW", [(k, LOW[k]) for k in range(12) if LOW[k] < 1 << 30])
 """
 
 
@@ -116,7 +116,9 @@ def test_heap_soak_10000_qos2_publishes_with_commands(broker: Mosquitto, tmp_pat
     assert st["commands"] + st["cmd_dropped"] >= 5, st
     # The first thousand is the warm-up: the first command interns its names for
     # good and the command cache fills (cmd_cache results). From then on the
-    # lowest heap after collection stays flat: a leak of one byte per publish
-    # would add 8 KB by the last thousand.
+    # lowest heap after collection stays within what the bounded state can hold
+    # at a given moment (up to 8 pending commands, 4 messages in the window, 4
+    # kept results: ~2 KB, more of it when the machine is slow); a leak of one
+    # byte per publish would add 8 KB by the last thousand.
     first, last = low[1], low[max(k for k in low if k < TOTAL // 1000)]
-    assert last <= first + 1024, f"the heap grew from {first} to {last} bytes after collection: {low}"
+    assert last <= first + 2048, f"the heap grew from {first} to {last} bytes after collection: {low}"

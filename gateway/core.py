@@ -159,8 +159,9 @@ class Core:
             if ack is not None:
                 ack()
 
-        self.journal.append(rows, devices=states, meta=[("registry", registry_state(self.registry))],
-                            then=durable)
+        # the registry's counters change only with a device's: written when something was
+        meta = [("registry", registry_state(self.registry))] if rows or states else []
+        self.journal.append(rows, devices=states, meta=meta, then=durable)
 
     def _refused(self, refused: set[int], events: list[Event], counted: list[tuple[Row, Telemetry]]) -> list[Event]:
         """Messages the journal already held: take them back out of the counts."""

@@ -151,7 +151,8 @@ def test_qos2_across_reconnects_no_duplicates(broker: Mosquitto, tmp_path: Path,
     dups = len(seqs) - len(set(seqs))
     missing = set(range(1, st["seq"] + 1)) - set(seqs)
     print(f"clean={clean}: {len(seqs)} delivered, {dups} duplicates, {len(missing)} missing, stats {st}")
-    assert st["sent_q2"] == st["seq"] and st["reconnects"] == len(points), st
+    # a cut can land inside a reconnect (on the resent PUBLISH): fewer sessions than cuts
+    assert st["sent_q2"] == st["seq"] and 1 <= st["reconnects"] <= len(points), st
     assert dups == 0, sorted(seqs)
     if clean:
         # a message past PUBREC cannot be completed in a new session: dropped and

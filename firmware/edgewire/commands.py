@@ -19,11 +19,8 @@ class CommandError(Exception):
 
 
 def handle(dev, cmd):
-    """cmd: a decoded command (wire.decode_command), or (size, head) for one too
-    large to receive -> the result payload to publish."""
-    if isinstance(cmd, tuple):  # its own module: it costs no RAM while ordinary commands run
-        from edgewire.toobig import oversized
-        return oversized(dev, cmd[0], cmd[1])
+    """cmd: a decoded command (wire.decode_command) -> the result payload to publish.
+    (One too large to receive goes to toobig.oversized instead.)"""
     cid = cmd["id"]
     for k, v in dev._cache:
         if k == cid:

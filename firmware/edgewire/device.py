@@ -22,9 +22,11 @@
 import gc
 from array import array
 
+gc.collect()  # before the rest loads: the boot just dropped the config validator (fragments)
+
 from edgewire import __version__, wire
 from edgewire.boards import SensorError
-from edgewire.mqtt import MQTTClient, MQTTError
+from edgewire.mqtt import REFUSED, MQTTClient, MQTTError
 
 try:
     from micropython import const
@@ -40,10 +42,11 @@ _ERR = const(0x80)        # ... this bit when the value is an error text
 _MP = hasattr(gc, "mem_free")  # MicroPython: collect each step to keep the heap unfragmented
 
 # Books: readings == sent_readings + dropped + queued, at every step and after stop.
+# RARE_KEYS appear in stats once non-zero: every key costs heap in each stats result.
+RARE_KEYS = ("oversized", "sub_refused", "q2_dropped")
 STAT_KEYS = ("readings", "faults", "sent_q0", "sent_q1", "sent_q2", "acked_q0", "acked_q1",
              "acked_q2", "sent_readings", "lost_q0", "queued", "dropped", "connects", "reconnects",
-             "conn_failures", "commands", "bad_commands", "cmd_dropped", "lost_oom", "oom",
-             "oversized")
+             "conn_failures", "commands", "bad_commands", "cmd_dropped", "lost_oom", "oom")
 _SENT = ("sent_q0", "sent_q1", "sent_q2")
 _ACKED = ("acked_q0", "acked_q1", "acked_q2")
 
@@ -86,11 +89,14 @@ class Device:
         self._client = None
         self._stopping = False
         self._reboot = 0
-        self._next_try = 0
+        self._next_try = 0  # offline: the next connect attempt; online: no telemetry before (after an OOM)
         self._attempt = 0
         self._up_since = -1
         self._next_stats = 0
         self._birth_pid = 0
+        self._sub_at = 0    # when to retry a refused command subscription (0: none due)
+        self._batch = config["batch_max"]  # readings per message now: halved after running out of heap
+        # At most 29 attributes: the instance table then stays one 464 B block.
 
     # ------------------------------------------------------------ lifecycle
 
@@ -108,7 +114,18 @@ class Device:
                     self._drop_cmds()
                     if self.connected:
                         self._lost("out of memory")
-            self._goodbye()
+            cl = self._client  # goodbye: flush, death "shutdown", DISCONNECT
+            if cl is not None and cl.connected:
+                try:
+                    self._flush()
+                    cl.publish(self.topics["status"], wire.encode_death(self.device_id, self.boot, self.conn,
+                                                                        "shutdown"), 1, True)
+                    end = self.board.ticks_ms() + self.cfg["timeout_ms"]
+                    while len(cl.window) and self.board.ticks_ms() < end:
+                        cl.poll(50)
+                    cl.disconnect()
+                except (MQTTError, MemoryError):
+                    cl.close()
         finally:
             if self._client is not None:
                 self._client.close()
@@ -119,13 +136,17 @@ class Device:
         self._stopping = True
 
     def _drop_cmds(self):
-        """Out of heap: count it, drop pending commands (counted; none may fail
-        forever, the sender's timeout answers) and any half-imported module."""
+        """Out of heap: count it, drop the oldest pending command (counted; none may
+        fail forever, the sender's timeout answers; the others get their turn) and
+        any half-imported module; smaller telemetry batches leave more room."""
         self.stats["oom"] += 1
-        self.stats["cmd_dropped"] += len(self._cmds)
-        self._cmds = []
+        if self._cmds:
+            self._cmds.pop(0)
+            self.stats["cmd_dropped"] += 1
+        self._batch = max(1, self._batch // 2)
         if _MP:
             _unload("commands")
+            _unload("toobig")
             _unload("unpack")
         gc.collect()
 
@@ -144,6 +165,7 @@ class Device:
                                   max_packet=c["max_packet"], clock=self.board.ticks_ms)
         self._client.on_message = self._on_message
         self._client.on_ack = self._on_ack
+        self._client.on_wait = self._on_wait
         now = self.board.ticks_ms()
         for s in self.streams:
             s[5] = now
@@ -153,20 +175,27 @@ class Device:
         """One round: sample what is due, (re)connect when due, send, handle
         inbound packets and commands, then wait at most ~200 ms."""
         b = self.board
-        if not self.boot:
+        b.feed()
+        if self._client is None:  # also after a MemoryError inside _begin
             self._begin()
         now = b.ticks_ms()
         self._sample(now)
+        if self.connected and self._sub_at and now >= self._sub_at:
+            try:
+                self._subscribe()
+            except MQTTError as e:
+                self._lost(e)
         if self.connected:
             # MicroPython: one message per step, so each step's gc.collect() clears
             # the encoder's garbage before the next payload is built (less
             # fragmentation); a backlog still goes out without waiting (wait 0 below).
-            self._flush(1 if _MP else 0)
+            if now >= self._next_try:
+                self._flush(1 if _MP else 0)
             try:
                 self._run_commands()
             except MemoryError:  # no packet is half done here: the connection stays
                 self._drop_cmds()
-        if self._reboot and (now >= self._reboot or (self.connected and not self._client.inflight())):
+        if self._reboot and (now >= self._reboot or (self.connected and not len(self._client.window))):
             b.reset()
         if not self.connected and now >= self._next_try:
             self._try_connect()
@@ -175,12 +204,15 @@ class Device:
             gc.collect()
         if self.cfg["debug"] and now >= self._next_stats:
             self._next_stats = now + self.cfg["stats_ms"]
-            self._say("stats %s mem=%s" % (self.stats, b.free_memory()))
+            if self._log is print:  # streams the dict: no ~1 KB string is built at 64K
+                print("stats", self.stats, "mem=%s" % b.free_memory())
+            else:
+                self._say("stats %s mem=%s" % (self.stats, b.free_memory()))
         wait = _STEP_MS
         for s in self.streams:
             wait = min(wait, s[5] - now)
         if self.connected:
-            if self._qn and self._client.inflight() < self._client.max_inflight:
+            if self._qn and len(self._client.window) < self._client.max_inflight and now >= self._next_try:
                 wait = 0
             try:
                 self._client.poll(max(0, wait))
@@ -195,24 +227,32 @@ class Device:
     def _try_connect(self):
         b, c, cl = self.board, self.cfg, self._client
         try:
-            if not b.network_up() and not b.connect_network(c["net_timeout_ms"]):
-                raise OSError(101, "network did not come up within %d ms" % c["net_timeout_ms"])
+            if not b.link_up() and not b.connect_network(c["net_timeout_ms"]):
+                raise OSError(101, "no network in %d ms" % c["net_timeout_ms"])
             sock = b.connect(c["broker_host"], c["broker_port"], c["timeout_ms"])
             # c counts CONNECT attempts, not successes: an attempt that timed out may still
             # reach the broker later and leave a will behind, which must name its own
             # session, never the one that follows (docs/firmware.md, "Connection numbers").
             self.conn += 1
             conn = self.conn
-            cl.set_will(self.topics["status"], wire.encode_death(self.device_id, self.boot, conn, "lost"), 1, True)
-            cl.discard(self._birth_pid)  # an unacknowledged older birth is superseded
+            cl.will = (self.topics["status"], wire.encode_death(self.device_id, self.boot, conn, "lost"), 1, True)
+            cl.window.pop(self._birth_pid, None)  # an unacknowledged older birth is superseded
             cl.connect(sock)
             self._up_since = b.ticks_ms()
-            self._birth_pid = cl.publish(self.topics["status"], self._birth(), 1, True)
+            if cl.q2_dropped:
+                self.stats["q2_dropped"] = cl.q2_dropped
+            for pid in list(self._tel):  # a new session dropped these (docs/decisions.md, D9)
+                if pid not in cl.window:
+                    del self._tel[pid]
+            m = {}
+            for s in self.streams:
+                m[s[0]] = {"u": s[4], "q": s[3], "i": s[2]}
+            self._birth_pid = cl.publish(self.topics["status"], wire.encode_birth(
+                self.device_id, self.boot, conn, b.ticks_ms(), __version__, b.name, m), 1, True)
             if c["commands"]:
-                granted = cl.subscribe(self.topics["cmd"], 1)
-                if granted != 1:  # 0x80: refused; the session goes on without commands
-                    self._say("cmd subscription granted at QoS %d" % granted)
-            # Counted once the session is complete: birth sent, commands subscribed.
+                self._subscribe()
+            # Counted once the session is complete: birth sent, the command
+            # subscription answered (a refused one is retried while telemetry goes on).
             self.stats["connects"] += 1
             if self.stats["connects"] > 1:
                 self.stats["reconnects"] += 1
@@ -221,6 +261,28 @@ class Device:
         except (OSError, MQTTError) as e:
             self.stats["conn_failures"] += 1
             self._lost(e)
+
+    def _subscribe(self):
+        """Subscribe to commands. Refused (SUBACK 0x80, e.g. a broker ACL): counted,
+        logged, retried after a backoff of its own; the session goes on."""
+        g = self._client.subscribe(self.topics["cmd"], 1)
+        if g == REFUSED:
+            n = self.stats["sub_refused"] = self.stats.get("sub_refused", 0) + 1
+            c = self.cfg  # the delay doubles with every refusal, up to backoff_max_ms
+            d = min(c["backoff_min_ms"] << min(n - 1, 20), c["backoff_max_ms"])
+            self._sub_at = self.board.ticks_ms() + d
+            self._say("cmd subscription refused (SUBACK 0x80); retry in %d ms" % d)
+            return
+        self._sub_at = 0
+        if g != 1:
+            self._say("cmd subscription granted at QoS %d" % g, True)
+
+    def _on_wait(self):
+        """Before every socket wait of the MQTT client (at least every 500 ms): feed
+        the watchdog; a link the board reports down ends the session at once."""
+        self.board.feed()
+        if not self.board.link_up():
+            raise MQTTError("network link down")
 
     def _lost(self, err):
         self._client.close()
@@ -235,27 +297,6 @@ class Device:
         d = d // 2 + b.random_u32() % (d // 2 + 1)  # jitter: half to all of d
         self._next_try = now + d
         self._say("connection lost (%s); retry in %d ms" % (err, d), True)
-
-    def _birth(self):
-        m = {}
-        for s in self.streams:
-            m[s[0]] = {"u": s[4], "q": s[3], "i": s[2]}
-        return wire.encode_birth(self.device_id, self.boot, self.conn, self.board.ticks_ms(),
-                                 __version__, self.board.name, m)
-
-    def _goodbye(self):
-        cl = self._client
-        if cl is None or not cl.connected:
-            return
-        try:
-            self._flush()
-            cl.publish(self.topics["status"], wire.encode_death(self.device_id, self.boot, self.conn, "shutdown"), 1, True)
-            end = self.board.ticks_ms() + self.cfg["timeout_ms"]
-            while cl.inflight() and self.board.ticks_ms() < end:
-                cl.poll(50)
-            cl.disconnect()
-        except MQTTError:
-            cl.close()
 
     # ------------------------------------------------------------ telemetry
 
@@ -338,36 +379,48 @@ class Device:
         while self._qn and cl.connected and not (limit and n >= limit):
             n += 1
             qos = self.streams[self._qs[self._qh] & _IDX][3]
-            if qos and cl.inflight() >= cl.max_inflight:
+            if qos and len(cl.window) >= cl.max_inflight:
                 return
-            picked = []
-            for k in range(self._qn):
-                if self.streams[self._qs[(self._qh + k) % len(self._qs)] & _IDX][3] == qos:
-                    picked.append(k)
-                    if len(picked) >= self.cfg["batch_max"]:
-                        break
-            payload = None
-            while payload is None:
-                rs = [self._reading(k) for k in picked]
-                try:
-                    payload = wire.encode_telemetry(self.device_id, self.boot, self.seq + 1,
-                                                    self.board.ticks_ms(), rs, self.board.time_ms())
-                except (ValueError, TypeError) as e:  # oversized, or a value msgpack refuses
-                    if len(picked) > 1:
-                        picked = picked[:len(picked) // 2]
-                    else:
-                        self._take(picked)
-                        st["dropped"] += 1
-                        self._say("reading dropped: %s" % (e,), True)
-                        break
-            if payload is None:
-                continue
-            self._take(picked)
-            self.seq += 1
+            if not self.board.link_up():  # nothing goes into a dead link, nor counts as sent
+                self._lost("network link down")
+                return
             try:
+                picked = []
+                for k in range(self._qn):
+                    if self.streams[self._qs[(self._qh + k) % len(self._qs)] & _IDX][3] == qos:
+                        picked.append(k)
+                        if len(picked) >= self._batch:
+                            break
+                payload = None
+                while payload is None:
+                    rs = [self._reading(k) for k in picked]
+                    try:
+                        payload = wire.encode_telemetry(self.device_id, self.boot, self.seq + 1,
+                                                        self.board.ticks_ms(), rs, self.board.time_ms())
+                    except (ValueError, TypeError) as e:  # oversized, or a value msgpack refuses
+                        if len(picked) > 1:
+                            picked = picked[:len(picked) // 2]
+                        else:
+                            self._take(picked)
+                            st["dropped"] += 1
+                            self._say("reading dropped: %s" % (e,), True)
+                            break
+                if payload is None:
+                    continue
                 pid = cl.publish(self.topics["telemetry"], payload, qos)
+            except MemoryError:
+                # Out of heap before anything went out: the readings stay queued, the
+                # session stays. Degrade instead of reconnecting (an OOM loop): half
+                # the batch, a pause of backoff_min_ms, counted; batches grow back
+                # by one reading per message sent.
+                st["oom"] += 1
+                self._batch = max(1, self._batch // 2)
+                self._next_try = self.board.ticks_ms() + self.cfg["backoff_min_ms"]
+                return
             except MQTTError as e:
-                if qos and cl.holds(cl.last_pid):  # in the client's window: resent after the reconnect
+                self._take(picked)
+                self.seq += 1
+                if qos and cl.last_pid in cl.window:  # in the client's window: resent after the reconnect
                     self._count_sent(qos, cl.last_pid, len(rs))
                 else:  # written nowhere (QoS 0, or out of memory before it entered the
                     # window): its readings are gone, its seq is a gap
@@ -375,6 +428,10 @@ class Device:
                     st["dropped"] += len(rs)
                 self._lost(e)
                 return
+            self._take(picked)
+            self.seq += 1
+            if self._batch < self.cfg["batch_max"]:
+                self._batch += 1
             self._count_sent(qos, pid, len(rs))
 
     def _count_sent(self, qos, pid, n):
@@ -406,6 +463,8 @@ class Device:
         # Commands are rare: the msgpack decoder and the command code are imported
         # when one arrives and, on MicroPython, dropped again afterwards, one after
         # the other, so that only one of them takes RAM at a time (~2.7 KB each).
+        if _MP:
+            gc.collect()  # this step's telemetry garbage goes before a module loads
         cmds = self._cmds
         i = 0
         while i < len(cmds):
@@ -424,13 +483,21 @@ class Device:
             gc.collect()
         if not cmds:
             return
-        from edgewire import commands
         while cmds and self.connected:
-            res = commands.handle(self, cmds.pop(0))
+            c = cmds.pop(0)
+            if isinstance(c, tuple):  # (size, head): too large to receive, not executed
+                from edgewire.toobig import oversized
+                res = oversized(self, c[0], c[1])
+            else:
+                from edgewire import commands
+                res = commands.handle(self, c)
             try:
                 self._client.publish(self.topics["result"], res, 1)
             except MQTTError as e:
                 self._lost(e)
+            except MemoryError:  # nothing went out, the session stays; the sender's timeout answers
+                self.stats["cmd_dropped"] += 1
+            res = None
         if _MP:
             _unload("commands")
             _unload("toobig")

@@ -182,11 +182,14 @@ class MQTTClient:
         self.rx2_evicted = 0   # inbound QoS 2 ids forgotten because the table was full
         self.oversized = 0     # inbound PUBLISH packets over max_packet, read past and acknowledged
         self.q2_dropped = 0    # QoS 2 messages past PUBREC, not completed when a new session began
-        self._will = None
+        self.will = None       # (topic, payload, qos, retain) sent with the next CONNECT, or None
         self._sock = None
         self._poll = None
         self._ri = None
-        self._out = {}         # pid -> in-flight entry (see slots above)
+        # The in-flight window, pid -> entry (slots above): read len(), `pid in`; a
+        # caller may pop() a message a newer one supersedes. (Attributes, not
+        # methods: each method costs ~200 B of a device's heap.)
+        self.window = {}
         self._rx2 = []         # inbound QoS 2 packet ids awaiting PUBREL
         self._order = 0
         self._sub_pid = 0
@@ -196,18 +199,6 @@ class MQTTClient:
         self._ping_at = 0
         self._b1 = bytearray(1)                     # reused for header bytes
         self._ack = bytearray(b"\x40\x02\x00\x00")  # reused for PUBACK/PUBREC/PUBREL/PUBCOMP
-
-    def set_will(self, topic, payload, qos=0, retain=False):
-        _check_qos(qos)
-        self._will = (topic, payload, qos, retain)
-
-    def discard(self, pid):
-        """Stop retrying an in-flight message (one that a newer message supersedes)."""
-        self._out.pop(pid, None)
-
-    def inflight(self):
-        """QoS 1/2 messages not yet acknowledged (window: max_inflight)."""
-        return len(self._out)
 
     def connect(self, sock):
         """Start a session on a connected socket; returns the session-present flag.
@@ -227,7 +218,7 @@ class MQTTClient:
             except (OSError, AttributeError) as e:
                 raise MQTTError("unusable socket: %r" % (e,))
             cid, clean, user, password = self._login
-            self._write(encode_connect(cid, self.keepalive, clean, user, password, self._will))
+            self._write(encode_connect(cid, self.keepalive, clean, user, password, self.will))
             pkt = self._await(None, "CONNACK")
             typ, flags, body = pkt
             if typ != _CONNACK:
@@ -247,11 +238,11 @@ class MQTTClient:
             # (MQTT-3.1.2-6): never-acknowledged messages go again as new ones (DUP 0;
             # every packet id is free in it); a QoS 2 message past PUBREC cannot be
             # completed, and sending it again could deliver it twice (D9).
-            for pid, e in sorted(self._out.items(), key=lambda kv: kv[1][_ORDER]):
+            for pid, e in sorted(self.window.items(), key=lambda kv: kv[1][_ORDER]):
                 if sp or e[_STAGE] == _PUB:
                     self._resend(pid, e, sp)
                 else:
-                    del self._out[pid]
+                    del self.window[pid]
                     self.q2_dropped += 1
             return sp
         except MQTTError:
@@ -261,17 +252,32 @@ class MQTTClient:
     def publish(self, topic, payload, qos=0, retain=False):
         """Send a PUBLISH; returns its packet id (0 for QoS 0). QoS 1/2 messages stay
         in flight until acknowledged, across reconnects. Waits (handling inbound
-        packets) while the window is full: MQTTTimeout after timeout_ms."""
+        packets) while the window is full: MQTTTimeout after timeout_ms. Out of
+        heap before the first byte is written: MemoryError, the session intact."""
         _check_qos(qos)
         pid = 0
         try:
             self._require()
             if qos:
-                self._await(lambda: len(self._out) < self.max_inflight, "room in the in-flight window")
-                pid = self._next_pid()
-                self._order += 1
-                self._out[pid] = [_PUB, qos, topic, payload, retain, self.clock(), self._order]
-            self._send_publish(topic, payload, qos, retain, False, pid)
+                self._await(lambda: len(self.window) < self.max_inflight, "window room")
+        except MemoryError:  # while reading an inbound packet: it may be half read
+            self.close()
+            raise MQTTError("out of memory")
+        except MQTTError:
+            self.close()
+            raise
+        # Nothing is written yet: a MemoryError here leaves the session as it was
+        # (and is raised as it is, so the caller can retry later with less).
+        if qos:
+            pid = self._next_pid()
+            e = [_PUB, qos, topic, payload, retain, self.clock(), self._order + 1]
+        hdr = publish_header(topic, len(payload), qos, retain, False, pid)
+        if qos:
+            self.window[pid] = e
+            self._order += 1
+        try:
+            self._write(hdr)
+            self._write(payload)
             return pid
         except MQTTError:
             self.close()
@@ -280,11 +286,7 @@ class MQTTClient:
             # A packet may be half written: the session cannot go on. A QoS 1/2
             # message already in the window is resent after the reconnect.
             self.close()
-            raise MQTTError("out of memory while publishing")
-
-    def holds(self, pid):
-        """True while QoS 1/2 packet `pid` waits in the in-flight window."""
-        return pid in self._out
+            raise MQTTError("out of memory")
 
     def subscribe(self, topic, qos=0):
         """SUBSCRIBE one filter and wait for SUBACK; returns the granted QoS, or
@@ -314,7 +316,7 @@ class MQTTClient:
             now = self.clock()
             ka = self.keepalive * 500  # ping after half the keepalive without traffic
             due = self._ping_at + self.timeout_ms if self._ping_at else min(self._last_tx, self._last_rx) + ka
-            for e in self._out.values():
+            for e in self.window.values():
                 due = min(due, e[_SENT] + self.retry_ms)
             wait = max(0, min(timeout_ms, due - now))
             while True:
@@ -326,11 +328,11 @@ class MQTTClient:
             now = self.clock()
             if self._ping_at:
                 if now - self._ping_at >= self.timeout_ms:
-                    raise MQTTTimeout("no PINGRESP within %d ms: connection is dead" % self.timeout_ms)
+                    raise MQTTTimeout("no PINGRESP in %d ms: connection dead" % self.timeout_ms)
             elif now - min(self._last_tx, self._last_rx) >= ka:
                 self._write(b"\xc0\x00")
                 self._ping_at = now or 1
-            for pid, e in list(self._out.items()):
+            for pid, e in list(self.window.items()):
                 if now - e[_SENT] >= self.retry_ms:
                     self._resend(pid, e)
             return n
@@ -369,7 +371,7 @@ class MQTTClient:
         pid = self.last_pid
         while True:
             pid = pid % 65535 + 1
-            if pid not in self._out and pid != self._sub_pid:
+            if pid not in self.window and pid != self._sub_pid:
                 self.last_pid = pid
                 return pid
 
@@ -484,7 +486,7 @@ class MQTTClient:
             if not b[0] & 0x80:
                 break
         else:
-            raise MQTTProtocolError("malformed remaining length (more than 4 bytes)")
+            raise MQTTProtocolError("bad remaining length (over 4 bytes)")
         if typ == 0 or typ == 15:
             raise MQTTProtocolError("unknown packet type %d" % typ)
         n = rl
@@ -494,15 +496,20 @@ class MQTTClient:
             # redelivers an unacknowledged one on every reconnect, so dropping the
             # connection here would loop forever (a poison message).
             if typ != _PUBLISH:
-                raise MQTTProtocolError("packet type %d of %d bytes exceeds the %d byte cap"
+                raise MQTTProtocolError("packet type %d: %d bytes exceeds %d"
                                         % (typ, rl, self.max_packet))
             n = min(self.max_packet, _HEAD)
         body = bytearray(n)
         if n:
             self._read_into(body, deadline)
         if n < rl:
-            self._skip(rl - n)
             self.oversized += 1
+            left = rl - n
+            buf = bytearray(min(left, 256))
+            while left > 0:  # the deadline restarts with every chunk
+                k = min(left, len(buf))
+                self._read_into(buf, self.clock() + self.timeout_ms, k)
+                left -= k
             flags |= rl << 4  # the size rides above the 4 flag bits to _on_publish
         self._last_rx = self.clock()
         return typ, flags, body
@@ -520,16 +527,16 @@ class MQTTClient:
             self._ping_at = 0
             return
         if typ < _PUBACK or typ > _UNSUBACK or typ == _SUBSCRIBE or typ == 10:
-            raise MQTTProtocolError("unexpected packet type %d from the broker" % typ)
+            raise MQTTProtocolError("unexpected packet type %d" % typ)
         # PUBACK, PUBREC, PUBREL, PUBCOMP, UNSUBACK: exactly a non-zero packet id
         pid = (body[0] << 8) | body[1] if len(body) == 2 else 0
         if not pid or flags != (2 if typ == _PUBREL else 0):
             raise MQTTProtocolError("malformed packet type %d (flags %d, %d bytes)" % (typ, flags, len(body)))
-        e = self._out.get(pid)
+        e = self.window.get(pid)
         if typ == _PUBACK or typ == _PUBCOMP:
             q = 1 if typ == _PUBACK else 2
             if e is not None and e[_QOS] == q and e[_STAGE] == q - 1:
-                del self._out[pid]
+                del self.window[pid]
                 if self.on_ack:
                     self.on_ack(pid, q)
         elif typ == _PUBREC:
@@ -573,11 +580,3 @@ class MQTTClient:
         elif qos == 2:
             self._rx2.append(pid)
             self._send_ack(_PUBREC, pid)
-
-    def _skip(self, n):
-        """Read and discard n bytes; the deadline restarts with every chunk."""
-        buf = bytearray(min(n, 256))
-        while n > 0:
-            k = min(n, len(buf))
-            self._read_into(buf, self.clock() + self.timeout_ms, k)
-            n -= k

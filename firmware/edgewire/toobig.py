@@ -1,6 +1,7 @@
 # The answer to a command larger than the device's max_packet (issue #6.1): the
 # MQTT client read it past without keeping it and acknowledged it; the command
-# is not executed. Loaded by commands.handle only when such a command arrives.
+# is not executed. Loaded by the Device only when such a command arrives (not
+# with the command code: it costs no RAM while ordinary commands run).
 
 from edgewire import wire
 
@@ -10,7 +11,7 @@ def oversized(dev, size, head):
     past without keeping it (counted in stats["oversized"]). Its id is taken from
     the payload's first bytes (where wire.encode_command puts it); when it is not
     there, the id is "unknown"."""
-    dev.stats["oversized"] += 1
+    dev.stats["oversized"] = dev.stats.get("oversized", 0) + 1
     dev._say("command of %d bytes exceeds max_packet: not executed" % size)
     cid = "unknown"
     i = head.find(b"\xa1i")  # msgpack key "i"

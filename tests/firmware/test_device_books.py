@@ -35,8 +35,9 @@ def test_failed_qos0_publish_is_counted(broker: Mosquitto) -> None:
         while dev.stats["sent_q0"] < 3:
             dev.step()
         assert books(dev)[0] == books(dev)[1]
-        # The link drops; the next step samples (due now) and writes into the dead socket.
-        dev.board.set_network(False)
+        # The connection dies under the device (the board still says the link is up);
+        # the next step samples (due now) and writes into the dead socket.
+        dev.board._cut()
         for s in dev.streams:
             s[5] = 0
         sent, dropped = dev.stats["sent_q0"], dev.stats["dropped"]
@@ -115,3 +116,34 @@ print(same, a.random_u32() != b.random_u32())
 def test_seeded_boards_boot_fresh_on_micropython(firmware_build: Path) -> None:
     proc = micropython.run_script(SEEDED_ON_MICROPYTHON)
     assert proc.stdout.strip() == "True True", proc.stdout + proc.stderr
+
+
+def test_link_down_is_noticed_before_a_publish_and_qos0_is_not_counted_sent(broker: Mosquitto) -> None:
+    # #9: a Wi-Fi drop leaves the socket open in lwIP, and QoS 0 written into it
+    # would count as sent. The device asks board.link_up() before each publish.
+    did = "books-link"
+    rec = Recorder(broker.port, did, "rec-books-link").start()
+    dev = make(broker.port, did, [{"name": "t", "source": "sim:temperature", "interval_ms": 100, "qos": 0}])
+    up = [True]
+    dev.board.link_up = lambda: up[0]  # type: ignore[method-assign]  # the Wi-Fi flag; sockets stay open
+    try:
+        while dev.stats["sent_q0"] < 3:
+            dev.step()
+        sent = dev.stats["sent_q0"]
+        up[0] = False
+        for s in dev.streams:
+            s[5] = 0
+        dev.step()
+        st = dev.stats
+        assert not dev.connected and st["conn_failures"] == 0, st  # the session ended, nothing failed
+        assert st["sent_q0"] == sent and st["lost_q0"] == 0 and st["dropped"] == 0 and st["queued"] >= 1, st
+        assert books(dev)[0] == books(dev)[1], st
+        up[0] = True
+        while dev.stats["queued"] or not dev.connected:
+            dev.step()
+        rec.wait(lambda r: len(r.telemetry()) == dev.stats["sent_q0"], 5, "every QoS 0 message")
+        assert dev.stats["lost_q0"] == 0 and dev.stats["sent_readings"] == dev.stats["readings"]
+    finally:
+        dev.stop()
+        dev.run()
+        rec.stop()

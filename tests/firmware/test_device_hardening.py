@@ -1,15 +1,19 @@
-"""Issue #6 on the MicroPython unix port (64K) against a real mosquitto: a poison
-command, and QoS 2 exactly once across reconnects into a resumed session."""
+"""Issue #6 items 1-3 on the MicroPython unix port (64K) against a real mosquitto:
+a poison command, a refused command subscription, QoS 2 across reconnects in a
+clean and in a persistent session. (A broker that lost the session is tested on
+the client, tests/firmware/test_mqtt_client.py: the device subscribes to
+commands at QoS 1, so no inbound QoS 2 reaches it through mosquitto.)"""
 from __future__ import annotations
 
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import msgpack
 import paho.mqtt.client as mqtt
 import pytest
 
-from tests.firmware.fake_broker import Proxy
+from tests.firmware.fake_broker import FakeBroker, Proxy
 from tests.firmware.helpers import Controlled, Recorder, device_config
 from tests.support.broker import Mosquitto
 
@@ -75,11 +79,49 @@ def test_poison_command_is_read_past_answered_and_telemetry_goes_on(broker: Mosq
     assert "Traceback" not in d.out, d.out
 
 
+def test_refused_command_subscription_is_retried_while_telemetry_goes_on(tmp_path: Path,
+                                                                          firmware_build: Path) -> None:
+    # #6.2. A broker that refuses the command subscription (SUBACK 0x80; mosquitto's
+    # ACL file filters at delivery and never refuses, so a scripted broker does it).
+    fb = FakeBroker([])
+    fb.scenarios = [fb.good]
+    fb.refuse_subscriptions = 3
+    fb.start()
+    dev = "mp-subref"
+    d = Controlled(tmp_path, dev, device_config(fb.port, ONE_Q1))
+
+    def telemetry() -> int:
+        return len([x for x in fb.published if x[0].endswith("/telemetry")])
+    try:
+        wait_until(lambda: fb.subscribes >= 4, 30, "the subscription retried until granted")
+        n = telemetry()
+        assert n >= 3, "no telemetry while the subscription was refused"
+        wait_until(lambda: telemetry() >= n + 5, 15, "telemetry after the subscription")
+        st = d.finish()
+    finally:
+        d.kill()
+        fb.close()
+    assert fb.connections == 1 and fb.subscribes == 4, (fb.connections, fb.subscribes)
+    assert st["sub_refused"] == 3 and st["connects"] == 1 and st["conn_failures"] == 0, st
+    assert "cmd subscription refused (SUBACK 0x80)" in d.out
+    assert "Traceback" not in d.out, d.out
+
+
+def wait_until(cond: Callable[[], bool], timeout: float, what: str) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
 QOS2 = [{"name": "door", "source": "sim:door", "interval_ms": 50, "qos": 2}]
 
 
-def test_qos2_across_reconnects_persistent_session(broker: Mosquitto, tmp_path: Path, firmware_build: Path) -> None:
-    clean = False
+@pytest.mark.parametrize("clean", [True, False], ids=["clean_session", "persistent_session"])
+def test_qos2_across_reconnects_no_duplicates(broker: Mosquitto, tmp_path: Path, firmware_build: Path,
+                                              clean: bool) -> None:
     # #6.3. The link is cut at each point of the QoS 2 exchange: after the device's
     # PUBLISH reached the broker (PUBREC lost), after its PUBREL reached it (PUBCOMP
     # lost), and with the PUBREL itself lost. A QoS 2 subscriber counts what arrives.
@@ -109,7 +151,8 @@ def test_qos2_across_reconnects_persistent_session(broker: Mosquitto, tmp_path: 
     dups = len(seqs) - len(set(seqs))
     missing = set(range(1, st["seq"] + 1)) - set(seqs)
     print(f"clean={clean}: {len(seqs)} delivered, {dups} duplicates, {len(missing)} missing, stats {st}")
-    assert st["sent_q2"] == st["seq"] and st["reconnects"] == len(points), st
+    # a cut can land inside a reconnect (on the resent PUBLISH): fewer sessions than cuts
+    assert st["sent_q2"] == st["seq"] and 1 <= st["reconnects"] <= len(points), st
     assert dups == 0, sorted(seqs)
     if clean:
         # a message past PUBREC cannot be completed in a new session: dropped and

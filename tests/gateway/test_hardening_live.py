@@ -5,13 +5,16 @@ work."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+import socket
 
 import aiohttp
 import websockets
 
 from edgewire.gateway.service import Gateway
-from tests.gateway.conftest import Publisher, read_readings
+from tests.gateway.conftest import Publisher, gateway_config, read_readings, wait_for
+from tests.support.broker import Mosquitto
 
 REQUEST = b"GET /api/v1/stream HTTP/1.1\r\nHost: gw\r\nAccept: text/event-stream\r\n\r\n"
 
@@ -78,3 +81,40 @@ async def test_a_reserve_is_kept_for_addresses_that_hold_none(gateway: Gateway, 
     finally:
         for w in writers:
             w.close()
+
+
+async def test_sse_client_that_stops_reading_is_cut_after_write_timeout(broker: Mosquitto, publisher: Publisher,
+                                                                        http: aiohttp.ClientSession) -> None:
+    # write_timeout shortened from its 60 s default so the test is short; the rule is the same
+    base = gateway_config(broker)
+    cfg = base.replace(http=dataclasses.replace(base.http, write_timeout=1.0))
+    async with Gateway(cfg) as gw:
+        assert gw.mqtt is not None
+        await gw.mqtt.wait_connected(5)
+        # a client that reads the headers and then nothing: a small receive window, so
+        # the gateway's writes back up once the kernel's buffers are full
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(10)
+        await asyncio.to_thread(sock.connect, ("127.0.0.1", gw.http_port))
+        await asyncio.to_thread(sock.sendall, REQUEST)
+        assert b" 200 " in await asyncio.to_thread(sock.recv, 64)  # and never reads again
+        await wait_for(lambda: len(gw.hub.subscribers) == 1, what="the stream open")
+        text = "x" * 250
+        sent = 0
+
+        def flood(first: int, n: int) -> None:
+            for seq in range(first, first + n):
+                publisher.telemetry("bulk", 1, seq, [[f"s{i}", text, 0] for i in range(12)], qos=0)
+
+        # ~4 KB per message until the stalled client is cut (the kernel's buffers take a few MB)
+        while gw.hub.subscribers:
+            assert sent < 20_000, "the client that stopped reading was never cut"
+            await asyncio.to_thread(flood, sent + 1, 200)
+            sent += 200
+        sock.close()
+        # and the gateway serves the next client as ever
+        async with http.get(gw.http_url + "/api/v1/stream?device=after") as live:
+            assert live.status == 200
+            await asyncio.to_thread(publisher.telemetry, "after", 1, 1, [["t", 1, 0]])
+            assert [e["value"] for e in await read_readings(live, 1)] == [1]

@@ -264,8 +264,33 @@ class LogConfig:
         return int(getattr(logging, self.level.upper()))
 
 
+def default_site() -> str:
+    """The machine's short host name, kept to what a routing-key word may hold."""
+    import socket
+
+    name = socket.gethostname().split(".")[0]
+    name = "".join(c if c.isascii() and (c.isalnum() or c in "-_") else "-" for c in name)[:64].strip("-")
+    return name or "edgewire"
+
+
+@dataclass(frozen=True, slots=True)
+class SiteConfig:
+    """[gateway]: who this gateway is. `site` names it to backends (the first
+    word of an AMQP routing key, <site>.<device>.<stream>), so several gateways
+    can feed one RabbitMQ cluster; default: the host name."""
+
+    site: str = field(default_factory=default_site)
+
+    def __post_init__(self) -> None:
+        _str("gateway", "site", self.site, 64)
+        if not self.site or not all(c.isascii() and (c.isalnum() or c in "-_") for c in self.site):
+            raise ConfigError("gateway", "site", self.site,
+                              "expected 1-64 of A-Z a-z 0-9 _ - (one word of a routing key: no dots)")
+
+
 @dataclass(frozen=True, slots=True)
 class GatewayConfig:
+    gateway: SiteConfig = field(default_factory=SiteConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     embedded_broker: EmbeddedBrokerConfig = field(default_factory=EmbeddedBrokerConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
@@ -287,7 +312,7 @@ class GatewayConfig:
         for t in self.sinks:
             if not isinstance(t, Mapping):
                 raise ConfigError("sinks", None, _MISSING_VALUE, "expected [[sinks]] tables")
-            v = validate_sink(dict(t))
+            v = validate_sink(dict(t), site=self.gateway.site)
             if v["name"] in names:
                 raise ConfigError("sinks", "name", v["name"], "two sinks with one name (their cursors would mix)")
             names.add(v["name"])
@@ -299,6 +324,7 @@ class GatewayConfig:
 
 
 _SECTIONS: dict[str, type[Any]] = {
+    "gateway": SiteConfig,
     "mqtt": MqttConfig,
     "embedded_broker": EmbeddedBrokerConfig,
     "http": HttpConfig,

@@ -92,6 +92,12 @@ async def healthz(request: web.Request) -> web.Response:
     return json_response(body, status=200 if ok else 503)
 
 
+@routes.get("/api/v1/sinks")
+async def sinks(request: web.Request) -> web.Response:
+    """Each sink's state, cursor, lag (ids and seconds), last error and counters."""
+    return json_response({"sinks": [s.stats() for s in request.app[GATEWAY].sinks.values()]})
+
+
 @routes.get("/api/v1/stats")
 async def stats(request: web.Request) -> web.Response:
     return json_response(request.app[GATEWAY].stats())

@@ -407,7 +407,9 @@ class Hub:
             first = self.source.first_id
             if sub.cursor < first - 1:
                 missed = first - 1 - sub.cursor
-                sub.gap = Gap(after=sub.cursor, first_available=first, missed=missed)
+                old = sub.gap  # one not yet sent: report both as one
+                after = old.after if old is not None and old.reason == "retention" else sub.cursor
+                sub.gap = Gap(after=after, first_available=first, missed=first - 1 - after)
                 sub.dropped += missed
                 sub.cursor = first - 1
                 continue

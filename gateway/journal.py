@@ -347,6 +347,15 @@ class Journal:
         await fut
 
     def _writer(self) -> None:
+        try:
+            self._write_loop()
+        except BaseException as e:  # a bug, not a disk error: stop loudly, health says so
+            self.failing = True
+            self.last_error = f"writer stopped: {type(e).__name__}: {e}"
+            log.critical("journal %s: the writer stopped (%s); nothing more is committed or acknowledged",
+                         self.path, self.last_error, exc_info=True)
+
+    def _write_loop(self) -> None:
         conn = _connect(self.path, self.synchronous, check=False)
         loop = self._loop
         assert loop is not None
@@ -567,7 +576,7 @@ class Journal:
 
     # ------------------------------------------------------------------ observability
     def health(self) -> tuple[bool, dict[str, Any]]:
-        ok = self._thread is not None and not self.failing
+        ok = self._thread is not None and self._thread.is_alive() and not self.failing
         return ok, {"path": self.path, "last_id": self.last_id, "backlog": self.pending_rows,
                     "writing": ok, "last_error": self.last_error}
 

@@ -9,7 +9,10 @@ do not fit msgpack (a window's bitmap) travel as {"~int": bytes}."""
 from __future__ import annotations
 
 import collections
+import functools
 import inspect
+import operator
+from collections.abc import Callable
 from typing import Any
 
 from edgewire.gateway.journal import pack, unpack
@@ -32,6 +35,7 @@ def _dec(v: Any) -> Any:
     return v
 
 
+@functools.cache
 def _slots(cls: type) -> list[str]:
     out: list[str] = []
     for k in reversed(cls.__mro__):
@@ -42,28 +46,45 @@ def _slots(cls: type) -> list[str]:
 
 def device_state(dev: Device, adapter: str | None = None) -> bytes:
     """One device's state; `adapter`: the ingest adapter it last came through."""
-    d: dict[str, Any] = {} if adapter is None else {"~adapter": adapter}
-    for name in _slots(type(dev)):
-        if not hasattr(dev, name):
-            continue
-        v = getattr(dev, name)
-        if name == "boots":
-            v = [[b, {k: _enc(getattr(w, k)) for k in _slots(type(w)) if hasattr(w, k)}] for b, w in v.items()]
-        elif name == "values":
-            v = [[s, list(t)] for s, t in v.items()]
-        d[name] = _enc(v)
-    return pack(d)
+    names, get = _getter(type(dev))
+    d = dict(zip(names, [_enc(v) if type(v) is int else v for v in get(dev)]))
+    d["boots"] = [[b, _window(w)] for b, w in dev.boots.items()]
+    d["values"] = [[s, list(t)] for s, t in dev.values.items()]
+    if adapter is not None:
+        d["~adapter"] = adapter
+    return pack(d)  # type: ignore[no-any-return]
 
 
-def _settings(reg: Registry) -> set[str]:
-    return set(inspect.signature(type(reg).__init__).parameters)
+def _window(w: SeqWindow) -> dict[str, Any]:
+    names, get = _getter(type(w))
+    return dict(zip(names, [_enc(v) if type(v) is int else v for v in get(w)]))
+
+
+@functools.cache
+def _getter(cls: type) -> tuple[list[str], Callable[[Any], tuple[Any, ...]]]:
+    """The slot names of a class and one C call that reads them all (a
+    one-element tuple even for a single slot)."""
+    names = _slots(cls)
+    get = operator.attrgetter(*names)
+    if len(names) == 1:
+        return names, lambda o: (get(o),)
+    return names, get
+
+
+def _settings(reg: Registry) -> frozenset[str]:
+    return _init_params(type(reg))
+
+
+@functools.cache
+def _init_params(cls: type) -> frozenset[str]:
+    return frozenset(inspect.signature(cls).parameters)
 
 
 def registry_state(reg: Registry) -> bytes:
     """The registry's own counters: its int attributes that are not settings
     (devices travel separately)."""
     skip = _settings(reg)
-    return pack({k: v for k, v in vars(reg).items() if type(v) is int and k not in skip})
+    return pack({k: v for k, v in vars(reg).items() if type(v) is int and k not in skip})  # type: ignore[no-any-return]
 
 
 def restore_registry(reg: Registry, devices: dict[str, Any], meta: Any,

@@ -123,7 +123,7 @@ class Gateway:
         try:
             self._open_journal()
             for table in cfg.sinks:
-                sink = self.sinks[table["name"]] = build_sink(dict(table), self.journal)
+                sink = self.sinks[table["name"]] = build_sink(dict(table), self.journal, gateway=self)
                 await sink.start()
             for name in enabled(cfg):
                 adapter = self.adapters[name] = build_adapter(name, cfg, self._core)

@@ -100,10 +100,13 @@ def validate_sink(table: dict[str, Any], *, site: str = "edgewire") -> dict[str,
     return {**{k: out[k] for k in COMMON}, **checked, "site": site}
 
 
-def build_sink(table: dict[str, Any], journal: JournalReader) -> JournalSink:
-    """Construct (not start) the sink a validated table describes."""
+def build_sink(table: dict[str, Any], journal: JournalReader, *, gateway: Any = None) -> JournalSink:
+    """Construct (not start) the sink a validated table describes. `gateway`
+    (the running Gateway) is for sinks that also take requests from their
+    backend, such as commands over AMQP."""
     mod = sink_module(table["type"])
     sink: JournalSink = mod.Sink(table, journal)
+    sink.gateway = gateway
     return sink
 
 
@@ -126,6 +129,7 @@ class JournalSink:
         self.last_delivery: float | None = None
         self.pending_since: int | None = None  # received (ms) of the oldest entry read but not confirmed
         self.state = "new"
+        self.gateway: Any = None  # set by build_sink
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
 

@@ -36,6 +36,7 @@ import asyncio
 import json
 import logging
 import os
+import random
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
@@ -52,7 +53,7 @@ __all__ = ["Sink", "message_id", "routing_key", "validate"]
 log = logging.getLogger("edgewire.gateway.sinks.amqp")
 
 _KNOWN = ("url", "exchange", "username", "password_file", "password_env", "content_type", "readings_per_message",
-          "connect_timeout", "confirm_timeout", "heartbeat")
+          "connect_timeout", "confirm_timeout", "heartbeat", "command_queue", "command_prefetch")
 _NAME_OK = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
 CONTENT_TYPES = {"json": "application/json", "msgpack": "application/msgpack"}
 
@@ -118,6 +119,15 @@ def validate(options: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not lo <= v <= hi:
             raise ConfigError("sinks", key, v, f"expected seconds {lo:g}-{hi:g}")
         out[key] = v
+    cq = options.get("command_queue", "")
+    if not isinstance(cq, str) or len(cq) > 255 or (cq and (not set(cq) <= _NAME_OK or cq.startswith("amq."))):
+        raise ConfigError("sinks", "command_queue", cq,
+                          "expected a queue name, 1-255 of A-Z a-z 0-9 - _ . : (not amq.*); empty: no commands")
+    out["command_queue"] = cq
+    prefetch = options.get("command_prefetch", 16)
+    if not isinstance(prefetch, int) or isinstance(prefetch, bool) or not 1 <= prefetch <= 1000:
+        raise ConfigError("sinks", "command_prefetch", prefetch, "expected an integer 1-1000 (commands run at once)")
+    out["command_prefetch"] = prefetch
     if not isinstance(out["heartbeat"], int):
         raise ConfigError("sinks", "heartbeat", out["heartbeat"], "expected whole seconds 0-3600 (0: off)")
     return out
@@ -173,6 +183,12 @@ class Sink(JournalSink):
         self._password: str | None = None
         self._conn: Any = None
         self._exchange: Any = None
+        self.command_queue: str = table["command_queue"]
+        self.command_prefetch: int = table["command_prefetch"]
+        self.commands = {"received": 0, "answered": 0, "refused": 0, "no_reply_to": 0, "consumer_connects": 0}
+        self.commands_error = ""
+        self._cmd_task: asyncio.Task[None] | None = None
+        self._cmd_tasks: set[asyncio.Task[None]] = set()
 
     async def open(self) -> None:
         import aio_pika  # noqa: F401  (fail at start, not at the first delivery, when it is not installed)
@@ -193,6 +209,11 @@ class Sink(JournalSink):
             self._password = pw
         if self._password:
             self._secrets.append(self._password)
+        if self.command_queue:
+            if self.gateway is None:
+                raise RuntimeError("an amqp sink with a command_queue needs the gateway (build_sink(..., gateway=))")
+            self._cmd_task = asyncio.get_running_loop().create_task(self._serve_commands(),
+                                                                   name=f"sink-{self.name}-commands")
         # the connection is made at the first delivery: a broker that is down at start is an outage like any
         # other (the sink retries with backoff; the gateway runs)
 
@@ -202,9 +223,7 @@ class Sink(JournalSink):
             text = text.replace(s, "***")
         return text
 
-    async def _connect(self) -> Any:
-        import aio_pika
-
+    def _amqp_url(self, role: str) -> str:
         p = urlsplit(self.url)
         netloc = p.netloc
         if self.username:
@@ -212,9 +231,13 @@ class Sink(JournalSink):
             netloc = f"{quote(self.username, safe='')}:{quote(self._password or '', safe='')}@{host}"
         q = dict(parse_qsl(p.query))
         q.setdefault("heartbeat", str(self.heartbeat))
-        q.setdefault("name", f"edgewire sink {self.name} ({self.site})")
-        url = urlunsplit((p.scheme, netloc, p.path or "/", urlencode(q), ""))
-        conn = await aio_pika.connect(url, timeout=self.connect_timeout)
+        q.setdefault("name", f"edgewire {role} {self.name} ({self.site})")
+        return urlunsplit((p.scheme, netloc, p.path or "/", urlencode(q), ""))
+
+    async def _connect(self) -> Any:
+        import aio_pika
+
+        conn = await aio_pika.connect(self._amqp_url("sink"), timeout=self.connect_timeout)
         try:
             channel = await asyncio.wait_for(conn.channel(publisher_confirms=True), self.connect_timeout)
             exchange = await asyncio.wait_for(
@@ -293,11 +316,108 @@ class Sink(JournalSink):
         self.published_messages += len(msgs)
 
     async def close(self) -> None:
+        tasks = [t for t in (self._cmd_task, *self._cmd_tasks) if t is not None]
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            try:
+                await t
+            except (asyncio.CancelledError, Exception):
+                pass
+        self._cmd_task = None
         conn, self._conn, self._exchange = self._conn, None, None
         await self._drop(conn)
+
+    # commands from backends: the RabbitMQ RPC pattern
+    async def _serve_commands(self) -> None:
+        """Consume `command_queue` (declared durable) while the gateway runs;
+        reconnect with backoff when the connection is lost."""
+        import aio_pika
+
+        attempt = 0
+        while True:
+            conn = None
+            try:
+                conn = await aio_pika.connect(self._amqp_url("commands"), timeout=self.connect_timeout)
+                channel = await asyncio.wait_for(conn.channel(), self.connect_timeout)
+                await channel.set_qos(prefetch_count=self.command_prefetch)
+                queue = await asyncio.wait_for(channel.declare_queue(self.command_queue, durable=True),
+                                               self.connect_timeout)
+                async def on_message(message: Any, channel: Any = channel) -> None:
+                    await self._on_command(channel, message)
+
+                await queue.consume(on_message)
+                self.commands["consumer_connects"] += 1
+                self.commands_error = ""
+                attempt = 0
+                log.info("sink %s: taking commands from queue %s", self.name, self.command_queue)
+                await conn.closed()
+                self.commands_error = "connection closed"
+            except asyncio.CancelledError:
+                await self._drop(conn)
+                raise
+            except Exception as e:
+                self.commands_error = self._clean(f"{type(e).__name__}: {e}")
+                log.warning("sink %s: command queue: %s", self.name, self.commands_error)
+            await self._drop(conn)
+            delay = random.uniform(self.retry_min, min(self.retry_max, self.retry_min * 2 ** min(attempt, 30)))
+            attempt += 1
+            await asyncio.sleep(delay)
+
+    async def _on_command(self, channel: Any, message: Any) -> None:
+        t = asyncio.get_running_loop().create_task(self._command(channel, message))
+        self._cmd_tasks.add(t)
+        t.add_done_callback(self._cmd_tasks.discard)
+
+    async def _command(self, channel: Any, message: Any) -> None:
+        """{"device", "command", "args"?, "timeout"?, "queue"?} -> the REST route's outcome, with `status`,
+        to reply_to with the same correlation_id. Acked once answered (or refused)."""
+        import aio_pika
+
+        from edgewire.gateway.command_call import call_command, failure
+
+        self.commands["received"] += 1
+        try:
+            req = json.loads(message.body)
+            if not isinstance(req, dict):
+                raise ValueError("expected a JSON object")
+        except (ValueError, UnicodeDecodeError) as e:
+            status, body = 400, failure("bad_request", f"the body is not a JSON command ({e}); nothing was sent")
+        else:
+            device, name = req.get("device"), req.get("command")
+            timeout, queue = req.get("timeout"), req.get("queue", False)
+            unknown = sorted(set(req) - {"device", "command", "args", "timeout", "queue"})
+            if unknown:
+                status, body = 400, failure("bad_request", f"unknown fields {unknown}; nothing was sent")
+            elif not isinstance(device, str) or not isinstance(name, str):
+                status, body = 400, failure("bad_request", "device and command must be strings; nothing was sent")
+            elif timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))):
+                status, body = 400, failure("bad_request", f"timeout {timeout!r} is not a number of seconds")
+            elif not isinstance(queue, bool):
+                status, body = 400, failure("bad_request", f"queue {queue!r} is not true or false")
+            else:
+                status, body = await call_command(self.gateway.core, device, name, req.get("args"),
+                                                  timeout=None if timeout is None else float(timeout), queue=queue)
+        if status != 200:
+            self.commands["refused"] += 1
+        body["status"] = status
+        try:
+            if message.reply_to:
+                await channel.default_exchange.publish(
+                    aio_pika.Message(json.dumps(body).encode(), content_type="application/json",
+                                     correlation_id=message.correlation_id, app_id="edgewire", type="command-result"),
+                    routing_key=message.reply_to)
+                self.commands["answered"] += 1
+            else:
+                self.commands["no_reply_to"] += 1
+            await message.ack()
+        except Exception as e:  # the channel went away: the unacked command is redelivered to a consumer
+            self.commands_error = self._clean(f"{type(e).__name__}: {e}")
 
     def stats(self) -> dict[str, Any]:
         out = super().stats()
         out.update(exchange=self.exchange_name, url=_redact_url(self.url), published_messages=self.published_messages,
                    connects=self.connects, connected=self._exchange is not None)
+        if self.command_queue:
+            out["commands"] = {"queue": self.command_queue, **self.commands, "last_error": self.commands_error}
         return out

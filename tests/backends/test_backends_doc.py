@@ -82,3 +82,15 @@ async def test_the_documented_consumers_get_every_reading(tmp_path: Path, broker
         for f in files:
             f.close()
         await asyncio.to_thread(_cleanup, exchange_name, queues)
+
+
+def test_the_amqp_benchmark_runs(exchange_name: str) -> None:
+    """bench/amqp_sink.py measures both phases against the real RabbitMQ and cleans up (figures: docs/benchmarks.md)."""
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "amqp_sink.py"), "--readings", "400", "--repeat", "1",
+                          "--json"], capture_output=True, text=True, timeout=300, env={**__import__("os").environ,
+                                                                                       "AMQP_URL": AMQP_URL})
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    assert got["readings"] == 400 and len(got["repeats"]) == 1
+    r = got["repeats"][0]
+    assert r["baseline_per_s"] > 0 and r["sink_per_s"] > 0 and r["ratio"] > 0

@@ -339,6 +339,8 @@ class Sink(JournalSink):
             conn = None
             try:
                 conn = await aio_pika.connect(self._amqp_url("commands"), timeout=self.connect_timeout)
+                lost = asyncio.Event()
+                conn.close_callbacks.add(lambda *_: lost.set())
                 channel = await asyncio.wait_for(conn.channel(), self.connect_timeout)
                 await channel.set_qos(prefetch_count=self.command_prefetch)
                 queue = await asyncio.wait_for(channel.declare_queue(self.command_queue, durable=True),
@@ -351,8 +353,8 @@ class Sink(JournalSink):
                 self.commands_error = ""
                 attempt = 0
                 log.info("sink %s: taking commands from queue %s", self.name, self.command_queue)
-                await conn.closed()
-                self.commands_error = "connection closed"
+                await lost.wait()   # the connection was lost (conn.closed() waits for close() only)
+                self.commands_error = "connection lost"
             except asyncio.CancelledError:
                 await self._drop(conn)
                 raise

@@ -17,10 +17,11 @@ import pytest
 
 from edgewire.gateway.config import CommandsConfig
 from edgewire.gateway.service import Gateway
-from tests.backends.conftest import AMQP_URL
+from tests.backends.conftest import AMQP_URL, via
 from tests.gateway.conftest import Publisher, gateway_config, wait_for
 from tests.gateway.test_micropython_device import DEVICE, spawn_device
 from tests.support.broker import Mosquitto
+from tests.support.tcpproxy import TcpProxy
 
 
 class RpcClient:
@@ -113,3 +114,30 @@ async def test_commands_over_amqp_rpc_reach_a_micropython_device(
             if dev.poll() is None:
                 dev.kill()
             dev.communicate(timeout=10)
+
+
+async def test_the_command_consumer_comes_back_after_rabbitmq_was_cut_off(
+        broker: Mosquitto, exchange_name: str, amqp_proxy: TcpProxy) -> None:
+    cq = exchange_name + ".commands"
+    # short backoff so that the test does not wait out the default 0.5-30 s retries
+    cfg = gateway_config(broker).replace(sinks=(
+        {"type": "amqp", "url": via(amqp_proxy.port), "exchange": exchange_name, "command_queue": cq,
+         "retry_min": 0.05, "retry_max": 0.5, "connect_timeout": 2.0, "heartbeat": 2},))
+    rpc: RpcClient | None = None
+    try:
+        async with Gateway(cfg) as gw:
+            assert gw.mqtt is not None
+            await gw.mqtt.wait_connected(5)
+            sink = gw.sinks["amqp"]
+            await wait_for(lambda: sink.commands["consumer_connects"] == 1, timeout=30, what="the command consumer")
+            amqp_proxy.outage(True)
+            await wait_for(lambda: sink.commands_error != "", timeout=30, what="the consumer to notice the cut")
+            amqp_proxy.outage(False)
+            await wait_for(lambda: sink.commands["consumer_connects"] == 2, timeout=60, what="the consumer back")
+            rpc = RpcClient(cq)
+            _, r = await asyncio.to_thread(rpc.call, json.dumps({"device": "ghost", "command": "ping"}).encode())
+            assert (r["status"], r["error"]) == (404, "unknown_device")
+            assert sink.stats()["commands"]["last_error"] == ""
+    finally:
+        if rpc is not None:
+            await asyncio.to_thread(rpc.close)

@@ -23,7 +23,9 @@ MAY_IMPORT = {"app": {"app", "gateway", "sim", "sdk"}, "gateway": {"gateway", "s
 # pyproject.toml run-time dependencies); the test extra is not among them.
 RUNTIME_IMPORTS = {"msgpack", "aiohttp", "amqtt"}
 # Optional extras: a module may import its extra's packages (pyproject.toml), no other module may.
-OPTIONAL_IMPORTS = {"gateway/sinks/amqp.py": {"aio_pika"}}
+OPTIONAL_IMPORTS = {"gateway/sinks/amqp.py": {"aio_pika"}, "gateway/sinks/grpc.py": {"grpc"},
+                    "gateway/grpcapi/forward_pb2.py": {"google"}, "gateway/grpcapi/forward_pb2_grpc.py": {"grpc"},
+                    "app/backend.py": {"grpc"}}
 # Modules that exist only on MicroPython; the SDK imports them on a device.
 MICROPYTHON_ONLY = {"machine", "network", "micropython", "utime", "ustruct", "uselect", "usocket", "uos",
                     "uerrno", "ubinascii", "uhashlib", "ujson", "urandom", "esp", "esp32", "rp2", "gc",

@@ -48,7 +48,8 @@ log = logging.getLogger("edgewire.gateway.sinks")
 __all__ = ["JournalReader", "JournalSink", "SINK_TYPES", "build_sink", "sink_module", "validate_sink"]
 
 # type -> module; a new sink adds one line here and one module.
-SINK_TYPES = {"jsonl": "edgewire.gateway.sinks.jsonl", "amqp": "edgewire.gateway.sinks.amqp"}
+SINK_TYPES = {"jsonl": "edgewire.gateway.sinks.jsonl", "amqp": "edgewire.gateway.sinks.amqp",
+              "grpc": "edgewire.gateway.sinks.grpc"}
 
 COMMON = ("type", "name", "batch", "retry_min", "retry_max")
 

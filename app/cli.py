@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from edgewire.gateway.embedded_broker import EmbeddedBrokerThread
+    from edgewire.gateway.embedded_broker import EmbeddedBroker
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,13 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def start_embedded_broker_for_sim() -> "EmbeddedBrokerThread":
+def start_embedded_broker_for_sim() -> "EmbeddedBroker":
     """The gateway's embedded broker on a free port, for `edgewire sim` without --broker."""
-    from edgewire.gateway.embedded_broker import EmbeddedBrokerError, EmbeddedBrokerThread
+    from edgewire.gateway.embedded_broker import EmbeddedBroker, EmbeddedBrokerError
     from edgewire.sim.errors import SimError
 
     try:
-        return EmbeddedBrokerThread(port=0).start()
+        return EmbeddedBroker(port=0).start()
     except EmbeddedBrokerError as e:
         raise SimError(f"the embedded broker did not start: {e}") from e
 

@@ -1,8 +1,9 @@
 """`edgewire demo`: the gateway, the embedded broker and a simulated fleet in
 one process, with the dashboard on http://127.0.0.1:8080.
 
-Nothing else needs to be installed: the broker is amqtt in-process, the
-devices are the real device SDK on simulated boards (edgewire.sim.Fleet).
+Nothing else needs to be installed: the broker is amqtt in a child process
+(edgewire.gateway.embedded_broker), the devices are the real device SDK on
+simulated boards (edgewire.sim.Fleet).
 When the broker's port (1883) is taken, as it is where a system mosquitto
 runs, the demo says so and uses a free port; the simulated devices are given
 the port the embedded broker really bound, never the taken one.
@@ -84,7 +85,7 @@ async def _run_demo(loop: asyncio.AbstractEventLoop, journal: Path, *, http_port
             for f in fleets:
                 f.start(wait_connected=None)  # starts device threads, returns at once
                 started.append(f)
-            # Waiting for the devices to connect blocks; the broker runs on this
+            # Waiting for the devices to connect blocks; the gateway runs on this
             # loop, so the wait happens in a thread.
             for f in fleets:
                 await asyncio.to_thread(f.wait_connected, 30.0)

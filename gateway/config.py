@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
+from edgewire.gateway.embedded_broker import MEASURED_LIMIT
 from edgewire.gateway.errors import _MISSING as _MISSING_VALUE
 from edgewire.gateway.errors import ConfigError
 
@@ -129,6 +130,9 @@ class EmbeddedBrokerConfig:
     host: str = "127.0.0.1"
     port: int = 1883
     allow_fallback: bool = True
+    # MQTT ingest rate (msg/s) at which the gateway warns that the embedded
+    # broker nears its limit; 0 never warns. Default: 70% of the measured limit.
+    warn_rate: float = round(0.7 * MEASURED_LIMIT)
 
     def __post_init__(self) -> None:
         _str("embedded_broker", "host", self.host, 255)
@@ -136,6 +140,7 @@ class EmbeddedBrokerConfig:
             raise ConfigError("embedded_broker", "host", self.host, "expected a host name or address")
         _int("embedded_broker", "port", self.port, 0, 65535, " (0: any free port)")
         _bool("embedded_broker", "allow_fallback", self.allow_fallback)
+        _num("embedded_broker", "warn_rate", self.warn_rate, 0, 1e9)
 
 
 @dataclass(frozen=True, slots=True)

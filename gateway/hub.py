@@ -178,9 +178,9 @@ class Subscription:
         if flt in self.filters:
             return False
         hub = self.hub
-        head = hub.last_id if self.live else self.cursor
-        start = head if after is None else max(0, min(after, hub.last_id))
-        if start < head:
+        pos = hub.last_id if self.live else self.cursor   # where the stream stands
+        start = hub.last_id if after is None else max(0, min(after, hub.last_id))
+        if start < pos:
             self._rewind(start)
         self.filters[flt] = start
         self._refresh()
@@ -437,7 +437,7 @@ class Hub:
         start = self.last_id if after is None else min(after, self.last_id)
         sub = Subscription(self, cursor=start, maxlen=maxlen or self.client_queue, kind=kind, peer=peer)
         for f in filters:
-            sub.add_filter(f)
+            sub.add_filter(f, start)
         if after is not None and after > self.last_id:
             sub.gap = Gap(after=after, first_available=self.last_id + 1, missed=0, reason="ahead")
             sub.wake()

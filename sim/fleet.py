@@ -217,7 +217,8 @@ class Fleet:
     each at QoS `qos` to the broker at `broker_url`.
 
     Nothing is opened until start() (or `with`). Options:
-      seed        replays the same sensor values and boot ids (None: random, reported)
+      seed        replays the same sensor values (None: random, reported); boot ids
+                  are new every run, from os.urandom (decisions D6)
       prefix      device ids are '<prefix>-0000', '<prefix>-0001', ...
       fault_rate  probability that a sensor read fails (sent as an error reading)
       overrides   extra device config keys (docs/firmware.md), e.g. {"max_inflight": 16};

@@ -42,6 +42,8 @@ class MqttIngest:
         self.decoder = decoder or Decoder()
         self.url = ""
         self.broker: Any = None   # the embedded broker, when it runs
+        self.broker_watch: Any = None
+        self._watch_task: asyncio.Task[None] | None = None
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -51,13 +53,14 @@ class MqttIngest:
             host, port = cfg.mqtt.host_port
             self.url = cfg.mqtt.url
         else:
-            from edgewire.gateway.embedded_broker import start_embedded_broker
+            from edgewire.gateway.embedded_broker import IngestWatch, start_embedded_broker
 
             eb = cfg.embedded_broker
             self.broker = await start_embedded_broker(host=eb.host, port=eb.port, allow_fallback=eb.allow_fallback)
             host, port = eb.host, int(self.broker.port)
             self.url = str(self.broker.url)
-            log.info("no [mqtt] url: embedded broker at %s", self.url)
+            self.broker_watch = IngestWatch(threshold=eb.warn_rate)
+            log.info("no [mqtt] url: embedded broker at %s (process %s)", self.url, self.broker.pid)
         if self.client is None:
             m = cfg.mqtt
             self.client = MqttClient(host=host, port=port, client_id=m.client_id, subscriptions=SUBSCRIPTIONS,
@@ -69,6 +72,10 @@ class MqttIngest:
                                      name="mqtt-ingest")
         self.client.start()
         self._task = asyncio.get_running_loop().create_task(self.run(), name="ingest-mqtt")
+        if self.broker_watch is not None:  # warns when ingest nears the embedded broker's limit
+            client = self.client
+            self._watch_task = asyncio.get_running_loop().create_task(
+                self.broker_watch.run(lambda: client.stats.received), name="embedded-broker-watch")
 
     async def drain(self) -> None:
         """Stop taking batches; what was taken is in the core's hands (committed,
@@ -85,8 +92,15 @@ class MqttIngest:
         await self.drain()
         if self.client is not None:
             await self.client.stop()
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            try:
+                await self._watch_task
+            except asyncio.CancelledError:
+                pass
+            self._watch_task = None
         if self.broker is not None:
-            await self.broker.stop()
+            await self.broker.aclose()
             self.broker = None
 
     async def downlink(self, device: str, kind: str, payload: bytes) -> None:
@@ -104,7 +118,12 @@ class MqttIngest:
         if c is None:
             return {"connected": False, "url": self.url}
         s = c.stats
-        return {"connected": c.connected, "url": self.url, "embedded": self.broker is not None,
+        embedded: dict[str, Any] | bool = False
+        if self.broker is not None and self.broker_watch is not None:
+            w = self.broker_watch
+            embedded = {"pid": self.broker.pid, "ingest_rate": round(w.rate, 1), "warn_rate": w.threshold,
+                        "warnings": w.warnings}
+        return {"connected": c.connected, "url": self.url, "embedded": embedded,
                 "client_id": c.client_id, "connects": s.connects, "disconnects": s.disconnects,
                 "received": s.received, "reads": s.reads, "oversized": s.oversized,
                 "qos2_duplicates": s.duplicates_qos2, "paused": s.paused,

@@ -48,10 +48,16 @@ def test_commands(broker: Mosquitto, tmp_path: Path, firmware_build: Path) -> No
         rec.wait(lambda r: bool(results("c-rate")), 5, "set_interval result")
         assert results("c-rate") == [{"v": 1, "i": "c-rate", "ok": True, "r": {"stream": "temperature", "ms": 150}}]
         base = len(rec.telemetry())
-        import time
-        time.sleep(1.5)
-        readings = sum(len(t["r"]) for t in rec.telemetry()[base:])
-        assert readings >= 6, f"{readings} readings in 1.5 s after set_interval 150 ms (before: {base - n0})"
+
+        def temperature_uptimes() -> list[int]:
+            return [r[2] for t in rec.telemetry()[base:] for r in t["r"] if r[0] == "temperature"]
+
+        # Wait for readings, not for time; the device's own uptime stamps say
+        # how far apart they were sampled: ~150 ms now, 1,000 ms before.
+        rec.wait(lambda r: len(temperature_uptimes()) >= 7, 15, "7 readings after set_interval 150 ms")
+        stamps = temperature_uptimes()
+        gaps = sorted(b - a for a, b in zip(stamps[1:], stamps[2:]))
+        assert 100 <= gaps[len(gaps) // 2] <= 225, f"sampling gaps {gaps} ms after set_interval 150 ms (n0 {n0})"
 
         # the same command id twice: executed once, answered twice with the same bytes
         send("c-rate", "set_interval", {"stream": "temperature", "ms": 150})

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from edgewire import config
-from tests.firmware.helpers import Recorder, device_config, start_device, stop_process
+from tests.firmware.helpers import Recorder, device_config, start_device
 from tests.support import micropython
 from tests.support.broker import Mosquitto
 
@@ -34,6 +37,43 @@ def stats_samples(out: str) -> list[tuple[dict[str, int], int]]:
             for m in re.finditer(r"^stats (\{.*\}) mem=(\d+)$", out, re.M)]
 
 
+class Output:
+    """A device process's output, read as it comes, so that a test waits for
+    what the device says (its stats lines) instead of for a length of time."""
+
+    def __init__(self, p: "subprocess.Popen[str]") -> None:
+        self.p = p
+        self.lines: list[str] = []
+        self.cond = threading.Condition()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.p.stdout is not None
+        for line in self.p.stdout:
+            with self.cond:
+                self.lines.append(line)
+                self.cond.notify_all()
+
+    def wait(self, cond: Callable[[list[tuple[dict[str, int], int]]], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while not cond(stats_samples("".join(self.lines))):
+                left = deadline - time.monotonic()
+                if left <= 0 or self.p.poll() is not None:
+                    raise AssertionError(f"no {what} within {timeout} s; output: {''.join(self.lines)[-2000:]}")
+                self.cond.wait(min(left, 0.5))
+
+    def stop(self) -> str:
+        if self.p.poll() is None:
+            self.p.kill()
+        self.p.wait(10)
+        self.reader.join(10)
+        assert self.p.stdout is not None
+        self.p.stdout.close()
+        return "".join(self.lines)
+
+
 @pytest.mark.micropython
 def test_device_runs_in_64k_with_headroom(broker: Mosquitto, tmp_path: Path, firmware_build: Path) -> None:
     dev = "mp-heap-64"
@@ -42,15 +82,20 @@ def test_device_runs_in_64k_with_headroom(broker: Mosquitto, tmp_path: Path, fir
     broker.stop()
     p = start_device(tmp_path, dev, device_config(broker.port, STREAMS, debug=True, stats_ms=1000,
                                                    queue_size=QUEUE), heap=micropython.HEAP)
+    output = Output(p)
     rec = None
     try:
-        time.sleep(3.5)  # 30 readings/s: the queue is full after ~2.1 s
+        # 30 readings/s: the queue is full after ~2.1 s; wait until a stats line says so
+        output.wait(lambda samples: any(st["queued"] == QUEUE and st["dropped"] > 0 for st, _ in samples),
+                    30, "a stats sample with the queue full")
         broker.start()
         rec = Recorder(broker.port, dev, "rec-" + dev).start()
         rec.wait(lambda r: len(r.telemetry()) >= 20, 15, "telemetry after the broker came up")
-        time.sleep(3.0)  # steady state: three streams at 10 Hz, QoS 0/1/2
+        # steady state: three streams at 10 Hz, QoS 0/1/2, sampled online three times
+        output.wait(lambda samples: sum(st["connects"] >= 1 for st, _ in samples) >= 3, 30,
+                    "three stats samples online")
     finally:
-        out = stop_process(p)
+        out = output.stop()
         if rec is not None:
             rec.stop()
     assert "MemoryError" not in out and "Traceback" not in out and "crashed" not in out, out[-2000:]

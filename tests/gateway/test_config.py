@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,8 +11,10 @@ from edgewire.gateway.config import GatewayConfig, HttpConfig, MqttConfig, parse
 from edgewire.gateway.errors import ConfigError
 from tests.support.broker import Mosquitto
 
-ROOT = Path(__file__).resolve().parents[2]
-EDGEWIRE = ROOT / ".venv" / "bin" / "edgewire"
+# The console script installed beside the interpreter running the tests (make's
+# .venv or any other environment with `pip install '.[test]'`), so the suite
+# also runs without make.
+EDGEWIRE = Path(sys.executable).parent / "edgewire"
 
 
 def check(tmp_path: Path, text: str) -> subprocess.CompletedProcess[str]:

@@ -289,3 +289,38 @@ async def test_websocket_resume_across_a_restart(broker: Mosquitto, publisher: P
                     if frame["type"] == "readings":
                         events.extend(frame["events"])
     assert [(e["id"], e["seq"]) for e in events] == [(2, 2), (3, 3), (4, 4)]
+
+
+async def test_hub_filters_start_where_asked(tmp_path: Path) -> None:
+    """On one subscription: a filter with `after` replays from there; one without
+    applies from now, also while the stream is still catching up."""
+    from edgewire.gateway.hub import Hub
+
+    j = Journal(tmp_path / "j.db")
+    j.open()
+    try:
+        now = int(time.time() * 1000)
+        for seq in range(1, 7):  # ids 1-6: a, b alternating
+            dev = "a" if seq % 2 else "b"
+            j.append([Row(j.reserve(1), 1, KIND_TELEMETRY, dev, 1, seq, now, pack([["t", seq, now, None]]))])
+        await j.flush()
+        hub = Hub(source=j, ring=2)
+        hub.start_at(j.last_id)
+        sub = hub.open(["a/#"], after=0)            # catching up from the start
+        assert not sub.live and sub.filters == {"a/#": 0}
+        sub.add_filter("b/#")                        # no `after`: only what comes from now on
+        assert sub.filters["b/#"] == 6
+        got = []
+        while not sub.live or sub.queue:
+            got += [(e.device, e.id) for e in await sub.next(100)]
+        assert got == [("a", 1), ("a", 3), ("a", 5)]
+        assert sub.add_filter("b/#") is False        # already held: unchanged
+        assert sub.add_filter("c/#", after=1)         # replays c's events after 1 (none) and rewinds
+        assert not sub.live and sub.cursor == 1
+        rest = []
+        while not sub.live or sub.queue:
+            rest += [(e.device, e.id) for e in await sub.next(100)]
+        assert rest == []                            # a and b already had theirs: nothing twice
+        hub.close(sub)
+    finally:
+        await j.close()

@@ -289,12 +289,14 @@ async def test_sigkill_twice_loses_nothing_and_duplicates_nothing(tmp_path: Path
 
 
 def test_example_broker_config_is_one_mosquitto_accepts(tmp_path: Path) -> None:
-    """docs/examples/mosquitto-edgewire.conf, as shipped, starts mosquitto (on a free port)."""
+    """deploy/mosquitto.conf, as shipped, starts mosquitto (on a free port) and
+    raises the queue that ack-after-commit needs (docs/gateway.md, "Broker settings")."""
     import shutil
 
-    src = Path(__file__).resolve().parents[2] / "docs" / "examples" / "mosquitto-edgewire.conf"
+    src = Path(__file__).resolve().parents[2] / "deploy" / "mosquitto.conf"
     text = src.read_text()
-    assert "max_queued_messages 100000" in text and "persistence true" in text
+    queued = int(text.split("\nmax_queued_messages ")[1].split()[0])
+    assert queued >= 100_000 and "\npersistence true" in text
     import tempfile
 
     port = free_port()

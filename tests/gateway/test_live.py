@@ -128,9 +128,14 @@ async def test_broker_restart_reconnects_and_resumes(broker: Mosquitto, gateway:
             assert [e["value"] for e in await read_readings(sse, 1)] == [1]
         finally:
             p.close()
-        broker.restart()
+        # Down, and held down until the health check has been read: 503.
+        broker.kill()
         await wait_for(lambda: mqtt.stats.disconnects >= 1, what="the gateway to notice")
         health = await http.get(gateway.http_url + "/healthz")
+        assert health.status == 503
+        down = await health.json()
+        assert down["status"] == "degraded" and down["mqtt"]["connected"] is False
+        broker.start()
         await wait_for(lambda: mqtt.connected, timeout=10, what="reconnect")
         assert mqtt.stats.connects == 2
         p = Publisher(broker.port)
@@ -139,6 +144,8 @@ async def test_broker_restart_reconnects_and_resumes(broker: Mosquitto, gateway:
             assert [e["value"] for e in await read_readings(sse, 1)] == [2]  # resubscribed
         finally:
             p.close()
-    assert health.status in (200, 503)
-    body = await (await http.get(gateway.http_url + "/healthz")).json()
+    up = await http.get(gateway.http_url + "/healthz")
+    assert up.status == 200
+    body = await up.json()
+    assert body["status"] == "ok"
     assert body["mqtt"]["connected"] is True and body["mqtt"]["disconnects"] == 1

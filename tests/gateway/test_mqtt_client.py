@@ -42,7 +42,7 @@ def test_parser_oversized_publish_is_skipped_unbuffered() -> None:
 @pytest.mark.parametrize("data", [
     bytes((0x10, 0)),                       # CONNECT from a broker
     bytes((0x62, 3, 0, 1, 0)),              # PUBREL with 3 bytes
-    bytes((0x40, 2, 0)) + b"\x01" * 0 + bytes((0x41, 2, 0, 1)),  # PUBACK with flags
+    bytes((0x41, 2, 0, 1)),                 # PUBACK with flags (0x40 2 0 1 is a valid one)
     bytes((0x36, 5, 0, 1, 97, 0, 1)),       # PUBLISH QoS 3
     bytes((0x32, 3, 0, 1, 97)),             # QoS 1 without a packet id
     bytes((0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x01)),  # 5-byte remaining length
@@ -51,6 +51,17 @@ def test_parser_oversized_publish_is_skipped_unbuffered() -> None:
 def test_parser_refuses_protocol_violations(data: bytes) -> None:
     with pytest.raises(MqttProtocolError):
         P.PacketReader(max_packet=1000).feed(data)
+
+
+@pytest.mark.parametrize("first, name", [(0x40, "PUBACK"), (0x50, "PUBREC"), (0x62, "PUBREL"), (0x70, "PUBCOMP")])
+@pytest.mark.parametrize("flip", [0x1, 0x2, 0x4, 0x8])
+def test_ack_with_wrong_flags_is_refused_and_nothing_else_is_wrong(first: int, name: str, flip: int) -> None:
+    """Only the fixed header's flags differ from a valid ack, so the refusal can
+    only come from the flags check (MQTT-2.2.2-1, -2)."""
+    good = bytes((first, 2, 0, 1))
+    assert [type(p).__name__ for p in P.PacketReader(max_packet=1000).feed(good)] == ["Ack"], name
+    with pytest.raises(MqttProtocolError, match="flags"):
+        P.PacketReader(max_packet=1000).feed(bytes((first ^ flip, 2, 0, 1)))
 
 
 def test_backoff_is_jittered_and_capped() -> None:

@@ -3,18 +3,22 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
+import msgpack
 import paho.mqtt.client as mqtt
 import pytest
 
-from edgewire import wire, wire_rx
 from tests.support.broker import Mosquitto
 
 
 class Checker:
     """An independent subscriber (paho) that decodes everything under
-    edgewire/v1/ with the wire module and counts it: distinct (device, boot,
-    seq), readings, duplicates, births and deaths per device."""
+    edgewire/v1/ the way docs/protocol.md describes it, with the reference
+    `msgpack` package and none of the project's protocol code (the code under
+    test), and counts it: distinct (device, boot, seq), readings, duplicates,
+    births and deaths per device. Whatever does not match the spec is listed
+    in `refused`."""
 
     def __init__(self, port: int) -> None:
         self.lock = threading.Lock()
@@ -31,30 +35,53 @@ class Checker:
         self.client.loop_start()
         subscribed = threading.Event()
         self.client.on_subscribe = lambda *a: subscribed.set()
-        self.client.subscribe(f"{wire.ROOT}/#", 2)
+        self.client.subscribe("edgewire/v1/#", 2)
         assert subscribed.wait(5), "checker got no SUBACK"
+
+    @staticmethod
+    def _u32(env: dict[str, Any], key: str) -> int:
+        value = env.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 1 << 32:
+            raise ValueError(f"{key!r} is {value!r}, not a uint32")
+        return value
 
     def _on_message(self, client: object, userdata: object, m: mqtt.MQTTMessage) -> None:
         try:
-            dev, kind = wire_rx.parse_topic(m.topic)
-            if kind == wire.KIND_TELEMETRY:
-                t = wire_rx.decode_telemetry(m.payload, dev)
-                key = (dev, t["boot"], t["seq"])
+            parts = m.topic.split("/")
+            if len(parts) != 4 or parts[:2] != ["edgewire", "v1"]:
+                raise ValueError("not edgewire/v1/<device>/<kind>")
+            dev, kind = parts[2], parts[3]
+            if kind in ("cmd",) or (kind == "status" and not m.payload):
+                return  # commands go the other way; an empty retained status clears it
+            env = msgpack.unpackb(m.payload, raw=False)  # one map, no trailing bytes
+            if not isinstance(env, dict) or env.get("v") != 1 or env.get("d") != dev:
+                raise ValueError(f"envelope {env!r} is not a v1 map for {dev}")
+            if kind == "telemetry":
+                readings = env.get("r")
+                if not isinstance(readings, list) or not 1 <= len(readings) <= 64 or not all(
+                        isinstance(r, list) and len(r) in (3, 4) and isinstance(r[0], str) for r in readings):
+                    raise ValueError(f"readings {readings!r}")
+                key = (dev, self._u32(env, "b"), self._u32(env, "s"))
                 with self.lock:
                     if key in self.seen:
                         self.duplicates += 1
                     else:
                         self.seen.add(key)
-                        self.readings += len(t["readings"])
+                        self.readings += len(readings)
                         self.per_device[dev] = self.per_device.get(dev, 0) + 1
-            elif kind == wire.KIND_STATUS and m.payload:
-                s = wire_rx.decode_status(m.payload, dev)
+            elif kind == "status":
+                boot, state = self._u32(env, "b"), env.get("st")
+                self._u32(env, "c")
                 with self.lock:
-                    if s["online"]:
-                        self.births.setdefault(dev, []).append(s["boot"])
+                    if state == "on":
+                        self.births.setdefault(dev, []).append(boot)
+                    elif state == "off":
+                        self.deaths.setdefault(dev, []).append(str(env.get("why")))
                     else:
-                        self.deaths.setdefault(dev, []).append(s["why"])
-        except wire.ProtocolError as e:
+                        raise ValueError(f"status st {state!r}")
+            elif kind != "result":
+                raise ValueError(f"unknown kind {kind!r}")
+        except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as e:
             with self.lock:
                 self.refused.append(f"{m.topic}: {e}")
 

@@ -294,6 +294,30 @@ class SiteConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class GrpcConfig:
+    """[grpc]: the gateway's gRPC service (Subscribe, ListDevices, GetDevice,
+    SendCommand; gateway/grpc_service.py). Off while `listen` is empty."""
+
+    listen: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+
+    def __post_init__(self) -> None:
+        _str("grpc", "listen", self.listen, 1024)
+        if self.listen:
+            host, _, port = self.listen.rpartition(":")
+            if not host or not port.isdigit() or int(port) > 65535:
+                raise ConfigError("grpc", "listen", self.listen,
+                                  "expected host:port, e.g. 0.0.0.0:50052 (port 0: any free one); empty: off")
+        _str("grpc", "cert_file", self.cert_file)
+        _str("grpc", "key_file", self.key_file)
+        if bool(self.cert_file) != bool(self.key_file):
+            raise ConfigError("grpc", "key_file" if self.cert_file else "cert_file",
+                              self.key_file if self.cert_file else self.cert_file,
+                              "TLS needs both cert_file and key_file (PEM); neither: plaintext")
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayConfig:
     gateway: SiteConfig = field(default_factory=SiteConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
@@ -304,6 +328,7 @@ class GatewayConfig:
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     commands: CommandsConfig = field(default_factory=CommandsConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    grpc: GrpcConfig = field(default_factory=GrpcConfig)
     # [[sinks]] tables, each validated by its sink's module (gateway/sinks/)
     sinks: tuple[Mapping[str, Any], ...] = ()
 
@@ -338,6 +363,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "registry": RegistryConfig,
     "commands": CommandsConfig,
     "log": LogConfig,
+    "grpc": GrpcConfig,
 }
 
 

@@ -65,6 +65,7 @@ class Gateway:
                           journal=self.journal)
         self.adapters: dict[str, IngestAdapter] = {}
         self.sinks: dict[str, JournalSink] = {}
+        self.grpc: Any = None  # GrpcService when [grpc] listen is set
         self._runner: web.AppRunner | None = None
         self._closed = asyncio.Event()
         self._started_at = 0.0
@@ -134,6 +135,11 @@ class Gateway:
             site = web.TCPSite(self._runner, cfg.http.host, cfg.http.port, reuse_address=True)
             await site.start()
             self.http_port = int(self._runner.addresses[0][1])
+            if cfg.grpc.listen:   # the gRPC service (needs the grpc extra); imported only when asked for
+                from edgewire.gateway.grpc_service import GrpcService
+
+                self.grpc = GrpcService(self, cfg.grpc.listen, cfg.grpc.cert_file, cfg.grpc.key_file)
+                await self.grpc.start()
             log.info("gateway: HTTP on %s, MQTT %s", self.http_url, self.mqtt_url)
         except BaseException:
             await self.stop()
@@ -150,6 +156,9 @@ class Gateway:
             log.info("journal: resumed at id %d with %d devices", j.last_id, n)
 
     async def stop(self) -> None:
+        if self.grpc is not None:
+            await self.grpc.stop()
+            self.grpc = None
         for sub in list(self.hub.subscribers.values()):
             self.hub.close(sub)
         if self._runner is not None:
@@ -182,6 +191,8 @@ class Gateway:
         out["hub"] = self.hub
         for name, sink in self.sinks.items():
             out[f"sink:{name}"] = sink
+        if self.grpc is not None:
+            out["grpc"] = self.grpc
         return out
 
     def health(self) -> tuple[bool, dict[str, Any]]:
@@ -213,6 +224,8 @@ class Gateway:
             "commands": self.commands.stats(),
             "sinks": [s.stats() for s in self.sinks.values()],
         })
+        if self.grpc is not None:
+            out["grpc"] = self.grpc.stats()
         if "mqtt" not in out:
             out["mqtt"] = {"connected": False, "url": ""}
         return out

@@ -25,7 +25,8 @@ RUNTIME_IMPORTS = {"msgpack", "aiohttp", "amqtt"}
 # Optional extras: a module may import its extra's packages (pyproject.toml), no other module may.
 OPTIONAL_IMPORTS = {"gateway/sinks/amqp.py": {"aio_pika"}, "gateway/sinks/grpc.py": {"grpc"},
                     "gateway/grpcapi/forward_pb2.py": {"google"}, "gateway/grpcapi/forward_pb2_grpc.py": {"grpc"},
-                    "app/backend.py": {"grpc"}}
+                    "app/backend.py": {"grpc"}, "gateway/grpc_service.py": {"grpc"},
+                    "gateway/grpcapi/gateway_pb2.py": {"google"}, "gateway/grpcapi/gateway_pb2_grpc.py": {"grpc"}}
 # Modules that exist only on MicroPython; the SDK imports them on a device.
 MICROPYTHON_ONLY = {"machine", "network", "micropython", "utime", "ustruct", "uselect", "usocket", "uos",
                     "uerrno", "ubinascii", "uhashlib", "ujson", "urandom", "esp", "esp32", "rp2", "gc",

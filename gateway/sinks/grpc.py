@@ -20,16 +20,16 @@ from pathlib import Path
 from typing import Any
 
 from edgewire.gateway.errors import ConfigError
-from edgewire.gateway.hub import Event, events_of
+from edgewire.gateway.grpcapi.convert import reading_message
+from edgewire.gateway.hub import events_of
 from edgewire.gateway.journal import Entry
 from edgewire.gateway.sinks import JournalReader, JournalSink
 
-__all__ = ["Sink", "reading_message", "validate"]
+__all__ = ["Sink", "validate"]
 
 log = logging.getLogger("edgewire.gateway.sinks.grpc")
 
 _KNOWN = ("target", "ca_file", "connect_timeout", "ack_timeout")
-INT64 = 2 ** 63
 
 
 def validate(options: dict[str, Any]) -> dict[str, Any]:
@@ -56,25 +56,6 @@ def validate(options: dict[str, Any]) -> dict[str, Any]:
             raise ConfigError("sinks", key, v, f"expected seconds {lo:g}-{hi:g}")
         out[key] = float(v)
     return out
-
-
-def reading_message(e: Event) -> Any:
-    from edgewire.gateway.grpcapi import forward_pb2 as pb
-
-    r = pb.Reading(id=e.id, device=e.device, stream=e.stream, ts=e.ts, boot=e.boot, seq=e.seq, error=e.error or "")
-    v = e.value
-    if isinstance(v, bool):
-        r.flag = v
-    elif isinstance(v, int):
-        if -INT64 <= v < INT64:
-            r.integer = v
-        else:
-            r.number = float(v)
-    elif isinstance(v, float):
-        r.number = v
-    elif isinstance(v, str):
-        r.text = v
-    return r
 
 
 class Sink(JournalSink):

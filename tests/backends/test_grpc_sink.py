@@ -78,7 +78,8 @@ def test_generated_code_matches_the_protos(tmp_path: Path) -> None:
     finally:
         sys.path.pop(0)
     written = gen_protos.generate(tmp_path)
-    assert {p.name for p in written} == {"forward_pb2.py", "forward_pb2.pyi", "forward_pb2_grpc.py"}
+    assert {p.name for p in written} == {f"{m}{x}" for m in ("forward", "gateway")
+                                         for x in ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")}
     for p in written:
         assert filecmp.cmp(p, ROOT / "gateway" / "grpcapi" / p.name, shallow=False), \
             f"gateway/grpcapi/{p.name} is stale: run scripts/gen_protos.py"

@@ -237,7 +237,7 @@ class Sink(JournalSink):
     async def _connect(self) -> Any:
         import aio_pika
 
-        conn = await aio_pika.connect(self._amqp_url("sink"), timeout=self.connect_timeout)
+        conn = await self._open_connection("sink")
         try:
             channel = await asyncio.wait_for(conn.channel(publisher_confirms=True), self.connect_timeout)
             exchange = await asyncio.wait_for(
@@ -251,6 +251,19 @@ class Sink(JournalSink):
         self._conn, self._exchange = conn, exchange
         return exchange
 
+    async def _open_connection(self, role: str) -> Any:
+        """aio_pika.connect(), but a connection that fails half-way is closed here: aio-pika closes an
+        unclosed Connection from its __del__, outside any event loop, which leaves a coroutine never awaited."""
+        import aio_pika
+
+        conn = aio_pika.Connection(self._amqp_url(role))
+        try:
+            await conn.connect(timeout=self.connect_timeout)
+        except BaseException:
+            await self._drop(conn)
+            raise
+        return conn
+
     async def _drop(self, conn: Any) -> None:
         """Close a connection that may be dead or swallowing: never wait long."""
         if conn is None:
@@ -259,6 +272,9 @@ class Sink(JournalSink):
             await asyncio.wait_for(conn.close(), 2.0)
         except (Exception, asyncio.TimeoutError):  # it is being abandoned either way
             pass
+        closed = getattr(conn, "_closed", None)   # (see _open_connection) abandoned: it counts as closed
+        if isinstance(closed, asyncio.Future) and not closed.done():
+            closed.set_result(True)
 
     def messages(self, entries: list[Entry]) -> list[tuple[str, Any]]:
         """(routing key, aio_pika.Message) for the readings of entries, in order."""
@@ -338,7 +354,7 @@ class Sink(JournalSink):
         while True:
             conn = None
             try:
-                conn = await aio_pika.connect(self._amqp_url("commands"), timeout=self.connect_timeout)
+                conn = await self._open_connection("commands")
                 lost = asyncio.Event()
                 conn.close_callbacks.add(lambda *_: lost.set())
                 channel = await asyncio.wait_for(conn.channel(), self.connect_timeout)

@@ -85,7 +85,7 @@ async def test_commands_over_amqp_rpc_reach_a_micropython_device(
             assert r["status"] == 200 and r["ok"] is True and r["value"] == "pong" and r["device"] == DEVICE
             _, r = await asyncio.to_thread(rpc.call, json.dumps(
                 {"device": DEVICE, "command": "nosuch", "timeout": 10}).encode())
-            assert r["status"] == 200 and r["ok"] is False and "nosuch" in r["error"]
+            assert r["status"] == 200 and r["ok"] is False and "nosuch" in r["error"], r
             # errors in the REST route's words
             _, r = await asyncio.to_thread(rpc.call, json.dumps({"device": "ghost", "command": "ping"}).encode())
             assert (r["status"], r["error"]) == (404, "unknown_device")

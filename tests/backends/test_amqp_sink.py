@@ -172,6 +172,7 @@ async def test_a_backend_that_never_confirms_lags_visibly_without_slowing_live_c
         assert "confirm" in s["last_error"] or "Error" in s["last_error"]
         amqp_proxy.swallow(False)
         await wait_for(lambda: sink.cursor == 41, timeout=60, what="the sink to catch up")
+    await wait_for(lambda: len(pika_queue.unique()) >= 41, timeout=30, what="41 readings at the consumer")
     assert len(pika_queue.unique()) == 41
     assert [json.loads(x)["seq"] for x in archive.read_text().splitlines()] == list(range(1, 42))
 

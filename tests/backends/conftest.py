@@ -136,3 +136,34 @@ def amqp_proxy() -> Iterator[TcpProxy]:
 
 # the gateway tests' paho publisher (hand-made protocol bytes), shared
 from tests.gateway.conftest import publisher  # noqa: E402,F401
+
+
+class DrainedDevice:
+    """The firmware on the MicroPython unix port (tests/gateway/test_micropython_device.py's
+    device), its output read on a thread as it comes: a pipe nobody reads fills up and
+    then blocks the device in the middle of a print."""
+
+    def __init__(self, tmp: Any, port: int) -> None:
+        from tests.gateway.test_micropython_device import spawn_device
+
+        self.proc = spawn_device(tmp, port)
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, name="device-output", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    def send_signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def stop(self) -> str:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+        self._reader.join(10)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        return "".join(self.lines)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
+import signal
 import uuid
 from pathlib import Path
 from typing import Any
@@ -17,9 +17,9 @@ import pytest
 
 from edgewire.gateway.config import CommandsConfig
 from edgewire.gateway.service import Gateway
-from tests.backends.conftest import AMQP_URL, via
+from tests.backends.conftest import AMQP_URL, DrainedDevice, via
 from tests.gateway.conftest import Publisher, gateway_config, wait_for
-from tests.gateway.test_micropython_device import DEVICE, spawn_device
+from tests.gateway.test_micropython_device import DEVICE
 from tests.support.broker import Mosquitto
 from tests.support.tcpproxy import TcpProxy
 
@@ -68,9 +68,9 @@ def wait_queue(name: str) -> bool:
 async def test_commands_over_amqp_rpc_reach_a_micropython_device(
         tmp_path: Path, broker: Mosquitto, publisher: Publisher, exchange_name: str, firmware_build: Path) -> None:
     cq = exchange_name + ".commands"
-    cfg = gateway_config(broker, commands=CommandsConfig(timeout=3.0)).replace(sinks=(
+    cfg = gateway_config(broker, commands=CommandsConfig(timeout=30.0)).replace(sinks=(
         {"type": "amqp", "url": AMQP_URL, "exchange": exchange_name, "command_queue": cq},))
-    dev: subprocess.Popen[str] | None = None
+    dev: DrainedDevice | None = None
     rpc: RpcClient | None = None
     try:
         async with Gateway(cfg) as gw:
@@ -78,13 +78,13 @@ async def test_commands_over_amqp_rpc_reach_a_micropython_device(
             await gw.mqtt.wait_connected(5)
             await wait_for(lambda: asyncio.to_thread(wait_queue, cq), timeout=30, what="the command queue consumed")
             rpc = RpcClient(cq)
-            dev = spawn_device(tmp_path, broker.port)
+            dev = DrainedDevice(tmp_path, broker.port)
             await wait_for(lambda: (d := gw.registry.get(DEVICE)) is not None and d.online, timeout=30,
                            what="the MicroPython device online")
             cid, r = await asyncio.to_thread(rpc.call, json.dumps({"device": DEVICE, "command": "ping"}).encode())
             assert r["status"] == 200 and r["ok"] is True and r["value"] == "pong" and r["device"] == DEVICE
             _, r = await asyncio.to_thread(rpc.call, json.dumps(
-                {"device": DEVICE, "command": "nosuch", "timeout": 10}).encode())
+                {"device": DEVICE, "command": "nosuch", "timeout": 30}).encode())
             assert r["status"] == 200 and r["ok"] is False and "nosuch" in r["error"], r
             # errors in the REST route's words
             _, r = await asyncio.to_thread(rpc.call, json.dumps({"device": "ghost", "command": "ping"}).encode())
@@ -95,11 +95,11 @@ async def test_commands_over_amqp_rpc_reach_a_micropython_device(
                 _, r = await asyncio.to_thread(rpc.call, bad)
                 assert (r["status"], r["error"]) == (400, "bad_request"), (bad, r)
             # a device that stops answering (frozen, still "online" to the broker): 504 with its state
-            dev.send_signal(__import__("signal").SIGSTOP)
+            dev.send_signal(signal.SIGSTOP)
             _, r = await asyncio.to_thread(rpc.call, json.dumps(
                 {"device": DEVICE, "command": "ping", "timeout": 1}).encode())
             assert (r["status"], r["error"]) == (504, "timeout") and r["device_state"] == "online"
-            dev.send_signal(__import__("signal").SIGCONT)
+            dev.send_signal(signal.SIGCONT)
             # a command without reply_to is carried out and acknowledged, and counted
             await asyncio.to_thread(rpc.call, json.dumps({"device": DEVICE, "command": "ping"}).encode(),
                                     reply=False)
@@ -111,9 +111,7 @@ async def test_commands_over_amqp_rpc_reach_a_micropython_device(
         if rpc is not None:
             await asyncio.to_thread(rpc.close)
         if dev is not None:
-            if dev.poll() is None:
-                dev.kill()
-            dev.communicate(timeout=10)
+            print("device output:\n" + dev.stop())   # shown when the test fails
 
 
 async def test_the_command_consumer_comes_back_after_rabbitmq_was_cut_off(

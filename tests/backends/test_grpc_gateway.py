@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +19,9 @@ from edgewire.gateway.errors import ConfigError
 from edgewire.gateway.grpcapi import gateway_pb2 as pb
 from edgewire.gateway.grpcapi import gateway_pb2_grpc as pbg
 from edgewire.gateway.service import Gateway
+from tests.backends.conftest import DrainedDevice
 from tests.gateway.conftest import Publisher, gateway_config, wait_for
-from tests.gateway.test_micropython_device import DEVICE, spawn_device
+from tests.gateway.test_micropython_device import DEVICE
 from tests.support.broker import Mosquitto
 
 
@@ -78,12 +78,12 @@ async def test_subscribe_filters_and_resumes_across_a_restart(broker: Mosquitto,
 @pytest.mark.micropython
 async def test_send_command_to_a_micropython_device(tmp_path: Path, broker: Mosquitto, firmware_build: Path) -> None:
     cfg = gateway_config(broker, grpc=GrpcConfig(listen="127.0.0.1:0"), commands=CommandsConfig(timeout=3.0))
-    dev: subprocess.Popen[str] | None = None
+    dev: DrainedDevice | None = None
     try:
         async with Gateway(cfg) as gw:
             assert gw.mqtt is not None and gw.grpc is not None
             await gw.mqtt.wait_connected(5)
-            dev = spawn_device(tmp_path, broker.port)
+            dev = DrainedDevice(tmp_path, broker.port)
             await wait_for(lambda: (d := gw.registry.get(DEVICE)) is not None and d.online, timeout=30,
                            what="the MicroPython device online")
             async with grpc.aio.insecure_channel(f"127.0.0.1:{gw.grpc.port}") as ch:
@@ -108,9 +108,7 @@ async def test_send_command_to_a_micropython_device(tmp_path: Path, broker: Mosq
             assert gw.stats()["grpc"]["calls"]["SendCommand"] == 6
     finally:
         if dev is not None:
-            if dev.poll() is None:
-                dev.kill()
-            dev.communicate(timeout=10)
+            print("device output:\n" + dev.stop())   # shown when the test fails
 
 
 def test_grpc_config_is_validated() -> None:

@@ -29,7 +29,7 @@ def _cleanup(exchange: str, queues: list[str]) -> None:
 
 async def test_the_documented_consumers_get_every_reading(tmp_path: Path, broker: Mosquitto, publisher: Publisher,
                                                           exchange_name: str) -> None:
-    doc = (ROOT / "docs" / "backends.md").read_text()
+    doc = (ROOT / "docs/backends.md").read_text()
     assert "examples/amqp_consume_pika.py" in doc and "examples/amqp_consume_aiopika.py" in doc
     queues = [exchange_name + "-pika", exchange_name + "-aio"]
     procs = []

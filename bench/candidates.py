@@ -237,12 +237,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", required=True)
     args = ap.parse_args(argv)
     logging.getLogger("gmqtt").setLevel(logging.ERROR)
+    import edgewire.gateway.ingest.mqtt as ingest_mqtt
     import edgewire.gateway.mqtt as mqtt_pkg
     import edgewire.gateway.service as service
 
     adapter = ADAPTERS[args.client]
-    # The service builds its client by this name; swap it before it does.
-    for mod in (service, mqtt_pkg):
+    # The MQTT ingest adapter builds its client by this name; swap it before it does.
+    for mod in (ingest_mqtt, service, mqtt_pkg):
         if hasattr(mod, "MqttClient"):
             setattr(mod, "MqttClient", adapter)
     return int(service.gateway_main(argparse.Namespace(config=args.config, check=None, log_level=None)))

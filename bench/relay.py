@@ -73,6 +73,7 @@ EDGEWIRE = Path(sys.executable).parent / "edgewire"
 GOAL_RATIO = 0.5
 GOAL_RSS_MB = 60.0
 SUBSCRIBERS = ("mosquitto_sub", "raw", "gmqtt")
+DEPLOY_CONF = ROOT / "deploy" / "mosquitto.conf"  # the example broker config a site uses
 TELEMETRY_FILTER = f"{wire.ROOT}/+/telemetry"
 
 
@@ -132,6 +133,39 @@ class Mosquitto:
     def stop(self) -> None:
         stop_process(self.proc)
         self.proc = None
+
+
+class Embedded:
+    """The gateway's embedded amqtt broker in its own process (when this
+    gateway runs it so: edgewire.gateway.embedded_broker.EmbeddedBroker)."""
+
+    def __init__(self) -> None:
+        from edgewire.gateway.embedded_broker import EmbeddedBroker
+
+        self.broker: Any = EmbeddedBroker(host="127.0.0.1", port=0).start()
+        self.port = int(self.broker.port)
+
+    @property
+    def pid(self) -> int:
+        return int(self.broker.pid)
+
+    def stop(self) -> None:
+        self.broker.stop()
+
+
+def embedded_missing() -> str | None:
+    """Why the embedded broker cannot be measured on its own, or None."""
+    try:
+        from edgewire.gateway import embedded_broker
+    except ImportError as e:
+        return f"edgewire.gateway.embedded_broker is not importable ({e})"
+    if not hasattr(getattr(embedded_broker, "EmbeddedBroker", None), "pid"):
+        return "this gateway runs the embedded broker on its own event loop (not in a process of its own)"
+    return None
+
+
+def start_broker(kind: str, workdir: Path, extra: str) -> Mosquitto | Embedded:
+    return Embedded() if kind == "embedded" else Mosquitto(workdir, extra)
 
 
 def broker_settings(path: Path | None) -> str:
@@ -377,7 +411,7 @@ def _run_publisher_process(port: int, load: Load) -> tuple[dict[str, Any], float
     return stats, float(stats["cpu"])
 
 
-def _measure(res: PhaseResult, mq: Mosquitto, rx: Receiver, procs: dict[str, int], load: Load,
+def _measure(res: PhaseResult, mq: Mosquitto | Embedded, rx: Receiver, procs: dict[str, int], load: Load,
              quiet: float, probe_timeout: float = 15.0) -> tuple[dict[str, Any], dict[str, Any]]:
     """Probe until the receiver gets traffic, arm, publish, wait until quiet."""
     probe_seq = [1]
@@ -407,10 +441,11 @@ def _measure(res: PhaseResult, mq: Mosquitto, rx: Receiver, procs: dict[str, int
     return stats, final
 
 
-def phase_baseline(workdir: Path, load: Load, subscriber: str, broker_extra: str = "") -> PhaseResult:
-    """The broker alone: raw publisher -> mosquitto -> one subscriber."""
+def phase_baseline(workdir: Path, load: Load, subscriber: str, broker_extra: str = "",
+                   broker: str = "mosquitto") -> PhaseResult:
+    """The broker alone: raw publisher -> mosquitto (or the embedded broker) -> one subscriber."""
     res = PhaseResult(subscriber, qos=load.qos)
-    mq = Mosquitto(workdir, broker_extra)
+    mq = start_broker(broker, workdir, broker_extra)
     rx: Receiver | None = None
     try:
         if subscriber == "mosquitto_sub":
@@ -420,7 +455,8 @@ def phase_baseline(workdir: Path, load: Load, subscriber: str, broker_extra: str
                                   "--filter", TELEMETRY_FILTER])
         else:
             raise BenchError(f"unknown subscriber {subscriber!r}")
-        _measure(res, mq, rx, {"broker": mq.pid, "subscriber": rx.pid}, load, quiet=0.7)
+        _measure(res, mq, rx, {"broker": mq.pid, "subscriber": rx.pid}, load,
+                 quiet=0.7 if broker == "mosquitto" else 2.0)
         return res
     finally:
         if isinstance(rx, ProcessReceiver):
@@ -459,14 +495,19 @@ def journal_supported() -> bool:
     return hasattr(GatewayConfig(), "journal")
 
 
-def gateway_toml(mq_port: int, http_port: int, workdir: Path, journal: bool) -> str:
-    out = (f'[mqtt]\nurl = "mqtt://127.0.0.1:{mq_port}"\nclient_id = "bench-gateway"\n\n'
-           f'[http]\nhost = "127.0.0.1"\nport = {http_port}\ndashboard = false\n\n'
+def gateway_toml(mq_port: int, http_port: int, workdir: Path, journal: str, embedded: bool = False) -> str:
+    """The gateway's TOML; `journal` is its [journal] synchronous setting ("full"
+    or "normal"), the journal file always in `workdir` (never the default path
+    in the current folder, which would carry ids and de-duplication over from
+    another run), or "" for a gateway without a journal."""
+    if embedded:  # no [mqtt] url: the gateway starts its embedded broker, here on a known free port
+        out = f'[embedded_broker]\nhost = "127.0.0.1"\nport = {mq_port}\nallow_fallback = false\n\n'
+    else:
+        out = f'[mqtt]\nurl = "mqtt://127.0.0.1:{mq_port}"\nclient_id = "bench-gateway"\n\n'
+    out += (f'[http]\nhost = "127.0.0.1"\nport = {http_port}\ndashboard = false\n\n'
            '[log]\nlevel = "warning"\n')
-    if journal or journal_supported():
-        # The gateway always journals now; without a path it would write
-        # ./edgewire-journal.db in the caller's working directory.
-        out += f'\n[journal]\npath = "{workdir / f"journal-{http_port}.db"}"\n'
+    if journal:
+        out += f'\n[journal]\npath = "{workdir / f"journal-{http_port}.db"}"\nsynchronous = "{journal}"\n'
     return out
 
 
@@ -483,7 +524,8 @@ def account_loss(sent_first: int, sent_last: int, devices: list[str], seqs: dict
     tail (after its last), per device, summed. The gateway's gap counter
     (`missing`) sees only interior gaps upstream of its hub; the hub's drops to
     this client are interior gaps too. So interior == missing + hub drops when
-    the books balance."""
+    the books balance (`registry_missing` is the registry's missing + jumped:
+    runs longer than its window are counted as jumped)."""
     head = interior = tail = 0
     for d in devices:
         r = seqs.get(d)
@@ -496,6 +538,17 @@ def account_loss(sent_first: int, sent_last: int, devices: list[str], seqs: dict
         tail += sent_last - hi
     return {"head": head, "interior": interior, "tail": tail, "registry_missing": registry_missing,
             "hub_dropped": hub_dropped, "unexplained_interior": interior - registry_missing - hub_dropped}
+
+
+def registry_gaps(base: str, device: str) -> int:
+    """The numbers the gateway's registry saw skipped for one device: `missing`
+    (gaps within its de-duplication window) plus `jumped` (runs longer than the
+    window, counted once the device's next messages confirmed the jump)."""
+    d = http_json(f"{base}/api/v1/devices/{device}")
+    boots = d.get("boots") if isinstance(d, dict) else None
+    if not isinstance(boots, dict):
+        return int(d.get("missing", 0)) if isinstance(d, dict) else 0
+    return sum(int(w.get("missing", 0)) + int(w.get("jumped", 0)) for w in boots.values())
 
 
 def loss_counters(stats: Any, prefix: str = "") -> dict[str, int]:
@@ -512,19 +565,32 @@ def loss_counters(stats: Any, prefix: str = "") -> dict[str, int]:
     return out
 
 
-def phase_gateway(workdir: Path, load: Load, client: str = "ours", journal: bool = False,
-                  broker_extra: str = "", name: str | None = None) -> PhaseResult:
-    """raw publisher -> mosquitto -> gateway (with `client` as its MQTT client)
-    -> one WebSocket client."""
+class _OwnedBroker:
+    """The embedded broker the gateway started itself (its child process)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.pid = 0
+
+    def stop(self) -> None:
+        pass  # the gateway stops it
+
+
+def phase_gateway(workdir: Path, load: Load, client: str = "ours", journal: str | None = None,
+                  broker_extra: str = "", name: str | None = None, broker: str = "mosquitto") -> PhaseResult:
+    """raw publisher -> mosquitto (or the gateway's own embedded broker) ->
+    gateway (with `client` as its MQTT client) -> one WebSocket client."""
     res = PhaseResult(name or f"gateway/{client}", qos=load.qos)
     missing = gateway_missing()
     if missing:
         res.note = f"not run: {missing}"
         return res
-    mq = Mosquitto(workdir, broker_extra)
+    mq: Mosquitto | _OwnedBroker = _OwnedBroker(free_port()) if broker == "embedded" else Mosquitto(workdir, broker_extra)
     http_port = free_port()
     conf = workdir / f"gateway-{http_port}.toml"
-    conf.write_text(gateway_toml(mq.port, http_port, workdir, journal))
+    if journal is None:
+        journal = "full" if journal_supported() else ""
+    conf.write_text(gateway_toml(mq.port, http_port, workdir, journal, embedded=broker == "embedded"))
     log_path = workdir / f"gateway-{http_port}.log"
     gw: subprocess.Popen[bytes] | None = None
     rx: ProcessReceiver | None = None
@@ -544,17 +610,20 @@ def phase_gateway(workdir: Path, load: Load, client: str = "ours", journal: bool
                 return False
 
         wait_until(healthy, 30, "the gateway to report healthy on /healthz", poll=0.1)
+        if isinstance(mq, _OwnedBroker):
+            kids = psutil.Process(gw.pid).children()
+            if not kids:
+                raise BenchError("the gateway runs no embedded broker process of its own")
+            mq.pid = kids[0].pid
         rx = ProcessReceiver(["wsclient", "--url", f"ws://127.0.0.1:{http_port}/api/v1/ws"])
         wait_until(lambda: rx is not None and rx.latest.get("ready") is True, 10, "the WebSocket client to subscribe")
         stats, final = _measure(res, mq, rx, {"broker": mq.pid, "gateway": gw.pid, "client": rx.pid}, load,
-                                quiet=1.5)
+                                quiet=1.5 if broker == "mosquitto" else 3.0)
         gstats = http_json(base + "/api/v1/stats")
-        devs = {d["id"]: d for d in http_json(base + "/api/v1/devices").get("devices", [])}
         names = device_ids(load.devices)
         hub = gstats.get("hub", {}) if isinstance(gstats, dict) else {}
         res.loss = account_loss(int(stats["first_seq"]), int(stats["last_seq"]), names, final.get("seqs", {}),
-                                sum(int(devs.get(d, {}).get("missing", 0)) for d in names),
-                                int(hub.get("dropped_total", 0)))
+                                sum(registry_gaps(base, d) for d in names), int(hub.get("dropped_total", 0)))
         res.gateway_counters = loss_counters(gstats)
         if final.get("gaps"):
             res.note = f"the WebSocket client was sent {final['gaps']} gap events"
@@ -575,6 +644,8 @@ class Repeat:
     qos: int
     baseline: dict[str, PhaseResult]
     gateways: dict[str, PhaseResult]
+    embedded: dict[str, PhaseResult] = field(default_factory=dict)
+    tuned: dict[str, PhaseResult] = field(default_factory=dict)  # under the example broker config's limits
 
     @property
     def best(self) -> tuple[str, float]:
@@ -606,7 +677,7 @@ def render(repeats: list[Repeat], args: argparse.Namespace, load_before: str, lo
              f"load average before {load_before}, after {load_after} (a loaded machine depresses and "
              "spreads absolute figures: compare ratios)", ""]
     summary: dict[str, Any] = {"goals": []}
-    hdr = f"{'QoS':>3}  {'path':34s} {'median msg/s':>13} {'min-max':>17}  {'ratio median (min-max)':>24}  notes"
+    hdr = f"{'QoS':>3}  {'path':40s} {'median msg/s':>13} {'min-max':>17}  {'ratio median (min-max)':>24}  notes"
     lines.append(hdr)
     lines.append("-" * len(hdr))
     goals: list[str] = []
@@ -617,26 +688,26 @@ def render(repeats: list[Repeat], args: argparse.Namespace, load_before: str, lo
             if rates:
                 m, lo, hi = spread(rates)
                 lost = sum(r.baseline[sub].lost for r in reps if sub in r.baseline)
-                lines.append(f"{qos:>3}  {'mosquitto → ' + sub:34s} {m:>13,.0f} {f'{lo:,.0f}-{hi:,.0f}':>17}  "
+                lines.append(f"{qos:>3}  {'mosquitto → ' + sub:40s} {m:>13,.0f} {f'{lo:,.0f}-{hi:,.0f}':>17}  "
                              f"{'':>24}  lost {lost:,}")
         bests = [r.best for r in reps]
         m, lo, hi = spread([b[1] for b in bests])
         winners = ", ".join(sorted({b[0] for b in bests}))
-        lines.append(f"{qos:>3}  {'BASELINE (best per repeat)':34s} {m:>13,.0f} {f'{lo:,.0f}-{hi:,.0f}':>17}  "
+        lines.append(f"{qos:>3}  {'BASELINE (best per repeat)':40s} {m:>13,.0f} {f'{lo:,.0f}-{hi:,.0f}':>17}  "
                      f"{'1.00':>24}  fastest: {winners}")
         for gw in reps[0].gateways:
             runs = [r.gateways[gw] for r in reps if gw in r.gateways]
             rates = [g.rate for g in runs if g.rate]
             ratios = [x for r in reps if (x := r.ratio(gw)) is not None]
             if not rates:
-                lines.append(f"{qos:>3}  {gw:34s} {'-':>13} {'':>17}  {'':>24}  {runs[0].note}")
+                lines.append(f"{qos:>3}  {gw:40s} {'-':>13} {'':>17}  {'':>24}  {runs[0].note}")
                 continue
             m, lo, hi = spread(rates)
             rm, rlo, rhi = spread(ratios)
             rss = max((g.peak_rss_mb or 0.0) for g in runs)
             lost = sum(g.lost for g in runs)
             cpu = statistics.median([g.cpu_percent.get("gateway", 0.0) for g in runs])
-            lines.append(f"{qos:>3}  {gw:34s} {m:>13,.0f} {f'{lo:,.0f}-{hi:,.0f}':>17}  "
+            lines.append(f"{qos:>3}  {gw:40s} {m:>13,.0f} {f'{lo:,.0f}-{hi:,.0f}':>17}  "
                          f"{f'{rm:.2f} ({rlo:.2f}-{rhi:.2f})':>24}  peak RSS {rss:.1f} MB, CPU {cpu:.0f}%, "
                          f"lost {lost:,}")
             summary.setdefault("gateways", {})[f"{gw} qos{qos}"] = {"rate_median": m, "ratio_median": rm,
@@ -648,7 +719,7 @@ def render(repeats: list[Repeat], args: argparse.Namespace, load_before: str, lo
                       and g.rate and o.rate]
                 if vs:
                     vm, vlo, vhi = spread(vs)
-                    lines.append(f"{'':>3}  {'':34s} {'':>13} {'':>17}  {'':>24}  "
+                    lines.append(f"{'':>3}  {'':40s} {'':>13} {'':>17}  {'':>24}  "
                                  f"= {vm:.2f}x ours ({vlo:.2f}-{vhi:.2f}) in the same repeats")
                     summary["gateways"][f"{gw} qos{qos}"]["vs_ours_median"] = vm
             if gw.startswith("gateway/ours"):
@@ -657,11 +728,69 @@ def render(repeats: list[Repeat], args: argparse.Namespace, load_before: str, lo
                              f"{' (not in every repeat)' if rm >= GOAL_RATIO and rlo < GOAL_RATIO else ''}")
                 goals.append(f"QoS {qos} {gw}: peak RSS {rss:.1f} MB against goal < {GOAL_RSS_MB:.0f} MB: "
                              f"{'MET' if rss < GOAL_RSS_MB else 'NOT MET'}")
+    tun = [r for r in repeats if r.tuned]
+    if tun:
+        lines.append("")
+        lines.append(f"QoS 1 under the example broker config's limits ({DEPLOY_CONF.relative_to(ROOT)}: "
+                     f"{broker_settings(DEPLOY_CONF).strip().replace(chr(10), ', ')}), "
+                     "baseline = raw counter under the same limits:")
+        base = [r.tuned["mosquitto → raw"].rate for r in tun]
+        m, lo, hi = spread(base)
+        lines.append(f"  1  {'mosquitto → raw':40s} {m:>13,.0f} {f'{lo:,.0f}-{hi:,.0f}':>17}  {'1.00':>24}  "
+                     f"lost {sum(r.tuned['mosquitto → raw'].lost for r in tun):,}")
+        for key in tun[0].tuned:
+            if key == "mosquitto → raw":
+                continue
+            runs = [r.tuned[key] for r in tun if key in r.tuned]
+            ratios = [r.tuned[key].rate / r.tuned["mosquitto → raw"].rate for r in tun
+                      if key in r.tuned and r.tuned[key].rate and r.tuned["mosquitto → raw"].rate]
+            if not ratios:
+                continue
+            m, lo, hi = spread([g.rate for g in runs if g.rate])
+            rm, rlo, rhi = spread(ratios)
+            rss = max((g.peak_rss_mb or 0.0) for g in runs)
+            lines.append(f"  1  {key:40s} {m:>13,.0f} {f'{lo:,.0f}-{hi:,.0f}':>17}  "
+                         f"{f'{rm:.2f} ({rlo:.2f}-{rhi:.2f})':>24}  peak RSS {rss:.1f} MB, lost "
+                         f"{sum(g.lost for g in runs):,}")
+            goals.append(f"QoS 1 {key} with the example broker config: ratio {rm:.3f} (min {rlo:.3f}, max {rhi:.3f}) "
+                         f"against goal >= {GOAL_RATIO}: {'MET' if rm >= GOAL_RATIO else 'NOT MET'}")
+            summary.setdefault("tuned", {})[key] = {"ratio_median": rm, "ratio_min": rlo, "ratio_max": rhi,
+                                                    "peak_rss_mb": rss}
+    emb = [r for r in repeats if r.embedded]
+    if emb:
+        lines.append("")
+        lines.append("embedded amqtt broker, in its own process (ratio against the same repeat's mosquitto baseline):")
+        for qos in sorted({r.qos for r in emb}):
+            reps = [r for r in emb if r.qos == qos]
+            for key in reps[0].embedded:
+                runs = [r.embedded[key] for r in reps if key in r.embedded]
+                rates = [g.rate for g in runs if g.rate]
+                if not rates:
+                    lines.append(f"{qos:>3}  {key:40s} {'-':>13}  {runs[0].note}")
+                    continue
+                ratios = [r.embedded[key].rate / r.best[1] for r in reps
+                          if key in r.embedded and r.embedded[key].rate and r.best[1]]
+                m, lo, hi = spread(rates)
+                rm, rlo, rhi = spread(ratios)
+                rss = max((g.peak_rss_mb or 0.0) for g in runs)
+                lost = sum(g.lost for g in runs)
+                note = f"gateway peak RSS {rss:.1f} MB, " if rss else ""
+                lines.append(f"{qos:>3}  {key:40s} {m:>13,.0f} {f'{lo:,.0f}-{hi:,.0f}':>17}  "
+                             f"{f'{rm:.3f} ({rlo:.3f}-{rhi:.3f})':>24}  {note}lost {lost:,}")
+                summary.setdefault("embedded", {})[f"{key} qos{qos}"] = {"rate_median": m, "rate_min": lo,
+                                                                          "ratio_median": rm, "lost": lost}
+        limit = min(v["rate_median"] for k, v in summary.get("embedded", {}).items() if k.startswith("gateway/")) \
+            if any(k.startswith("gateway/") for k in summary.get("embedded", {})) else None
+        if limit:
+            lines.append(f"     => the gateway on the embedded broker relays about {limit:,.0f} msg/s here "
+                         "(lowest QoS median): the figure for its warning threshold")
     lines.append("")
     lines.append("loss accounting, gateway phases (per repeat): head + interior + tail = lost; "
-                 "interior = registry missing + hub drops")
+                 "interior = registry missing (+ jumped) + hub drops")
     for r in repeats:
-        for gw, g in r.gateways.items():
+        extra_gw = [(k + " (example conf)", v) for k, v in r.tuned.items() if k.startswith("gateway/")] + \
+            [(k, v) for k, v in r.embedded.items() if k.startswith("gateway/")]
+        for gw, g in list(r.gateways.items()) + extra_gw:
             if g.loss is None:
                 continue
             ls = g.loss
@@ -678,8 +807,14 @@ def render(repeats: list[Repeat], args: argparse.Namespace, load_before: str, lo
 
 
 def run_all(args: argparse.Namespace) -> tuple[list[Repeat], str]:
-    journal = args.journal == "on" or (args.journal == "auto" and journal_supported())
+    journal = args.synchronous if journal_supported() else ""
+    jl = f" +journal {journal.upper()}" if journal else ""
     extra = broker_settings(args.broker_conf)
+    tuned = broker_settings(DEPLOY_CONF) if args.tuned and args.broker_conf is None and DEPLOY_CONF.exists() else ""
+    why_not = embedded_missing()
+    embedded = args.embedded == "on" or (args.embedded == "auto" and why_not is None)
+    if args.embedded == "on" and why_not:
+        raise BenchError(f"--embedded on: {why_not}")
     load_before = load_average()
     repeats: list[Repeat] = []
     with tempfile.TemporaryDirectory(prefix="edgewire-bench-") as tmp:
@@ -692,9 +827,22 @@ def run_all(args: argparse.Namespace) -> tuple[list[Repeat], str]:
                     rep.baseline[sub] = phase_baseline(work, load, sub, extra)
                     progress(f"repeat {i + 1} QoS {qos} baseline {sub}: {rep.baseline[sub].rate:,.0f} msg/s")
                 for client in args.clients:
-                    label = f"gateway/{client}" + (" +journal" if journal else "")
+                    label = f"gateway/{client}" + jl
                     rep.gateways[label] = g = phase_gateway(work, load, client, journal, extra, label)
                     progress(f"repeat {i + 1} QoS {qos} {label}: {g.rate:,.0f} msg/s {g.note}")
+                if tuned and qos == 1:
+                    t = rep.tuned["mosquitto → raw"] = phase_baseline(work, load, "raw", tuned)
+                    progress(f"repeat {i + 1} QoS {qos} example broker config, baseline raw: {t.rate:,.0f} msg/s")
+                    label = "gateway/ours" + jl
+                    t = rep.tuned[label] = phase_gateway(work, load, "ours", journal, tuned, label)
+                    progress(f"repeat {i + 1} QoS {qos} example broker config, {label}: {t.rate:,.0f} msg/s")
+                if embedded:
+                    small = Load(args.seconds, args.devices, min(args.max_messages, args.embedded_messages), qos)
+                    e = rep.embedded["embedded amqtt → raw"] = phase_baseline(work, small, "raw", broker="embedded")
+                    progress(f"repeat {i + 1} QoS {qos} embedded amqtt → raw: {e.rate:,.0f} msg/s")
+                    label = "gateway/ours on embedded" + jl
+                    e = rep.embedded[label] = phase_gateway(work, small, "ours", journal, name=label, broker="embedded")
+                    progress(f"repeat {i + 1} QoS {qos} {label}: {e.rate:,.0f} msg/s {e.note}")
                 repeats.append(rep)
     return repeats, load_before
 
@@ -717,10 +865,18 @@ def main(argv: list[str] | None = None) -> int:
                     help="baseline subscribers (default mosquitto_sub,raw,gmqtt)")
     ap.add_argument("--clients", type=lambda s: s.split(","), default=["ours"],
                     help="the gateway's MQTT client(s): ours, gmqtt, aiomqtt (default ours)")
-    ap.add_argument("--journal", choices=("auto", "on", "off"), default="auto",
-                    help="run the gateway with its durable journal (auto: when it has one)")
+    ap.add_argument("--synchronous", choices=("full", "normal"), default="full",
+                    help="the gateway journal's [journal] synchronous (default full, the gateway's default)")
+    ap.add_argument("--no-tuned", dest="tuned", action="store_false",
+                    help="skip the QoS 1 phases under deploy/mosquitto.conf's limits")
+    ap.add_argument("--embedded", choices=("auto", "on", "off"), default="auto",
+                    help="also measure the embedded amqtt broker in its own process (auto: when the gateway has it)")
+    ap.add_argument("--embedded-messages", type=int, default=10_000,
+                    help="messages per embedded-broker phase (default 10,000: it relays some thousands per second)")
     ap.add_argument("--broker-conf", type=Path, default=None,
                     help="take mosquitto's limit settings from this file (default: mosquitto's defaults)")
+    ap.add_argument("--no-journal-bench", dest="journal_bench", action="store_false",
+                    help="skip the journal-alone measurement (bench/journal_bench.py)")
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
     pp = sub.add_parser("publish", help="(internal) the raw publisher process")
     pp.add_argument("--port", type=int, required=True)
@@ -764,13 +920,26 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--subscribers takes some of {','.join(SUBSCRIBERS)}")
     if any(c not in ("ours", "gmqtt", "aiomqtt") for c in args.clients):
         ap.error("--clients takes some of ours,gmqtt,aiomqtt")
+    if args.embedded_messages < args.devices:
+        ap.error("--embedded-messages must be at least --devices")
     if args.broker_conf is not None and not args.broker_conf.is_file():
         ap.error(f"--broker-conf {args.broker_conf}: no such file")
     repeats, load_before = run_all(args)
+    jres: dict[str, Any] | None = None
+    if args.journal_bench and journal_supported():
+        import journal_bench
+
+        progress("the journal alone (FULL, NORMAL)")
+        jres = journal_bench.run(min(args.seconds, 3.0))
     text, summary = render(repeats, args, load_before, load_average())
+    if jres is not None:
+        text += "\n\n" + "\n".join(journal_bench.render(jres))
+        summary["journal"] = jres
     if args.json:
         print(json.dumps({"repeats": [{"qos": r.qos, "baseline": {k: asdict(v) for k, v in r.baseline.items()},
-                                       "gateways": {k: asdict(v) for k, v in r.gateways.items()}}
+                                       "gateways": {k: asdict(v) for k, v in r.gateways.items()},
+                                       "embedded": {k: asdict(v) for k, v in r.embedded.items()},
+                                       "tuned": {k: asdict(v) for k, v in r.tuned.items()}}
                                       for r in repeats], "summary": summary}, indent=2))
     else:
         print(text)

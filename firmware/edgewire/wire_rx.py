@@ -9,7 +9,7 @@
 # (docs/decisions.md, D7).
 
 from edgewire.wire import (KINDS, MAX_ID, MAX_READINGS, MAX_STREAM, MAX_TEXT, MAX_U32, OFFLINE, ONLINE,
-                           ROOT, ProtocolError, check_version, envelope, valid_id, valid_stream)
+                           ROOT, VERSION, ProtocolError, check_version, envelope, valid_id, valid_stream)
 
 # ---------------------------------------------------------------- topics
 
@@ -97,36 +97,63 @@ def decode_telemetry_env(env, device_id=None, stream_ok=valid_stream, id_ok=vali
     Whatever it accepts, decode_telemetry accepts too; on a refusal, run
     decode_telemetry on the bytes for the canonical error kind. `stream_ok`
     and `id_ok` may be memoized valid_stream and valid_id (the gateway caches
-    them)."""
-    check_version(env)
-    d = _device(env, device_id, id_ok)
-    boot = _u32(env, "b", "boot id")
-    seq = _u32(env, "s", "sequence")
-    up = _uint(env, "u", "uptime")
-    t = env.get("t")
+    them).
+
+    This is the gateway's per-message hot path: each field is first checked
+    by exact type (what a msgpack decoder produces), and only what that quick
+    test does not pass goes to the general check (_u32, _uint, check_version,
+    _value_ok), which accepts or raises the canonical error. So the rules and
+    the order of the checks are those of the general checks alone."""
+    if type(env) is not dict or env.get("v") != VERSION:
+        check_version(env)
+    get = env.get
+    d = get("d")
+    if not id_ok(d):
+        raise ProtocolError("invalid", "device id %r is not 1-64 of [A-Za-z0-9_-]" % (d,))
+    if device_id is not None and d != device_id:
+        raise ProtocolError("mismatch", "payload device id %r does not match topic device %r" % (d, device_id))
+    boot = get("b")
+    if type(boot) is not int or not 0 <= boot <= MAX_U32:
+        boot = _u32(env, "b", "boot id")
+    seq = get("s")
+    if type(seq) is not int or not 0 <= seq <= MAX_U32:
+        seq = _u32(env, "s", "sequence")
+    up = get("u")
+    if type(up) is not int or up < 0:
+        up = _uint(env, "u", "uptime")
+    t = get("t")
     if t is not None and (not isinstance(t, int) or isinstance(t, bool) or t < 0):
         raise ProtocolError("invalid", "device time 't' %r is not epoch milliseconds" % (t,))
-    rs = env.get("r")
+    rs = get("r")
     if not isinstance(rs, list) or not 0 < len(rs) <= MAX_READINGS:
         raise ProtocolError("invalid", "readings 'r' must be a list of 1-%d readings" % MAX_READINGS)
     out = []
-    for i, r in enumerate(rs):
-        if not isinstance(r, list) or len(r) not in (3, 4):
+    i = 0
+    for r in rs:
+        if type(r) is not list:
+            if not isinstance(r, list):
+                raise ProtocolError("invalid", "reading %d is not [stream, value, uptime(, error)]" % i)
+        n = len(r)
+        if n != 3 and n != 4:
             raise ProtocolError("invalid", "reading %d is not [stream, value, uptime(, error)]" % i)
         name, value, rup = r[0], r[1], r[2]
         if not stream_ok(name):
             raise ProtocolError("invalid", "reading %d stream name %r is invalid" % (i, name))
-        if not _value_ok(value):
-            raise ProtocolError("invalid", "reading %d (%s) value %r is not a number, bool or short string" % (i, name, value))
-        if not isinstance(rup, int) or isinstance(rup, bool) or rup < 0:
-            raise ProtocolError("invalid", "reading %d (%s) uptime %r is invalid" % (i, name, rup))
+        tv = type(value)
+        if not (tv is float or tv is int or value is None or tv is bool or (tv is str and len(value) <= MAX_TEXT)):
+            if not _value_ok(value):
+                raise ProtocolError("invalid", "reading %d (%s) value %r is not a number, bool or short string" % (i, name, value))
+        if type(rup) is not int or rup < 0:
+            if not isinstance(rup, int) or isinstance(rup, bool) or rup < 0:
+                raise ProtocolError("invalid", "reading %d (%s) uptime %r is invalid" % (i, name, rup))
         err = None
-        if len(r) == 4:
+        if n == 4:
             err = r[3]
             if value is not None or not isinstance(err, str):
                 raise ProtocolError("invalid", "reading %d (%s): an error reading is [stream, nil, uptime, text]" % (i, name))
             err = err[:MAX_TEXT]
         out.append((name, value, rup, err))
+        i += 1
     return {"device": d, "boot": boot, "seq": seq, "uptime": up, "time": t, "readings": out}
 
 

@@ -78,6 +78,7 @@ class PingResp(NamedTuple):
 Packet = Union[Publish, ConnAck, Ack, SubAck, PingResp]
 
 _PINGRESP = PingResp()
+_tuple_new = tuple.__new__
 
 
 # ---------------------------------------------------------------- encoding
@@ -183,6 +184,7 @@ class PacketReader:
         n = len(buf)
         pos = 0
         maxp = self._max
+        new = _tuple_new  # Publish(...) without the namedtuple's Python-level __new__: hot path
         while pos < n:
             first = buf[pos]
             # remaining length: 1-4 bytes, 7 bits each
@@ -234,7 +236,7 @@ class PacketReader:
                 if qos == 0:
                     if p > end:
                         raise MqttProtocolError("PUBLISH topic runs past the packet")
-                    append(Publish(buf[start + 2:p], buf[p:end], 0, bool(first & 1), False, 0))
+                    append(new(Publish, (buf[start + 2:p], buf[p:end], 0, first & 1 == 1, False, 0, 0)))
                 else:
                     if qos == 3:
                         raise MqttProtocolError("PUBLISH with QoS 3")
@@ -243,8 +245,8 @@ class PacketReader:
                     pid = (buf[p] << 8) | buf[p + 1]
                     if pid == 0:
                         raise MqttProtocolError("PUBLISH QoS>0 with packet id 0")
-                    append(Publish(buf[start + 2:p], buf[p + 2:end], qos, bool(first & 1),
-                                   bool(first & 8), pid))
+                    append(new(Publish, (buf[start + 2:p], buf[p + 2:end], qos, first & 1 == 1,
+                                         first & 8 == 8, pid, 0)))
                 pos = end
                 continue
             if length > 65535 + 4:

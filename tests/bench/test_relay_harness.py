@@ -83,3 +83,20 @@ def test_gateway_phase_accounts_for_every_message(tmp_path: Path) -> None:
     assert r.loss == {"head": 0, "interior": 0, "tail": 0, "registry_missing": 0, "hub_dropped": 0,
                       "unexplained_interior": 0}
     assert r.peak_rss_mb and set(r.cpu_percent) == {"broker", "gateway", "client", "publisher"}
+
+
+def test_journal_bench_commits_what_it_appends() -> None:
+    """The journal-alone measurement runs on the real journal at both
+    settings and its counts add up (no timing asserted)."""
+    load_relay()  # puts bench/ on sys.path
+    import journal_bench
+
+    res = journal_bench.run(0.3)
+    assert set(res) == {"full", "normal"}
+    for r in res.values():
+        sat = r["saturated"]
+        assert sat["committed"] > 0 and sat["committed"] % journal_bench.SATURATED_BATCH == 0
+        assert r["bare_sqlite3"]["committed"] > 0 and r["ratio"] is not None
+        paced = r["paced"]
+        assert paced["batches"] > 0 and paced["p50_ms"] <= paced["p99_ms"] <= paced["max_ms"]
+    assert all(line.startswith(("journal alone", "  synchronous=")) for line in journal_bench.render(res))

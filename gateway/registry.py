@@ -19,8 +19,16 @@ forged seq 2**32-1 must not claim four billion lost readings nor switch off
 duplicate detection). Only when the device's next messages continue from the
 jump and nothing arrives in the old window meanwhile is it taken as real: the
 window moves there and the numbers skipped are counted as `jumped`. A death
-holds only while its session stays silent: new telemetry of that boot brings
-the device back online (counted `revived`). At max_devices a new device
+holds only while its session stays silent: telemetry of that boot that the
+device SENT after the death brings it back online (counted `revived`). "Sent
+after" is judged on the device's own clock, so that what the device sent
+before its death but the broker forwarded after it (QoS 2 goes on at PUBREL,
+after a QoS 1 death has overtaken it; a redelivery after a gateway restart)
+never revives it: the death is dated in device uptime as its arrival minus the
+session's offset (arrival - uptime of the session's latest message before
+it), and telemetry revives only when its envelope's uptime is more than
+`REVIVE_MARGIN_MS` past that date (the margin absorbs the two messages'
+different transit and queueing times). At max_devices a new device
 evicts one that never sent a birth, else the least recently seen (offline
 ones first), counted as `evicted`: new devices are never refused."""
 from __future__ import annotations
@@ -32,7 +40,10 @@ from typing import Any
 from edgewire.gateway.decode import Status, Telemetry
 from edgewire.gateway.errors import GatewayError
 
-__all__ = ["Device", "Registry", "RegistryFull", "SeqWindow"]
+__all__ = ["Device", "Registry", "RegistryFull", "SeqWindow", "REVIVE_MARGIN_MS"]
+
+# Telemetry revives a dead session only when sent this long after the death (device clock).
+REVIVE_MARGIN_MS = 5000
 
 
 class RegistryFull(GatewayError):
@@ -139,7 +150,7 @@ class SeqWindow:
 class Device:
     __slots__ = ("id", "online", "boot", "conn", "fw", "hw", "streams", "why", "first_seen", "last_seen",
                  "status_at", "messages", "readings", "duplicates", "stale_deaths", "boots", "values",
-                 "values_dropped", "revived")
+                 "values_dropped", "revived", "offset_boot", "offset", "death_up")
 
     def __init__(self, device_id: str, now_ms: int) -> None:
         self.id = device_id
@@ -154,6 +165,10 @@ class Device:
         self.last_seen: int | None = now_ms  # None: known only from a retained status
         self.status_at: int | None = None
         self.revived = 0
+        # gateway ms minus device uptime for boot offset_boot, from its latest live message
+        self.offset_boot: int | None = None
+        self.offset: int | None = None
+        self.death_up: int | None = None  # the current session's death, in device uptime (None: unknown)
         self.messages = 0
         self.readings = 0
         self.duplicates = 0
@@ -274,13 +289,17 @@ class Registry:
             dev.duplicates += 1
             self.duplicates += 1
             return False
-        if dev.online is False and boot == dev.boot and win.high > high:
-            # new telemetry of the session a death named: it was not dead (a
-            # forged or mistaken death holds only while the session is silent)
+        up = t["uptime"]
+        if dev.online is False and boot == dev.boot and win.high > high and (
+                dev.death_up is None or up > dev.death_up + REVIVE_MARGIN_MS):
+            # telemetry the session sent after a death that named it: it was not
+            # dead (a forged or mistaken death holds only while the session is silent)
             dev.online = True
             dev.why = None
             dev.revived += 1
             self.revived += 1
+        if dev.boot is None or boot == dev.boot:
+            dev.offset_boot, dev.offset = boot, now_ms - up
         dev.messages += 1
         dev.readings += len(t["readings"])
         return True
@@ -307,6 +326,8 @@ class Registry:
             stamp = dev.status_at
         else:
             dev.last_seen = stamp = now_ms
+            if s.online and s.uptime is not None:
+                dev.offset_boot, dev.offset = s.boot, now_ms - s.uptime
         if s.online:
             self._unborn.pop(s.device, None)
             dev.online = True
@@ -314,6 +335,7 @@ class Registry:
             dev.fw, dev.hw = s.fw, s.hw
             dev.streams = s.streams
             dev.why = None
+            dev.death_up = None
             dev.status_at = stamp
             return "online"
         if dev.boot is None:
@@ -326,6 +348,8 @@ class Registry:
             dev.stale_deaths += 1
             self.stale_deaths += 1
             return "stale"
+        if not retained:  # a retained death keeps the date it had (restored from the journal)
+            dev.death_up = now_ms - dev.offset if dev.offset_boot == s.boot and dev.offset is not None else None
         dev.online = False
         dev.boot, dev.conn = s.boot, s.conn
         dev.why = s.why

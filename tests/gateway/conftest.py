@@ -81,8 +81,11 @@ class Publisher:
     def pub(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
         self.client.publish(topic, payload, qos=qos, retain=retain).wait_for_publish(5)
 
-    def telemetry(self, device: str, boot: int, seq: int, readings: list[list[Any]], qos: int = 1) -> None:
-        self.pub(wire.topic(device, "telemetry"), wire.encode_telemetry(device, boot, seq, seq * 10, readings), qos)
+    def telemetry(self, device: str, boot: int, seq: int, readings: list[list[Any]], qos: int = 1,
+                  uptime: int | None = None) -> None:
+        """`uptime`: the envelope's send time on the device clock (default seq * 10 ms)."""
+        up = seq * 10 if uptime is None else uptime
+        self.pub(wire.topic(device, "telemetry"), wire.encode_telemetry(device, boot, seq, up, readings), qos)
 
     def close(self) -> None:
         self.client.loop_stop()

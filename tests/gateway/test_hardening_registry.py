@@ -10,6 +10,7 @@ import aiohttp
 
 from edgewire import wire
 from edgewire.gateway.config import RegistryConfig
+from edgewire.gateway.registry import REVIVE_MARGIN_MS
 from edgewire.gateway.service import Gateway
 from tests.gateway.conftest import Publisher, gateway_config, wait_for
 from tests.support.broker import Mosquitto
@@ -89,7 +90,8 @@ async def test_forged_death_holds_only_while_the_session_is_silent(gateway: Gate
     publisher.pub(wire.topic(dev, "status"), wire.encode_death(dev, 3, 1, "lost"))  # forged
     await wait_for(lambda: (d := gateway.registry.get(dev)) is not None and d.online is False,
                    what="forged death applied")
-    publisher.telemetry(dev, 3, 2, [["t", 2, 0]])  # the session is evidently alive
+    # the device goes on streaming: what it sends after the death (on its own clock) shows it alive
+    publisher.telemetry(dev, 3, 2, [["t", 2, 0]], uptime=1 + REVIVE_MARGIN_MS + 60_000)
     await wait_for(lambda: gateway.registry.get(dev).online is True, what="back online")  # type: ignore[union-attr]
     body = await _detail(http, gateway, dev)
     assert body["state"] == "online" and body["why_offline"] is None and body["revived"] == 1
@@ -99,6 +101,34 @@ async def test_forged_death_holds_only_while_the_session_is_silent(gateway: Gate
     publisher.pub(wire.topic("dev-nobirth", "status"), wire.encode_death("dev-nobirth", 99, 1, "lost"))
     await wait_for(lambda: gateway.registry.stale_deaths == 1, what="stale death counted")
     assert gateway.registry.get("dev-nobirth").online is None  # type: ignore[union-attr]
+
+
+async def test_late_telemetry_sent_before_a_death_does_not_revive(broker: Mosquitto, publisher: Publisher,
+                                                                 http: aiohttp.ClientSession) -> None:
+    # A device shuts down: its last QoS 2 readings were sent before its QoS 1
+    # death, but the broker forwards QoS 2 only at PUBREL, so the death can
+    # arrive first. Those readings (and their redelivery to a restarted
+    # gateway) are late, not a sign of life.
+    dev = "dev-bye"
+    cfg = gateway_config(broker)
+    async with Gateway(cfg) as gw:
+        assert gw.mqtt is not None
+        await gw.mqtt.wait_connected(5)
+        publisher.pub(wire.topic(dev, "status"), wire.encode_birth(dev, 8, 1, 1000, "1", "x", {}))
+        for seq in (1, 2, 3):
+            publisher.telemetry(dev, 8, seq, [["t", seq, 0]], uptime=1000 + seq * 100)
+        publisher.pub(wire.topic(dev, "status"), wire.encode_death(dev, 8, 1, "shutdown"))
+        publisher.telemetry(dev, 8, 4, [["t", 4, 0]], qos=2, uptime=1400)  # sent before the death
+        await wait_for(lambda: (d := gw.registry.get(dev)) is not None and d.messages == 4, what="late reading")
+        body = await _detail(http, gw, dev)
+        assert body["state"] == "offline" and body["why_offline"] == "shutdown" and body["revived"] == 0, body
+    async with Gateway(cfg) as gw:  # restarted on the same journal: the death keeps its date
+        assert gw.mqtt is not None
+        await gw.mqtt.wait_connected(5)
+        publisher.telemetry(dev, 8, 5, [["t", 5, 0]], qos=2, uptime=1500)  # still from before the death
+        await wait_for(lambda: (d := gw.registry.get(dev)) is not None and d.messages == 5, what="redelivery")
+        body = await _detail(http, gw, dev)
+        assert body["state"] == "offline" and body["revived"] == 0, body
 
 
 async def test_retained_messages_are_not_new(broker: Mosquitto, publisher: Publisher,

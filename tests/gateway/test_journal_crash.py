@@ -226,10 +226,10 @@ async def crash_run(tmp_path: Path, qos: int) -> None:
             state.update(journaled=sum(d["messages"] for d in devs), seen=sent, sse=len(sse.events),
                          readings=readings, deaths=deaths, online=[d["id"] for d in devs if d["online"]],
                          backlog=stats["journal"]["backlog"], mqtt=stats["mqtt"])
-            # (not "every device offline": a shutdown death can reach the gateway before the
-            # device's last QoS 2 telemetry, which then counts as the session being alive)
+            # every device offline: also where a shutdown death reached the gateway before the
+            # device's last QoS 2 telemetry (sent before it, so no sign of life)
             return (state["journaled"] == sent and deaths == DEVICES and state["backlog"] == 0
-                    and len(sse.events) >= readings)
+                    and len(sse.events) >= readings and not state["online"])
 
         try:
             await wait_for(settled, timeout=60, what="every message and every death journaled, SSE caught up")

@@ -154,6 +154,13 @@ class HttpConfig:
     ws_max_message: int = 65536
     dashboard: bool = True
     max_filters: int = 64
+    idle_timeout: float = 30.0
+    request_timeout: float = 10.0
+    write_timeout: float = 60.0
+    max_connections: int = 0
+    max_connections_per_peer: int = 64
+    max_live_per_peer: int = 32
+    live_reserve: int = 16
 
     def __post_init__(self) -> None:
         _str("http", "host", self.host, 255)
@@ -165,6 +172,13 @@ class HttpConfig:
         _int("http", "ws_max_message", self.ws_max_message, 1024, 16 * 1024 * 1024, " bytes")
         _bool("http", "dashboard", self.dashboard)
         _int("http", "max_filters", self.max_filters, 1, 100_000, " per SSE or WebSocket client")
+        _num("http", "idle_timeout", self.idle_timeout, 0.1, 86400)
+        _num("http", "request_timeout", self.request_timeout, 0.1, 3600)
+        _num("http", "write_timeout", self.write_timeout, 0.1, 86400)
+        _int("http", "max_connections", self.max_connections, 0, 1_000_000, " (0: from the file limit)")
+        _int("http", "max_connections_per_peer", self.max_connections_per_peer, 1, 1_000_000)
+        _int("http", "max_live_per_peer", self.max_live_per_peer, 1, 100_000)
+        _int("http", "live_reserve", self.live_reserve, 0, 100_000, " live-client slots")
 
 
 @dataclass(frozen=True, slots=True)

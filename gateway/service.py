@@ -21,13 +21,11 @@ import sys
 import time
 from typing import Any
 
-from aiohttp import web
-
 from edgewire.gateway.commands import Commands
 from edgewire.gateway.config import GatewayConfig, load_config
 from edgewire.gateway.core import Core
 from edgewire.gateway.errors import ConfigError, GatewayError, MqttNotConnected
-from edgewire.gateway.http.app import build_app
+from edgewire.gateway.http.app import HttpServer
 from edgewire.gateway.hub import Hub
 from edgewire.gateway.ingest import IngestAdapter, build_adapter, enabled
 from edgewire.gateway.journal import Journal, JournalCorrupt
@@ -39,7 +37,7 @@ from edgewire.gateway.sinks import JournalSink, build_sink
 
 log = logging.getLogger("edgewire.gateway")
 
-__all__ = ["Gateway", "gateway_main", "tune_gc"]
+__all__ = ["Gateway", "gateway_main", "raise_file_limit", "tune_gc"]
 
 
 class Gateway:
@@ -66,7 +64,7 @@ class Gateway:
         self.adapters: dict[str, IngestAdapter] = {}
         self.sinks: dict[str, JournalSink] = {}
         self.grpc: Any = None  # GrpcService when [grpc] listen is set
-        self._runner: web.AppRunner | None = None
+        self._http: HttpServer | None = None
         self._closed = asyncio.Event()
         self._started_at = 0.0
         self.http_port = 0
@@ -129,12 +127,9 @@ class Gateway:
             for name in enabled(cfg):
                 adapter = self.adapters[name] = build_adapter(name, cfg, self._core)
                 await adapter.start()
-            self._runner = web.AppRunner(build_app(self), access_log=None, shutdown_timeout=1.0,
-                                         handle_signals=False, handler_cancellation=True)
-            await self._runner.setup()
-            site = web.TCPSite(self._runner, cfg.http.host, cfg.http.port, reuse_address=True)
-            await site.start()
-            self.http_port = int(self._runner.addresses[0][1])
+            self._http = HttpServer(self, log_interval=cfg.log.drop_log_interval)
+            await self._http.start()
+            self.http_port = self._http.port
             if cfg.grpc.listen:   # the gRPC service (needs the grpc extra); imported only when asked for
                 from edgewire.gateway.grpc_service import GrpcService
 
@@ -161,9 +156,9 @@ class Gateway:
             self.grpc = None
         for sub in list(self.hub.subscribers.values()):
             self.hub.close(sub)
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        if self._http is not None:
+            await self._http.stop()
+            self._http = None
         # Stop taking input, commit what was taken (its acks go out while the
         # connections are still up), then disconnect. What was not taken is not
         # acknowledged: the broker keeps it for the next start.
@@ -209,6 +204,7 @@ class Gateway:
                        "dropped": self.hub.stats()["dropped_total"]},
             "journal": checks["journal"][1],
             "sinks": {name: c.health()[1] for name, c in self.sinks.items()},
+            "http": self._http.stats() if self._http is not None else {},
         }
         return ok, body
 
@@ -223,6 +219,7 @@ class Gateway:
             "hub": self.hub.stats(),
             "commands": self.commands.stats(),
             "sinks": [s.stats() for s in self.sinks.values()],
+            "http": self._http.stats() if self._http is not None else {},
         })
         if self.grpc is not None:
             out["grpc"] = self.grpc.stats()
@@ -249,6 +246,7 @@ def gateway_main(args: argparse.Namespace) -> int:
         print(f"ConfigError: --log-level {args.log_level!r}: expected debug, info, warning or error", file=sys.stderr)
         return 2
     logging.basicConfig(level=getattr(logging, level), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    raise_file_limit()
     tune_gc()
     try:
         asyncio.run(_run(config))
@@ -262,6 +260,26 @@ def gateway_main(args: argparse.Namespace) -> int:
         log.error("cannot start: %s", e)
         return 1
     return 0
+
+
+def raise_file_limit() -> int:
+    """Raise the soft limit on open files to the hard limit where allowed (a
+    user session often starts at 1,024 while the hard limit is far higher):
+    every HTTP, SSE and WebSocket client holds a descriptor. Process-wide, so
+    only the service entry point calls it. Returns the soft limit in force."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != soft and (hard == resource.RLIM_INFINITY or hard > soft):
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as e:
+            log.warning("open-file limit stays at %d (could not raise it to %d: %s)", soft, target, e)
+            return soft
+        log.info("open-file limit raised from %d to %d", soft, target)
+        return target
+    return soft
 
 
 def tune_gc() -> None:

@@ -1,6 +1,7 @@
 """REST: devices, commands, health and stats."""
 from __future__ import annotations
 
+import asyncio
 import math
 from typing import Any
 
@@ -57,7 +58,12 @@ async def command(request: web.Request) -> web.Response:
     try:
         timeout = _timeout(request)
         queue = _queue(request)
-        raw = await request.read()
+        try:
+            async with asyncio.timeout(gw.config.http.request_timeout):  # a body that trickles in
+                raw = await request.read()
+        except TimeoutError:
+            return error(408, "request_timeout", f"the body did not arrive within "
+                         f"{gw.config.http.request_timeout:g} s ([http] request_timeout); nothing was sent")
         args: Any = None
         if raw.strip():
             try:

@@ -145,3 +145,25 @@ def check_filter(flt: object) -> str:
     if "+" not in streams and "#" not in streams and not wire.valid_stream("/".join(streams)):
         raise ValueError(f"filter {shown} can never match: {'/'.join(streams)[:80]!r} is not a stream name")
     return flt
+
+
+# ---------------------------------------------------------------- live clients
+
+def live_refusal(gw: GatewayView, peer: str) -> str | None:
+    """Why a new SSE/WebSocket client from `peer` may not open, or None.
+    One address holds at most [http] max_live_per_peer live clients, and the
+    last [http] live_reserve slots of [hub] max_clients are kept for addresses
+    that hold none yet, so one class of client (or one host) cannot take every
+    slot from the dashboard."""
+    cfg = gw.config.http
+    hub = gw.core.hub
+    subs = hub.subscribers.values()
+    mine = sum(1 for s in subs if s.peer == peer)
+    if mine >= cfg.max_live_per_peer:
+        return (f"{mine} live clients from {peer} already ([http] max_live_per_peer); "
+                "close one or use filters on one connection")
+    free = hub.max_clients - len(hub.subscribers)
+    if mine and free <= cfg.live_reserve:
+        return (f"only {free} live-client slots left, kept for addresses that hold none "
+                "([http] live_reserve, [hub] max_clients)")
+    return None

@@ -11,11 +11,12 @@ for the live stream is served from the journal, so it loses nothing the
 journal still holds. A comment line is sent every [http] heartbeat seconds."""
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from aiohttp import web
 
-from edgewire.gateway.http.common import GATEWAY, check_filter, error
+from edgewire.gateway.http.common import GATEWAY, check_filter, error, live_refusal
 from edgewire.gateway.hub import HubFull
 
 log = logging.getLogger("edgewire.gateway.http.sse")
@@ -55,19 +56,29 @@ async def stream(request: web.Request) -> web.StreamResponse:
     except ValueError as e:
         return error(400, "bad_request", str(e))
     hub = gw.core.hub
+    peer = request.remote or ""
+    refusal = live_refusal(gw, peer)
+    if refusal is not None:
+        return error(503, "busy", refusal)
     try:
-        sub = hub.open(filters, after=after, kind="sse", peer=request.remote or "")
+        sub = hub.open(filters, after=after, kind="sse", peer=peer)
     except HubFull as e:
         return error(503, "busy", str(e))
     heartbeat = gw.config.http.heartbeat
+    write_timeout = gw.config.http.write_timeout
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                        "X-Accel-Buffering": "no"})
+    async def write(data: bytes) -> None:
+        # a client that stops reading (or vanished) is cut after write_timeout
+        async with asyncio.timeout(write_timeout):
+            await resp.write(data)
+
     try:
         await resp.prepare(request)
-        await resp.write(f"retry: 2000\n: edgewire stream, last id {hub.last_id}\n\n".encode())
+        await write(f"retry: 2000\n: edgewire stream, last id {hub.last_id}\n\n".encode())
         while not sub.closed:
             if not await sub.wait(heartbeat):
-                await resp.write(b": heartbeat\n\n")
+                await write(b": heartbeat\n\n")
                 continue
             events = await sub.next(MAX_EVENTS_PER_WRITE)
             parts: list[str] = []
@@ -77,9 +88,13 @@ async def stream(request: web.Request) -> web.StreamResponse:
             for ev in events:
                 parts.append(f"id: {ev.id}\nevent: reading\ndata: {ev.json}\n\n")
             if parts:
-                await resp.write("".join(parts).encode())
+                await write("".join(parts).encode())
     except ConnectionError:
         pass  # the client left
+    except TimeoutError:
+        log.info("SSE client %s read nothing for %gs: closed", peer, write_timeout)
+        if request.transport is not None:
+            request.transport.abort()
     finally:
         hub.close(sub)
     return resp

@@ -29,7 +29,7 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from edgewire.gateway.errors import CommandBusy, CommandOffline, CommandRejected, CommandTimeout, MqttError
-from edgewire.gateway.http.common import GATEWAY, BadJson, GatewayView, check_filter, dumps, loads
+from edgewire.gateway.http.common import GATEWAY, BadJson, GatewayView, check_filter, dumps, live_refusal, loads
 from edgewire.gateway.hub import HubFull, Subscription
 
 log = logging.getLogger("edgewire.gateway.http.ws")
@@ -46,6 +46,7 @@ class _Session:
         self.control: collections.deque[str] = collections.deque()
         self.commands: set[asyncio.Task[None]] = set()
         self.overflowed = False
+        self.transport: asyncio.BaseTransport | None = None
 
     def reply(self, obj: dict[str, Any]) -> None:
         if len(self.control) >= MAX_CONTROL:
@@ -58,21 +59,37 @@ class _Session:
         self.reply({"type": "error", "error": code, "message": message, "ref": ref})
 
     async def sender(self) -> None:
+        try:
+            await self._sender()
+        except TimeoutError:
+            # a client that stops reading (or vanished) is cut after write_timeout
+            log.info("WebSocket client %s read nothing for %gs: closed", self.sub.peer,
+                     self.gw.config.http.write_timeout)
+            if self.transport is not None:
+                self.transport.abort()
+
+    async def _sender(self) -> None:
         sub, ws = self.sub, self.ws
         batch = self.gw.config.http.ws_batch
+        write_timeout = self.gw.config.http.write_timeout
+
+        async def send(text: str) -> None:
+            async with asyncio.timeout(write_timeout):
+                await ws.send_str(text)
+
         while not sub.closed and not ws.closed:
             await sub.wait()
             if self.overflowed:
                 await ws.close(code=1008, message=b"control replies overflowed: the client does not read")
                 return
             while self.control:
-                await ws.send_str(self.control.popleft())
+                await send(self.control.popleft())
             events = await sub.next(batch)
             gap = sub.take_gap()
             if gap is not None:
-                await ws.send_str('{"type":"gap",' + gap.json[1:])
+                await send('{"type":"gap",' + gap.json[1:])
             if events:
-                await ws.send_str('{"type":"readings","events":[' + ",".join([e.json for e in events]) + "]}")
+                await send('{"type":"readings","events":[' + ",".join([e.json for e in events]) + "]}")
 
     def handle(self, text: str) -> None:
         try:
@@ -159,12 +176,17 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
                                heartbeat=gw.config.http.heartbeat)
     await ws.prepare(request)
     hub = gw.core.hub
+    peer = request.remote or ""
     try:
-        sub = hub.open([], kind="ws", peer=request.remote or "")
+        refusal = live_refusal(gw, peer)
+        if refusal is not None:
+            raise HubFull(refusal)
+        sub = hub.open([], kind="ws", peer=peer)
     except HubFull as e:
         await ws.close(code=1013, message=str(e).encode()[:120])
         return ws
     session = _Session(gw, ws, sub)
+    session.transport = request.transport
     session.reply({"type": "hello", "last_id": hub.last_id})
     sender = asyncio.get_running_loop().create_task(session.sender(), name="ws-sender")
     try:

@@ -66,8 +66,9 @@ def _publish(port: int, qos: int, index: int, stop: "mp.synchronize.Event", rate
             k += 1
             clients[k % len(clients)].publish(topics[k % len(clients)], payload, qos=qos)
             due += gap
-            if due > time.monotonic():
-                time.sleep(due - time.monotonic())
+            delay = due - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
     while not rate and not stop.is_set():
         full = 0
         for c, t in zip(clients, topics):
@@ -92,6 +93,7 @@ async def _measure(port: int, broker_pid: int, qos: int, publishers: int, second
         nonlocal received
         async for batch in client.batches():
             received += len(batch)
+            batch.ack()  # PUBACK/PUBREC: the gateway sends them after its commit, here at once
 
     task = asyncio.create_task(consume())
     ctx = mp.get_context("spawn")
@@ -107,6 +109,8 @@ async def _measure(port: int, broker_pid: int, qos: int, publishers: int, second
     stop.set()
     for p in procs:
         p.join(30)
+    if any(p.exitcode != 0 for p in procs):  # a dead publisher would pass for a slow broker
+        raise RuntimeError(f"a publisher process failed: exit codes {[p.exitcode for p in procs]}")
     await client.stop()
     task.cancel()
     rate = (n1 - n0) / (t1 - t0)

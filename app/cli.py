@@ -32,15 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--log-level", default=None, help="override [log] level: debug, info, warning, error")
 
     s = sub.add_parser("sim", help="run a simulated device fleet built from the real firmware SDK")
-    s.add_argument("--devices", type=int, default=10, help="number of devices (default 10)")
-    s.add_argument("--rate", type=float, default=1.0, help="telemetry messages per second per device (default 1)")
-    s.add_argument("--qos", type=int, choices=(0, 1, 2), default=1, help="MQTT QoS for every stream (default 1)")
-    s.add_argument("--broker", metavar="URL", default=None,
-                   help="mqtt://host:port; without it the embedded amqtt broker is started on a free port")
-    s.add_argument("--duration", type=float, default=10.0, help="seconds to run (default 10)")
-    s.add_argument("--prefix", default="sim", help="device id prefix (default 'sim')")
-    s.add_argument("--seed", type=int, default=None, help="seed for the sensor models (default: random)")
-    s.add_argument("--json", action="store_true", help="print the report as JSON")
+    from edgewire.sim.cli import add_arguments  # options only: the simulator itself loads when it runs
+
+    add_arguments(s)
 
     d = sub.add_parser("demo", help="gateway, embedded broker and a simulated fleet, with the dashboard")
     d.add_argument("--port", type=int, default=8080, help="HTTP port of the dashboard (default 8080)")

@@ -13,15 +13,15 @@ from typing import TYPE_CHECKING, Any
 from edgewire.sim.errors import SimError
 
 if TYPE_CHECKING:
-    from edgewire.sim.fleet import Fleet, SimDevice
+    from edgewire.sim.fleet import Fleet, Group
     from edgewire.sim.report import DeviceReport, FleetReport
 
-__all__ = ["DeviceReport", "Fleet", "FleetReport", "SimDevice", "SimError"]
+__all__ = ["DeviceReport", "Fleet", "FleetReport", "Group", "SimError"]
 
 
 def __getattr__(name: str) -> Any:
     # The fleet imports the device SDK; load it only when it is used.
-    if name in ("Fleet", "SimDevice"):
+    if name in ("Fleet", "Group"):
         from edgewire.sim import fleet
         return getattr(fleet, name)
     if name in ("DeviceReport", "FleetReport"):

@@ -7,12 +7,12 @@
     report = fleet.report()
     print(report.render())
 
-Every device is an `edgewire.device.Device(board, config)` on an
-`edgewire.boards.sim.SimBoard` with its own MQTT connection, run in its own
-thread: the SDK's MQTT client waits on its socket with a poll deadline, so a
-thread per device is the simple, faithful model. CPU cost is dominated by
-encoding and sending messages, not by the threads (docs/simulator.md has the
-measurements).
+Every device is the SDK's Device (edgewire.sim.loop.LoopDevice) on an
+`edgewire.boards.sim.SimBoard` with its own MQTT connection. Devices are driven
+by selector loops (edgewire.sim.engine), one per shard: procs=0 runs one shard
+in a thread of this process (the boards can be reached: fleet.board(id));
+procs=N runs N shard processes (10,000 devices on two cores). An observer (an
+MQTT subscriber of our own) counts what arrived and measures latency.
 
 Rate: each device gets streams (temperature, humidity, battery, door, ... from
 the SimBoard's sensor models) at QoS `qos` whose sampling adds up to `rate`
@@ -23,29 +23,33 @@ from __future__ import annotations
 
 import logging
 import math
+import multiprocessing
+import os
 import random
 import socket
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
 from edgewire import config as device_config
 from edgewire import wire
-from edgewire.boards import ResetRequested
 from edgewire.boards.sim import MODELS, SimBoard
-from edgewire.device import Device
+from edgewire.sim.engine import DeviceSpec, Shard, raise_file_limit, report_crash, shard_main
 from edgewire.sim.errors import SimError
-from edgewire.sim.report import DeviceReport, FleetReport
+from edgewire.sim.observer import GatewayObserver, Observer
+from edgewire.sim.report import DeviceReport, FleetReport, build_report
 from edgewire.sim.url import BrokerAddress, parse_broker_url
 
-__all__ = ["Fleet", "SimDevice", "plan_streams", "MAX_DEVICES", "MAX_RATE"]
+__all__ = ["Fleet", "Group", "plan_streams", "MAX_DEVICES", "MAX_RATE"]
 
 log = logging.getLogger("edgewire.sim")
 device_log = logging.getLogger("edgewire.sim.device")
 
-MAX_DEVICES = 10000
+MAX_DEVICES = 1_000_000     # a whole fleet; one host runs its --shard of it
+DEFAULT_RAMP = 1000.0       # connections started per second, over all shards
 MAX_STREAMS = 32            # config.validate's limit
 MIN_INTERVAL_MS = 10        # config.validate's floor for min_interval_ms
 MAX_INTERVAL_MS = 86400000
@@ -88,133 +92,92 @@ def configured_rate(streams: Sequence[Mapping[str, Any]]) -> float:
     return float(sum(1000.0 / s["interval_ms"] for s in streams))
 
 
-class SimDevice:
-    """One simulated device: a SimBoard and the SDK's Device run in a thread.
+@dataclass
+class Group:
+    """Devices that share a configuration: `count` of them, ids '<prefix>-0000', ...
 
-    A reboot (the `reboot` command, or `board.reset()`) starts a new Device on
-    the same board, as a real board restarts its firmware: a new boot id, seq
-    from 1. Counters are summed over boots."""
+    streams: the device config's streams (name, source sim:<model>, interval_ms,
+    qos, unit); overrides: other device config keys (docs/firmware.md)."""
 
-    def __init__(self, device_id: str, board: SimBoard, cfg: dict[str, Any]) -> None:
-        self.device_id = device_id
-        self.board = board
-        self.cfg = cfg
-        self.device: Device | None = None
-        self.boots: list[int] = []
-        self.resets = 0
-        self.error: str | None = None
-        self._done: dict[str, int] = {}       # counters of finished boots
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
+    name: str
+    count: int
+    prefix: str
+    streams: list[dict[str, Any]]
+    fault_rate: float = 0.01
+    overrides: dict[str, Any] = field(default_factory=dict)
 
-    def start(self) -> None:
-        if self._thread is not None:
-            raise SimError(f"device {self.device_id} already started")
-        self._thread = threading.Thread(target=self._run, name=f"sim-{self.device_id}", daemon=True)
-        self._thread.start()
+    @property
+    def rate(self) -> float:
+        return configured_rate(self.streams)
 
-    def _say(self, msg: str) -> None:
-        device_log.info("%s: %s", self.device_id, msg)
+    def ids(self) -> list[str]:
+        width = max(4, len(str(self.count - 1)))
+        return [f"{self.prefix}-{i:0{width}d}" for i in range(self.count)]
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            with self._lock:
-                dev = Device(self.board, self.cfg, log=self._say)
-                self.device = dev
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'2/10' -> (2, 10): this host runs the devices whose fleet index % 10 == 2."""
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise SimError(f"shard {text!r} is not i/N (e.g. 0/10: the first of ten hosts)") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise SimError(f"shard {text!r}: expected 0 <= i < N")
+    return i, n
+
+
+class _Link:
+    """The fleet's end of one shard: its connection, a reader thread, the latest news."""
+
+    def __init__(self, conn: Any, runner: Any) -> None:
+        self.conn = conn
+        self.runner = runner
+        self.progress: dict[str, Any] = {}
+        self.done: tuple[list[DeviceReport], list[dict[str, Any]]] | None = None
+        self.crash: str | None = None
+        self.snapshots: dict[int, list[DeviceReport]] = {}
+        self.cond = threading.Condition()
+        self.send_lock = threading.Lock()
+        self.reader = threading.Thread(target=self._read, name="sim-shard-reader", daemon=True)
+
+    def _read(self) -> None:
+        while True:
             try:
-                dev.run()
-                break
-            except ResetRequested:
-                self.resets += 1
-                self._fold(dev)
-                continue
-            except Exception as e:  # a crash is this device's fault, reported; the fleet goes on
-                self.error = f"{type(e).__name__}: {e}"
-                log.error("simulated device %s stopped: %s", self.device_id, self.error)
-                break
-            finally:
-                if dev.boot and (not self.boots or self.boots[-1] != dev.boot):
-                    self.boots.append(dev.boot)
+                msg = self.conn.recv()
+            except (EOFError, OSError):
+                with self.cond:
+                    if self.done is None and self.crash is None:
+                        self.crash = "the shard ended without a report"
+                    self.cond.notify_all()
+                return
+            with self.cond:
+                if msg[0] == "progress":
+                    self.progress = msg[1]
+                elif msg[0] == "snapshot":
+                    self.snapshots[msg[1]] = msg[2]
+                elif msg[0] == "done":
+                    self.done = (msg[1], msg[2])
+                elif msg[0] == "crash":
+                    self.crash = msg[1]
+                self.cond.notify_all()
+            if msg[0] in ("done", "crash"):
+                return
 
-    def _fold(self, dev: Device) -> None:
-        with self._lock:
-            for k, v in dev.stats.items():
-                if k != "queued":
-                    self._done[k] = self._done.get(k, 0) + int(v)
-            self.device = None
+    def send(self, msg: tuple[Any, ...]) -> None:
+        with self.send_lock:
+            try:
+                self.conn.send(msg)
+            except (OSError, ValueError):
+                pass
 
-    def request_stop(self) -> None:
-        self._stop.set()
-        with self._lock:
-            if self.device is not None:
-                self.device.stop()
-
-    def join(self, timeout: float) -> bool:
-        """Wait for the device to finish its goodbye; True if it did."""
-        t = self._thread
-        if t is None:
-            return True
-        deadline = time.monotonic() + timeout
-        t.join(max(0.0, deadline - time.monotonic()))
-        return not t.is_alive()
-
-    @property
-    def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    @property
-    def connected(self) -> bool:
-        d = self.device
-        return d is not None and d.connected
-
-    def counters(self) -> dict[str, int]:
-        with self._lock:
-            out = dict(self._done)
-            d = self.device
-            if d is not None:
-                for k, v in d.stats.items():
-                    out[k] = out.get(k, 0) + int(v)
-        return out
-
-    def report(self) -> DeviceReport:
-        c = self.counters()
-        sent = sum(c.get(f"sent_q{q}", 0) for q in (0, 1, 2))
-        acked = sum(c.get(f"acked_q{q}", 0) for q in (0, 1, 2))
-        unacked = sum(c.get(f"sent_q{q}", 0) - c.get(f"acked_q{q}", 0) for q in (1, 2))
-        sampled = c.get("readings", 0)
-        dropped = c.get("dropped", 0)
-        # batch_max is 1: each telemetry message carries exactly one reading, so
-        # readings sent == messages, and what was sampled but neither sent nor
-        # dropped is still queued on the device.
-        boots = list(self.boots)
-        d = self.device
-        if d is not None and d.boot and (not boots or boots[-1] != d.boot):
-            boots.append(d.boot)
-        return DeviceReport(
-            device=self.device_id,
-            boot=boots[-1] if boots else None,
-            boots=boots,
-            messages=sent,
-            readings=sent,
-            sampled=sampled,
-            acked=acked,
-            unacked=unacked,
-            dropped=dropped,
-            queued=max(0, sampled - dropped - sent),
-            connects=c.get("connects", 0),
-            reconnects=c.get("reconnects", 0),
-            conn_failures=c.get("conn_failures", 0),
-            resets=self.resets,
-            faults=c.get("faults", 0) + (1 if self.error else 0),
-            connected=self.connected,
-            error=self.error,
-        )
+    def wait(self, pred: Any, timeout: float) -> bool:
+        with self.cond:
+            return bool(self.cond.wait_for(lambda: pred() or self.crash is not None, timeout))
 
 
 class Fleet:
     """`devices` simulated devices sending `rate` telemetry messages per second
-    each at QoS `qos` to the broker at `broker_url`.
+    each at QoS `qos` to the broker at `broker_url` (or several `groups`).
 
     Nothing is opened until start() (or `with`). Options:
       seed        replays the same sensor values (None: random, reported); boot ids
@@ -224,37 +187,70 @@ class Fleet:
       overrides   extra device config keys (docs/firmware.md), e.g. {"max_inflight": 16};
                   device_id, broker_host/port, streams, batch_max and
                   min_interval_ms belong to the simulator
+      groups      instead of devices/rate/qos/prefix: a list of Group
+      procs       0: one selector loop in a thread of this process; N: N processes
+      ramp        connections started per second (all shards together)
+      shard       (i, N): run only the devices whose index % N == i (one of N hosts)
+      observe     run the observer (received, lost, duplicated, latency)
+      connect_to  (host, port): connect the devices here instead (a fault-injecting
+                  proxy); reports still name broker_url
+      gateway     http://host:port of a gateway: the observer reads its SSE stream
+                  (what the gateway accepted) instead of subscribing to the broker
     """
 
-    def __init__(self, broker_url: str, *, devices: int, rate: float = 1.0, qos: int = 1,
+    def __init__(self, broker_url: str, *, devices: int | None = None, rate: float = 1.0, qos: int = 1,
                  seed: int | None = None, prefix: str = "sim", fault_rate: float = 0.01,
-                 overrides: Mapping[str, Any] | None = None) -> None:
-        if isinstance(devices, bool) or not isinstance(devices, int) or not 1 <= devices <= MAX_DEVICES:
-            raise SimError(f"devices {devices!r} must be an integer 1..{MAX_DEVICES}")
+                 overrides: Mapping[str, Any] | None = None, groups: Sequence[Group] | None = None,
+                 procs: int = 0, ramp: float = DEFAULT_RAMP, shard: tuple[int, int] = (0, 1),
+                 observe: bool = True, connect_to: tuple[str, int] | None = None,
+                 gateway: str | None = None) -> None:
         self.address: BrokerAddress = parse_broker_url(broker_url)
-        self.streams = plan_streams(rate, qos)
-        self.rate = float(rate)
-        self.qos = qos
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise SimError(f"seed {seed!r} must be an integer or None")
         self.seed = seed if seed is not None else random.SystemRandom().randrange(1 << 32)
-        width = max(4, len(str(devices - 1)))
-        self.device_ids = [f"{prefix}-{i:0{width}d}" for i in range(devices)]
-        if not isinstance(prefix, str) or not wire.valid_id(self.device_ids[-1]):
-            raise SimError(f"prefix {prefix!r} does not make valid device ids ('{prefix}-{0:0{width}d}'): "
-                           f"ids are 1-64 characters of A-Z a-z 0-9 _ -")
-        if isinstance(fault_rate, bool) or not isinstance(fault_rate, (int, float)) or not 0 <= fault_rate <= 1:
-            raise SimError(f"fault_rate {fault_rate!r} must be between 0 and 1")
-        self.fault_rate = float(fault_rate)
-        over = dict(overrides or {})
-        owned = sorted(set(over) & set(OWNED_KEYS))
-        if owned:
-            raise SimError(f"overrides {owned} are set by the simulator itself (use the Fleet arguments)")
-        self._overrides = over
-        self.sims: list[SimDevice] = []
+        if isinstance(procs, bool) or not isinstance(procs, int) or not 0 <= procs <= 256:
+            raise SimError(f"procs {procs!r} must be 0 (a thread) .. 256 processes")
+        if isinstance(ramp, bool) or not isinstance(ramp, (int, float)) or not math.isfinite(ramp) or ramp <= 0:
+            raise SimError(f"ramp {ramp!r} must be a positive number of connections per second")
+        self.procs = procs
+        self.ramp = float(ramp)
+        self.shard = shard
+        self.observe = observe
+        self.connect_to = connect_to
+        if gateway is not None and not (isinstance(gateway, str) and gateway.startswith("http://")):
+            raise SimError(f"gateway {gateway!r}: expected the gateway's http://host:port")
+        self.gateway = gateway
+        if groups is None:
+            if isinstance(devices, bool) or not isinstance(devices, int) or not 1 <= devices <= MAX_DEVICES:
+                raise SimError(f"devices {devices!r} must be an integer 1..{MAX_DEVICES}")
+            if isinstance(fault_rate, bool) or not isinstance(fault_rate, (int, float)) or not 0 <= fault_rate <= 1:
+                raise SimError(f"fault_rate {fault_rate!r} must be between 0 and 1")
+            groups = [Group("default", devices, prefix, plan_streams(rate, qos), float(fault_rate),
+                            dict(overrides or {}))]
+            self.rate = float(rate)
+            self.qos = qos
+        else:
+            self.rate = sum(g.rate * g.count for g in groups) / max(1, sum(g.count for g in groups))
+            self.qos = max(max(s.get("qos", 1) for s in g.streams) for g in groups)
+        self.groups = list(groups)
+        self.streams = self.groups[0].streams
+        self.specs: list[DeviceSpec] = []
+        self.device_ids: list[str] = []       # this shard's devices, in fleet order
+        self.stream_qos: dict[str, dict[str, int]] = {}
+        self.links: list[_Link] = []
+        self.total_rate = 0.0                 # readings per second this shard's devices sample
+        self.max_interval_s = 0.0
+        self._shards: list[Shard] = []
+        self._observer: Observer | None = None
+        self._final: list[DeviceReport] | None = None
+        self._series: list[dict[str, Any]] = []
+        self.events: list[dict[str, Any]] = []
+        self.failure: str | None = None
         self._started_at: float | None = None
+        self._started_wall: float | None = None
         self._stopped_at: float | None = None
         self._state = "new"
+        self._snap = 0
         self._build()  # validates every device's config now, before any I/O
 
     # ------------------------------------------------------------ set-up
@@ -263,40 +259,79 @@ class Fleet:
         return random.Random(self.seed * 1_000_003 + i).randrange(1, 1 << 32)
 
     def _build(self) -> None:
-        for i, did in enumerate(self.device_ids):
-            board = SimBoard(did, seed=self._device_seed(i), fault_rate=self.fault_rate)
+        si, sn = self.shard
+        host, port = self.connect_to or (self.address.host, self.address.port)
+        index = 0
+        for g in self.groups:
+            ids = g.ids()
+            if not isinstance(g.prefix, str) or not wire.valid_id(ids[-1]):
+                raise SimError(f"prefix {g.prefix!r} does not make valid device ids ('{ids[0]}'): "
+                               f"ids are 1-64 characters of A-Z a-z 0-9 _ -")
+            owned = sorted(set(g.overrides) & set(OWNED_KEYS))
+            if owned:
+                raise SimError(f"overrides {owned} are set by the simulator itself (use the Fleet arguments)")
+            qos_of = {s["name"]: int(s.get("qos", 1)) for s in g.streams}
+            probe = SimBoard(ids[0], seed=1, fault_rate=g.fault_rate)
             cfg_in: dict[str, Any] = {"keepalive_s": 30, "backoff_min_ms": 200, "backoff_max_ms": 5000}
-            cfg_in.update(self._overrides)
-            cfg_in.update({
-                "device_id": did,
-                "broker_host": self.address.host,
-                "broker_port": self.address.port,
-                "streams": [dict(s) for s in self.streams],
-                "batch_max": 1,
-                "min_interval_ms": MIN_INTERVAL_MS,
-            })
+            cfg_in.update(g.overrides)
+            cfg_in.update({"device_id": ids[0], "broker_host": host, "broker_port": port,
+                           "streams": [dict(s) for s in g.streams], "batch_max": 1,
+                           "min_interval_ms": MIN_INTERVAL_MS})
             try:
-                cfg = device_config.build(board, cfg_in)
+                base = device_config.build(probe, cfg_in)   # validated once per group
             except device_config.ConfigError as e:
                 raise SimError(f"device config: {e}") from None
-            self.sims.append(SimDevice(did, board, cfg))
+            for k, did in enumerate(ids):
+                if index % sn == si:
+                    cfg = dict(base)
+                    cfg["device_id"] = did
+                    # Spread phases: each stream first samples at a random point of
+                    # its interval, so a fleet is a steady load from the start.
+                    rng = random.Random(self.seed * 7_919 + index)
+                    cfg["streams"] = [dict(s, phase_ms=rng.randrange(max(1, s["interval_ms"])))
+                                      for s in base["streams"]]
+                    self.specs.append(DeviceSpec(did, g.name, self._device_seed(index), g.fault_rate, cfg))
+                    self.total_rate += g.rate
+                    self.max_interval_s = max(self.max_interval_s, max(st["interval_ms"] for st in g.streams) / 1000)
+                    self.device_ids.append(did)
+                    self.stream_qos[did] = qos_of
+                index += 1
+        if not self.specs:
+            raise SimError(f"shard {si}/{sn} holds no devices of this {index}-device fleet")
 
     @property
     def configured_rate(self) -> float:
         return configured_rate(self.streams)
 
+    def _thread_shard(self) -> Shard:
+        if self.procs or len(self._shards) != 1:
+            raise SimError("the boards live in shard processes (procs > 0): use procs=0 to reach them")
+        return self._shards[0]
+
     def board(self, device_id: str) -> SimBoard:
-        """The SimBoard of one device, e.g. to cut its Wi-Fi: fleet.board('sim-0003').set_network(False)."""
-        for s in self.sims:
-            if s.device_id == device_id:
-                return s.board
-        raise KeyError(f"no device {device_id!r} in this fleet")
+        """The SimBoard of one device (procs=0 only), e.g. fleet.board('sim-0003')."""
+        sim = self._thread_shard().by_id.get(device_id)
+        if sim is None:
+            raise KeyError(f"no device {device_id!r} in this fleet")
+        return sim.board
+
+    def _tell(self, msg: tuple[Any, ...]) -> None:
+        for ln in self.links:
+            ln.send(msg)
 
     def set_network(self, up: bool, device_ids: Sequence[str] | None = None) -> None:
         """Wi-Fi up or down for some devices (default: all)."""
-        for s in self.sims:
-            if device_ids is None or s.device_id in device_ids:
-                s.board.set_network(up)
+        self._tell(("board", "set_network", list(device_ids) if device_ids is not None else None, (bool(up),)))
+
+    def set_fault_rate(self, rate: float, device_ids: Sequence[str] | None = None) -> None:
+        self._tell(("attr", "fault_rate", list(device_ids) if device_ids is not None else None, float(rate)))
+
+    def skew_clock(self, ms: int, device_ids: Sequence[str] | None = None) -> None:
+        self._tell(("skew", list(device_ids) if device_ids is not None else None, int(ms)))
+
+    def reboot(self, device_ids: Sequence[str] | None = None) -> None:
+        """Power-cycle devices: no goodbye (the broker sends their wills), queued readings lost."""
+        self._tell(("reboot", list(device_ids) if device_ids is not None else None))
 
     # ------------------------------------------------------------ run
 
@@ -309,31 +344,96 @@ class Fleet:
         except OSError as e:
             raise SimError(f"cannot reach the broker at {a.url}: {e.strerror or e}") from None
 
-    def start(self, *, wait_connected: float | None = 30.0) -> "Fleet":
+    def start(self, *, wait_connected: float | None = 30.0, wait_observer: bool | None = None) -> "Fleet":
         """Start every device; with wait_connected, return once all have
         connected (births sent), raising SimError if they did not within that
-        many seconds. The devices keep running (and retrying) until stop()."""
+        many seconds. The devices keep running (and retrying) until stop().
+
+        The observer subscribes first, so that it sees every message: start()
+        waits up to 5 s for its SUBACK when wait_observer is true (default: when
+        wait_connected is set). A caller that must not block (an asyncio loop
+        that itself runs the broker) passes neither; the report then says
+        whether the observer came late."""
         if self._state != "new":
             raise SimError(f"fleet already {self._state}; make a new Fleet to run again")
         self._state = "running"
+        raise_file_limit()
+        if self.observe:
+            wait = wait_observer if wait_observer is not None else wait_connected is not None
+            obs = GatewayObserver(self.gateway, self.stream_qos) if self.gateway else \
+                Observer(self.address.host, self.address.port, self.stream_qos)
+            self._observer = obs.start(timeout=5.0 if wait else 0.0)
         self._started_at = time.monotonic()
-        for s in self.sims:
-            s.start()
+        self._started_wall = time.time()
+        n = max(1, self.procs)
+        parts = [self.specs[i::n] for i in range(n)]
+        parts = [p for p in parts if p]
+        ramp = self.ramp / len(parts)
+        ctx = multiprocessing.get_context("spawn")
+        for k, part in enumerate(parts):
+            mine, theirs = multiprocessing.Pipe()
+            if self.procs:
+                runner: Any = ctx.Process(target=shard_main, args=(theirs, part, ramp, k), name="edgewire-sim-shard",
+                                          daemon=True)
+            else:
+                shard = Shard(part, ramp=ramp, name=k)
+                self._shards.append(shard)
+                runner = threading.Thread(target=_run_shard, args=(shard, theirs), name="edgewire-sim-shard",
+                                          daemon=True)
+            ln = _Link(mine, runner)
+            self.links.append(ln)
+            runner.start()
+            ln.reader.start()
+            if self.procs:
+                theirs.close()
         if wait_connected is not None:
             self.wait_connected(wait_connected)
         return self
 
+    def progress(self) -> dict[str, Any]:
+        """Live counts summed over the shards (devices, connected, sent, acked, lag ...)."""
+        out: dict[str, Any] = {}
+        for ln in self.links:
+            with ln.cond:
+                p = dict(ln.progress)
+            for k, v in p.items():
+                if k == "lag":
+                    out[k] = max(out.get(k, 0.0), v)
+                elif k == "error":
+                    out[k] = out.get(k) or v
+                elif k != "t":
+                    out[k] = out.get(k, 0) + v
+        if self._observer is not None:
+            out["observed"] = self._observer.total_received
+        return out
+
+    def crashed(self) -> str | None:
+        for ln in self.links:
+            if ln.crash:
+                return ln.crash
+        return None
+
     def wait_connected(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
+        n = len(self.specs)
         while True:
-            up = sum(1 for s in self.sims if s.report().connects > 0)
-            if up == len(self.sims):
+            p = self.progress()
+            up = p.get("ever_connected", 0)
+            if up == n:
                 return
+            crash = self.crashed()
+            if crash:
+                raise SimError(f"a shard of the fleet crashed:\n{crash}")
             if time.monotonic() >= deadline:
-                failures = sum(s.report().conn_failures for s in self.sims)
-                raise SimError(f"only {up} of {len(self.sims)} devices connected to {self.address.url} within "
-                               f"{timeout:g} s ({failures} failed connection attempts)")
+                errs = f"; {p['errors']} devices stopped with an error, e.g. {p['error']}" if p.get("errors") else ""
+                raise SimError(f"only {up} of {n} devices connected to {self.address.url} within "
+                               f"{timeout:g} s ({p.get('conn_failures', 0)} failed connection attempts{errs})")
             time.sleep(0.05)
+
+    def finish(self) -> FleetReport:
+        """stop(), then the report (what the observer counted included)."""
+        self.stop()
+        return self.report()
 
     def run(self, seconds: float) -> FleetReport:
         """start(), run for `seconds`, stop(); returns the report. Ctrl-C stops early."""
@@ -346,20 +446,43 @@ class Fleet:
             self.stop()
         return self.report()
 
-    def stop(self, timeout: float = 15.0) -> None:
-        """Stop every device cleanly: each sends what its in-flight window holds,
-        waits for the acks (up to its timeout_ms), publishes its death
-        ('shutdown') and DISCONNECTs. Safe to call twice."""
+    def stop(self, timeout: float = 120.0) -> None:
+        """Stop every device cleanly: each sends what it has queued, waits for
+        the acks (up to its timeout_ms), publishes its death ('shutdown') and
+        DISCONNECTs. Safe to call twice."""
         if self._state != "running":
             return
         self._stopped_at = time.monotonic()
-        for s in self.sims:
-            s.request_stop()
+        self._tell(("stop",))
         deadline = time.monotonic() + timeout
-        stuck = [s.device_id for s in self.sims if not s.join(max(0.0, deadline - time.monotonic()))]
+        stuck = 0
+        reports: list[DeviceReport] = []
+        for ln in self.links:
+            if not ln.wait(lambda ln=ln: ln.done is not None, max(0.0, deadline - time.monotonic())):
+                stuck += 1
+            if ln.done is not None:
+                reports.extend(ln.done[0])
+                self._series.extend(ln.done[1])
+            if isinstance(ln.runner, threading.Thread):
+                ln.runner.join(max(0.0, deadline - time.monotonic()))
+            else:
+                ln.runner.join(max(0.1, deadline - time.monotonic()))
+                if ln.runner.is_alive():
+                    ln.runner.kill()
+                    ln.runner.join()
+        order = {d: i for i, d in enumerate(self.device_ids)}
+        reports.sort(key=lambda r: order.get(r.device, 0))
+        self._final = reports
+        if self._observer is not None:
+            acked = sum(r.acked for r in reports)
+            self._observer.settle(expected=acked, quiet=3.0, timeout=30.0)
+            self._observer.stop()
         self._state = "stopped"
+        crash = self.crashed()
+        if crash and not (stuck == 0 and all(ln.done for ln in self.links)):
+            raise SimError(f"a shard of the fleet crashed:\n{crash}")
         if stuck:
-            raise SimError(f"{len(stuck)} devices did not stop within {timeout:g} s: {', '.join(stuck[:5])}")
+            raise SimError(f"{stuck} of {len(self.links)} shards did not stop within {timeout:g} s")
 
     @property
     def seconds(self) -> float:
@@ -368,11 +491,30 @@ class Fleet:
         end = self._stopped_at if self._stopped_at is not None else time.monotonic()
         return end - self._started_at
 
+    def _snapshot(self) -> list[DeviceReport]:
+        self._snap += 1
+        token = self._snap
+        self._tell(("snapshot", token))
+        out: list[DeviceReport] = []
+        for ln in self.links:
+            ln.wait(lambda ln=ln: token in ln.snapshots or ln.done is not None, 30.0)
+            with ln.cond:
+                got = ln.snapshots.pop(token, None)
+            if got is None and ln.done is not None:
+                got = ln.done[0]
+            out.extend(got or [])
+        order = {d: i for i, d in enumerate(self.device_ids)}
+        out.sort(key=lambda r: order.get(r.device, 0))
+        return out
+
     def report(self, *, embedded_broker: bool = False) -> FleetReport:
-        return FleetReport(broker=self.address.url, devices=len(self.sims), rate=self.rate,
-                           configured_rate=self.configured_rate, qos=self.qos, seconds=self.seconds,
-                           seed=self.seed, embedded_broker=embedded_broker,
-                           per_device=[s.report() for s in self.sims])
+        if self._final is not None:
+            per_device = self._final
+        elif self._state == "running":
+            per_device = self._snapshot()
+        else:
+            per_device = []
+        return build_report(self, per_device, embedded_broker=embedded_broker)
 
     def __enter__(self) -> "Fleet":
         return self.start()
@@ -380,3 +522,82 @@ class Fleet:
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+
+def _run_shard(shard: Shard, conn: Any) -> None:
+    try:
+        report_crash(conn, shard.run, conn)
+    except BaseException:
+        log.exception("a simulator shard crashed")
+
+
+RATE_WINDOW_S = 10.0
+MIN_RATE_SHARE = 0.8
+
+
+class Overloaded(SimError):
+    """The machine cannot keep up with the fleet (late steps, stalled connects)."""
+
+
+def supervise(fleet: Fleet, seconds: float, *, max_lag: float = 10.0, connect_timeout: float = 60.0,
+              tick: Any = None, progress: Any = None) -> None:
+    """Let a started fleet run for `seconds`, watching that the machine keeps up.
+
+    Raises Overloaded (the fleet keeps running; stop it) when a device's timed
+    step ran more than `max_lag` s late (it missed sampling times; at half its
+    keepalive it misses pings and the broker drops it), or when devices that
+    started connecting made no progress for `connect_timeout` s while others
+    still wait for their first connection. tick(elapsed) runs every ~0.1 s (a
+    scenario's timeline); progress(dict) about once a second."""
+    t0 = time.monotonic()
+    last_up, last_change = -1, t0
+    next_progress = t0
+    n = len(fleet.specs)
+    all_started: float | None = None
+    window: list[tuple[float, int]] = []   # (time, readings sampled) once in steady state
+    while True:
+        now = time.monotonic()
+        elapsed = now - t0
+        if elapsed >= seconds:
+            return
+        crash = fleet.crashed()
+        if crash:
+            raise SimError(f"a shard of the fleet crashed:\n{crash}")
+        if tick is not None:
+            tick(elapsed)
+        p = fleet.progress()
+        if progress is not None and now >= next_progress:
+            progress(dict(p, elapsed=elapsed))
+            next_progress = now + 1.0
+        if p.get("errors", 0) == n:
+            raise SimError(f"every device stopped with an error, e.g. {p['error']}")
+        lag = p.get("lag", 0.0)
+        if lag > max_lag:
+            raise Overloaded(f"the machine cannot keep up: a device step ran {lag:.2f} s late (limit {max_lag:g} s), "
+                             f"so devices miss their sampling times and keepalives; run fewer devices per machine, "
+                             f"more --procs, or --shard the fleet over more machines")
+        # Sampling falls short of the configured rate: a device that falls behind
+        # skips samples rather than bursting, so this is what overload looks like
+        # when the steps themselves stay on time. Checked in steady state only
+        # (all started, every stream past its first interval), over 10 s.
+        if all_started is None and p.get("started", 0) == n:
+            all_started = now
+        if all_started is not None and now - all_started >= fleet.max_interval_s + 2.0:
+            window.append((now, p.get("sampled", 0)))
+            while len(window) > 2 and now - window[1][0] >= RATE_WINDOW_S:
+                window.pop(0)
+            dt = now - window[0][0]
+            if dt >= RATE_WINDOW_S:
+                rate = (window[-1][1] - window[0][1]) / dt
+                if rate < MIN_RATE_SHARE * fleet.total_rate:
+                    raise Overloaded(f"the machine cannot keep up: the devices sampled {rate:,.0f} readings/s over "
+                                     f"the last {dt:.0f} s, {100 * rate / fleet.total_rate:.0f}% of the configured "
+                                     f"{fleet.total_rate:,.0f}/s (devices that fall behind skip samples); run fewer "
+                                     f"devices per machine, more --procs, or --shard the fleet over more machines")
+        up = p.get("ever_connected", 0)
+        if up != last_up:
+            last_up, last_change = up, now
+        elif up < n and p.get("started", 0) > up and now - last_change > connect_timeout:
+            raise Overloaded(f"connects stalled: {up} of {n} devices connected and none more in the last "
+                             f"{connect_timeout:g} s ({p.get('conn_failures', 0)} failed attempts)")
+        time.sleep(0.1)

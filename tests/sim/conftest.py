@@ -17,8 +17,9 @@ class Checker:
     edgewire/v1/ the way docs/protocol.md describes it, with the reference
     `msgpack` package and none of the project's protocol code (the code under
     test), and counts it: distinct (device, boot, seq), readings, duplicates,
-    births and deaths per device. Whatever does not match the spec is listed
-    in `refused`."""
+    births and deaths per device, and the latency of each reading from its
+    sample time (t - (u - reading uptime), docs/protocol.md) to its arrival
+    here. Whatever does not match the spec is listed in `refused`."""
 
     def __init__(self, port: int) -> None:
         self.lock = threading.Lock()
@@ -29,6 +30,7 @@ class Checker:
         self.births: dict[str, list[int]] = {}   # device -> boot ids of births, in order
         self.deaths: dict[str, list[str]] = {}   # device -> why
         self.refused: list[str] = []
+        self.latencies: list[float] = []   # ms, one per reading of a distinct message
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"checker-{id(self)}")
         self.client.on_message = self._on_message
         self.client.connect("127.0.0.1", port)
@@ -46,6 +48,7 @@ class Checker:
         return value
 
     def _on_message(self, client: object, userdata: object, m: mqtt.MQTTMessage) -> None:
+        now = time.time() * 1000.0
         try:
             parts = m.topic.split("/")
             if len(parts) != 4 or parts[:2] != ["edgewire", "v1"]:
@@ -69,6 +72,9 @@ class Checker:
                         self.seen.add(key)
                         self.readings += len(readings)
                         self.per_device[dev] = self.per_device.get(dev, 0) + 1
+                        if isinstance(env.get("t"), int) and isinstance(env.get("u"), int):
+                            for r in readings:
+                                self.latencies.append(now - (env["t"] - (env["u"] - r[2])))
             elif kind == "status":
                 boot, state = self._u32(env, "b"), env.get("st")
                 self._u32(env, "c")

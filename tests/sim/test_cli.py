@@ -53,8 +53,8 @@ def test_cli_without_broker_uses_the_embedded_broker() -> None:
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--devices", "0"], "--devices 0: must be 1..10000"),
-    (["--devices", "-3"], "--devices -3: must be 1..10000"),
+    (["--devices", "0"], "--devices 0: must be 1..1000000"),
+    (["--devices", "-3"], "--devices -3: must be 1..1000000"),
     (["--rate", "-1"], "--rate -1: must be a positive number of messages per second"),
     (["--rate", "0"], "--rate 0: must be a positive number"),
     (["--rate", "nan"], "--rate nan: must be a positive number"),
@@ -79,7 +79,7 @@ def test_bad_arguments_exit_2_with_a_clear_message(args: list[str], message: str
 def test_bad_argument_exit_2_as_a_process() -> None:
     p = run_sim("--devices", "0", "--broker", "mqtt://127.0.0.1:1")
     assert p.returncode == 2
-    assert p.stderr.strip() == "edgewire sim: error: --devices 0: must be 1..10000"
+    assert p.stderr.strip() == "edgewire sim: error: --devices 0: must be 1..1000000"
     p = run_sim("--qos", "3")
     assert p.returncode == 2 and "invalid choice: 3" in p.stderr  # argparse's own check
 
@@ -89,3 +89,22 @@ def test_unreachable_broker_exits_1() -> None:
     assert p.returncode == 1
     assert "edgewire sim: error: cannot reach the broker at mqtt://127.0.0.1:9" in p.stderr
     assert p.stdout == ""
+
+
+@pytest.mark.slow
+def test_cli_counts_what_the_gateway_delivered_over_sse(broker: Mosquitto, tmp_path: Path) -> None:
+    from edgewire.sim.pytest_plugin import GatewayProcess
+
+    gw = GatewayProcess(tmp_path, broker.url).start()
+    try:
+        p = run_sim("--devices", "10", "--rate", "2", "--qos", "1", "--broker", broker.url, "--duration", "4",
+                    "--gateway", gw.http_url, "--procs", "1", "--json")
+    finally:
+        gw.stop()
+    assert p.returncode == 0, p.stderr
+    rep = json.loads(p.stdout)
+    q1 = rep["by_qos"][0]
+    assert q1["qos"] == 1 and q1["acked"] > 0
+    # Everything the broker acknowledged came out of the gateway's SSE stream, once.
+    assert q1["received"] == q1["acked"] and q1["lost"] == 0 and q1["duplicated"] == 0
+    assert rep["latency_ms"]["count"] == q1["received"] and rep["latency_ms"]["p50"] > 0

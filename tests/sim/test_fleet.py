@@ -123,7 +123,7 @@ def test_stream_plan_adds_up_to_the_rate() -> None:
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"devices": 0}, "devices 0 must be an integer 1..10000"),
+    ({"devices": 0}, "devices 0 must be an integer 1..1000000"),
     ({"devices": 1, "rate": -1}, "rate -1 must be a positive number"),
     ({"devices": 1, "rate": 0}, "rate 0 must be a positive number"),
     ({"devices": 1, "rate": 5000}, "rate 5000 is above the 3200 messages per second"),
@@ -145,3 +145,21 @@ def test_unreachable_broker_is_reported() -> None:
         fleet.start(wait_connected=1)
     fleet.stop()
     assert fleet.report().totals["conn_failures"] >= 2
+
+
+def test_shards_split_one_fleet_across_machines_with_the_same_devices() -> None:
+    whole = Fleet("mqtt://127.0.0.1:9", devices=10, rate=1, qos=1, seed=4)
+    parts = [Fleet("mqtt://127.0.0.1:9", devices=10, rate=1, qos=1, seed=4, shard=(i, 3)) for i in range(3)]
+    assert parts[1].device_ids == ["sim-0001", "sim-0004", "sim-0007"]
+    assert sorted(d for p in parts for d in p.device_ids) == whole.device_ids
+    # A device is the same wherever it runs: seed, stream phases, config.
+    by_id = {s.device_id: s for s in whole.specs}
+    for p in parts:
+        for s in p.specs:
+            assert (s.seed, s.cfg) == (by_id[s.device_id].seed, by_id[s.device_id].cfg)
+    # Phases are spread: a steady load, not every device sampling at once.
+    phases = [st["phase_ms"] for s in whole.specs for st in s.cfg["streams"]]
+    assert len(set(phases)) > 30 and max(phases) < whole.streams[0]["interval_ms"]
+    with pytest.raises(SimError, match="shard 3/3 holds no devices|expected 0 <= i < N"):
+        from edgewire.sim.fleet import parse_shard
+        parse_shard("3/3")

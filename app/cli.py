@@ -4,6 +4,7 @@
     edgewire sim --devices N --rate R --qos Q [--broker URL] --duration S
     edgewire demo [--port 8080]
     edgewire journal check|repair|export PATH | --config FILE
+    edgewire backend --listen HOST:PORT --store FILE
 
 Each job's module is imported only when that job runs. This module lives in
 edgewire.app, above the gateway and the simulator, so that neither of those
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edgewire", description="Edgewire: sensor data from devices to people and services.")
-    sub = p.add_subparsers(dest="job", required=True, metavar="{gateway,sim,demo,journal}")
+    sub = p.add_subparsers(dest="job", required=True, metavar="{gateway,sim,demo,journal,backend}")
 
     g = sub.add_parser("gateway", help="run the gateway service")
     mode = g.add_mutually_exclusive_group()
@@ -47,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("--config", metavar="FILE", help="take the path from this gateway configuration")
     j.add_argument("--out", metavar="FILE", help="export: write here instead of standard output")
     j.add_argument("--after", type=int, default=0, help="export: only entries with ids after this one")
+
+    b = sub.add_parser("backend", help="the reference gRPC backend: stores a gateway's grpc sink stream in SQLite")
+    b.add_argument("--listen", default="127.0.0.1:50051", help="HOST:PORT to serve on (port 0: any free one)")
+    b.add_argument("--store", default="edgewire-backend.db", help="SQLite file for the readings")
     return p
 
 
@@ -71,6 +76,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from edgewire.gateway.journal_tools import journal_main
 
         return journal_main(args)
+    if args.job == "backend":
+        from edgewire.app.backend import backend_main
+
+        return backend_main(args)
     if args.job == "sim":
         from edgewire.sim.cli import sim_main
 

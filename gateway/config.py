@@ -283,8 +283,57 @@ class LogConfig:
         return int(getattr(logging, self.level.upper()))
 
 
+def default_site() -> str:
+    """The machine's short host name, kept to what a routing-key word may hold."""
+    import socket
+
+    name = socket.gethostname().split(".")[0]
+    name = "".join(c if c.isascii() and (c.isalnum() or c in "-_") else "-" for c in name)[:64].strip("-")
+    return name or "edgewire"
+
+
+@dataclass(frozen=True, slots=True)
+class SiteConfig:
+    """[gateway]: who this gateway is. `site` names it to backends (the first
+    word of an AMQP routing key, <site>.<device>.<stream>), so several gateways
+    can feed one RabbitMQ cluster; default: the host name."""
+
+    site: str = field(default_factory=default_site)
+
+    def __post_init__(self) -> None:
+        _str("gateway", "site", self.site, 64)
+        if not self.site or not all(c.isascii() and (c.isalnum() or c in "-_") for c in self.site):
+            raise ConfigError("gateway", "site", self.site,
+                              "expected 1-64 of A-Z a-z 0-9 _ - (one word of a routing key: no dots)")
+
+
+@dataclass(frozen=True, slots=True)
+class GrpcConfig:
+    """[grpc]: the gateway's gRPC service (Subscribe, ListDevices, GetDevice,
+    SendCommand; gateway/grpc_service.py). Off while `listen` is empty."""
+
+    listen: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+
+    def __post_init__(self) -> None:
+        _str("grpc", "listen", self.listen, 1024)
+        if self.listen:
+            host, _, port = self.listen.rpartition(":")
+            if not host or not port.isdigit() or int(port) > 65535:
+                raise ConfigError("grpc", "listen", self.listen,
+                                  "expected host:port, e.g. 0.0.0.0:50052 (port 0: any free one); empty: off")
+        _str("grpc", "cert_file", self.cert_file)
+        _str("grpc", "key_file", self.key_file)
+        if bool(self.cert_file) != bool(self.key_file):
+            raise ConfigError("grpc", "key_file" if self.cert_file else "cert_file",
+                              self.key_file if self.cert_file else self.cert_file,
+                              "TLS needs both cert_file and key_file (PEM); neither: plaintext")
+
+
 @dataclass(frozen=True, slots=True)
 class GatewayConfig:
+    gateway: SiteConfig = field(default_factory=SiteConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     embedded_broker: EmbeddedBrokerConfig = field(default_factory=EmbeddedBrokerConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
@@ -293,6 +342,7 @@ class GatewayConfig:
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     commands: CommandsConfig = field(default_factory=CommandsConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    grpc: GrpcConfig = field(default_factory=GrpcConfig)
     # [[sinks]] tables, each validated by its sink's module (gateway/sinks/)
     sinks: tuple[Mapping[str, Any], ...] = ()
 
@@ -306,7 +356,7 @@ class GatewayConfig:
         for t in self.sinks:
             if not isinstance(t, Mapping):
                 raise ConfigError("sinks", None, _MISSING_VALUE, "expected [[sinks]] tables")
-            v = validate_sink(dict(t))
+            v = validate_sink(dict(t), site=self.gateway.site)
             if v["name"] in names:
                 raise ConfigError("sinks", "name", v["name"], "two sinks with one name (their cursors would mix)")
             names.add(v["name"])
@@ -318,6 +368,7 @@ class GatewayConfig:
 
 
 _SECTIONS: dict[str, type[Any]] = {
+    "gateway": SiteConfig,
     "mqtt": MqttConfig,
     "embedded_broker": EmbeddedBrokerConfig,
     "http": HttpConfig,
@@ -326,6 +377,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "registry": RegistryConfig,
     "commands": CommandsConfig,
     "log": LogConfig,
+    "grpc": GrpcConfig,
 }
 
 

@@ -63,6 +63,7 @@ class Gateway:
                           journal=self.journal)
         self.adapters: dict[str, IngestAdapter] = {}
         self.sinks: dict[str, JournalSink] = {}
+        self.grpc: Any = None  # GrpcService when [grpc] listen is set
         self._http: HttpServer | None = None
         self._closed = asyncio.Event()
         self._started_at = 0.0
@@ -121,7 +122,7 @@ class Gateway:
         try:
             self._open_journal()
             for table in cfg.sinks:
-                sink = self.sinks[table["name"]] = build_sink(dict(table), self.journal)
+                sink = self.sinks[table["name"]] = build_sink(dict(table), self.journal, gateway=self)
                 await sink.start()
             for name in enabled(cfg):
                 adapter = self.adapters[name] = build_adapter(name, cfg, self._core)
@@ -129,6 +130,11 @@ class Gateway:
             self._http = HttpServer(self, log_interval=cfg.log.drop_log_interval)
             await self._http.start()
             self.http_port = self._http.port
+            if cfg.grpc.listen:   # the gRPC service (needs the grpc extra); imported only when asked for
+                from edgewire.gateway.grpc_service import GrpcService
+
+                self.grpc = GrpcService(self, cfg.grpc.listen, cfg.grpc.cert_file, cfg.grpc.key_file)
+                await self.grpc.start()
             log.info("gateway: HTTP on %s, MQTT %s", self.http_url, self.mqtt_url)
         except BaseException:
             await self.stop()
@@ -145,6 +151,9 @@ class Gateway:
             log.info("journal: resumed at id %d with %d devices", j.last_id, n)
 
     async def stop(self) -> None:
+        if self.grpc is not None:
+            await self.grpc.stop()
+            self.grpc = None
         for sub in list(self.hub.subscribers.values()):
             self.hub.close(sub)
         if self._http is not None:
@@ -177,6 +186,8 @@ class Gateway:
         out["hub"] = self.hub
         for name, sink in self.sinks.items():
             out[f"sink:{name}"] = sink
+        if self.grpc is not None:
+            out["grpc"] = self.grpc
         return out
 
     def health(self) -> tuple[bool, dict[str, Any]]:
@@ -210,6 +221,8 @@ class Gateway:
             "sinks": [s.stats() for s in self.sinks.values()],
             "http": self._http.stats() if self._http is not None else {},
         })
+        if self.grpc is not None:
+            out["grpc"] = self.grpc.stats()
         if "mqtt" not in out:
             out["mqtt"] = {"connected": False, "url": ""}
         return out

@@ -8,7 +8,8 @@ from typing import Any
 from aiohttp import web
 
 from edgewire import wire
-from edgewire.gateway.errors import CommandBusy, CommandOffline, CommandRejected, CommandTimeout, MqttError
+from edgewire.gateway.command_call import call_command
+from edgewire.gateway.errors import CommandRejected
 from edgewire.gateway.http.common import GATEWAY, BadJson, error, json_response, loads
 
 routes = web.RouteTableDef()
@@ -54,7 +55,6 @@ async def command(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     device_id = request.match_info["device"]
     name = request.match_info["name"]
-    commands = gw.core.commands
     try:
         timeout = _timeout(request)
         queue = _queue(request)
@@ -70,32 +70,23 @@ async def command(request: web.Request) -> web.Response:
                 args = loads(raw)
             except BadJson as e:
                 raise CommandRejected(f"{e}; nothing was sent") from None
-        commands.check(device_id, name, args, timeout)
-        if gw.core.registry.get(device_id) is None:
-            return error(404, "unknown_device", f"no device {device_id!r} has been seen; nothing was sent")
-        result = await commands.send(device_id, name, args, timeout=timeout, queue=queue)
     except CommandRejected as e:
         return error(400, "bad_request", str(e))
-    except CommandOffline as e:
-        dev = gw.core.registry.get(device_id)
-        return error(409, "device_offline", str(e), device=device_id, command=name,
-                     why_offline=None if dev is None else dev.why)
-    except CommandBusy as e:
-        return error(503, "busy", str(e))
-    except CommandTimeout as e:
-        dev = gw.core.registry.get(device_id)
-        state = dev.summary()["state"] if dev is not None else "unknown"
-        return error(504, "timeout", f"{e}; the device is {state}", device=device_id, command=name,
-                     device_state=state)
-    except MqttError as e:
-        return error(503, "broker_unavailable", f"command not sent: {e}")
-    return json_response(result.as_dict())
+    # the outcomes are shared with the other command fronts (gateway/command_call.py)
+    status, body = await call_command(gw.core, device_id, name, args, timeout=timeout, queue=queue)
+    return json_response(body, status=status)
 
 
 @routes.get("/healthz")
 async def healthz(request: web.Request) -> web.Response:
     ok, body = request.app[GATEWAY].health()
     return json_response(body, status=200 if ok else 503)
+
+
+@routes.get("/api/v1/sinks")
+async def sinks(request: web.Request) -> web.Response:
+    """Each sink's state, cursor, lag (ids and seconds), last error and counters."""
+    return json_response({"sinks": [s.stats() for s in request.app[GATEWAY].sinks.values()]})
 
 
 @routes.get("/api/v1/stats")

@@ -48,7 +48,8 @@ log = logging.getLogger("edgewire.gateway.sinks")
 __all__ = ["JournalReader", "JournalSink", "SINK_TYPES", "build_sink", "sink_module", "validate_sink"]
 
 # type -> module; a new sink adds one line here and one module.
-SINK_TYPES = {"jsonl": "edgewire.gateway.sinks.jsonl"}
+SINK_TYPES = {"jsonl": "edgewire.gateway.sinks.jsonl", "amqp": "edgewire.gateway.sinks.amqp",
+              "grpc": "edgewire.gateway.sinks.grpc"}
 
 COMMON = ("type", "name", "batch", "retry_min", "retry_max")
 
@@ -76,10 +77,12 @@ def sink_module(kind: object) -> Any:
     return importlib.import_module(SINK_TYPES[kind])
 
 
-def validate_sink(table: dict[str, Any]) -> dict[str, Any]:
-    """Check one [[sinks]] table (before any I/O); returns it with defaults."""
+def validate_sink(table: dict[str, Any], *, site: str = "edgewire") -> dict[str, Any]:
+    """Check one [[sinks]] table (before any I/O); returns it with defaults
+    and `site` (the gateway's [gateway] site, for sinks that name it)."""
     mod = sink_module(table.get("type"))
     out = dict(table)
+    out.pop("site", None)  # always the gateway's (a table validated before carries it)
     name = out.setdefault("name", out["type"])
     if not isinstance(name, str) or not name or len(name) > 64 or \
             not all(c.isascii() and (c.isalnum() or c in "-_.") for c in name):
@@ -95,13 +98,16 @@ def validate_sink(table: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError("sinks", "retry_max", out["retry_max"], "must be at least retry_min")
     own = {k: v for k, v in out.items() if k not in COMMON}
     checked = mod.validate(own)
-    return {**{k: out[k] for k in COMMON}, **checked}
+    return {**{k: out[k] for k in COMMON}, **checked, "site": site}
 
 
-def build_sink(table: dict[str, Any], journal: JournalReader) -> JournalSink:
-    """Construct (not start) the sink a validated table describes."""
+def build_sink(table: dict[str, Any], journal: JournalReader, *, gateway: Any = None) -> JournalSink:
+    """Construct (not start) the sink a validated table describes. `gateway`
+    (the running Gateway) is for sinks that also take requests from their
+    backend, such as commands over AMQP."""
     mod = sink_module(table["type"])
     sink: JournalSink = mod.Sink(table, journal)
+    sink.gateway = gateway
     return sink
 
 
@@ -122,7 +128,9 @@ class JournalSink:
         self.lost_to_retention = 0
         self.last_error = ""
         self.last_delivery: float | None = None
+        self.pending_since: int | None = None  # received (ms) of the oldest entry read but not confirmed
         self.state = "new"
+        self.gateway: Any = None  # set by build_sink
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
 
@@ -178,6 +186,7 @@ class JournalSink:
                 self.cursor = first - 1
             entries, upto = await j.read(self.cursor, self.batch)
             if entries:
+                self.pending_since = entries[0].received
                 try:
                     await self.deliver(entries)
                 except asyncio.CancelledError:
@@ -197,17 +206,25 @@ class JournalSink:
                 self.delivered_readings += sum(e.n for e in entries if e.kind == 0)
                 self.last_delivery = time.time()
             self.cursor = upto
+            self.pending_since = None
             j.save_cursor(self.name, upto)
+
+    def lag_seconds(self) -> float:
+        """How long the oldest entry the backend has not confirmed has waited (0 when none waits)."""
+        since = self.pending_since
+        if since is None or self.cursor >= self.journal.last_id:
+            return 0.0
+        return round(max(0.0, time.time() - since / 1000), 3)
 
     # observability: the same shape as every component
     def health(self) -> tuple[bool, dict[str, Any]]:
         ok = self.state == "running"
         return ok, {"state": self.state, "cursor": self.cursor, "lag": max(0, self.journal.last_id - self.cursor),
-                    "last_error": self.last_error}
+                    "lag_seconds": self.lag_seconds(), "last_error": self.last_error}
 
     def stats(self) -> dict[str, Any]:
         return {"name": self.name, "type": self.type, "state": self.state, "cursor": self.cursor,
-                "lag": max(0, self.journal.last_id - self.cursor),
+                "lag": max(0, self.journal.last_id - self.cursor), "lag_seconds": self.lag_seconds(),
                 "delivered_entries": self.delivered_entries, "delivered_readings": self.delivered_readings,
                 "failures": self.failures, "lost_to_retention": self.lost_to_retention,
                 "last_error": self.last_error, "last_delivery": self.last_delivery}

@@ -1,0 +1,148 @@
+"""AMQP sink benchmark: readings/s the gateway's amqp sink forwards from its
+journal to RabbitMQ, against bare aio-pika publishing the same messages with
+the same batch confirms to the same RabbitMQ, in the same run.
+
+  baseline  aio-pika: pre-built persistent messages (the sink's own bodies,
+            message ids and headers), `batch` readings published at once,
+            then every confirm awaited; repeat. Nothing else runs: the
+            fastest way to do the same work with the same client library.
+  sink      a journal (SQLite, WAL) pre-filled with the same readings; the
+            amqp sink started on it; time from start to its cursor at the
+            journal's end (reads, builds the messages, publishes, confirms,
+            saves its cursor).
+
+Both publish to a fresh durable topic exchange with one durable queue bound
+(`#`), so every message is routed and written by RabbitMQ; the queue is
+purged between phases and deleted at the end. Goal (issue #8): sink >= 0.9x
+the baseline. Phases alternate per repeat; the report gives each repeat's
+ratio and the median.
+
+    .venv/bin/python bench/amqp_sink.py                       # 20,000 readings, 3 repeats
+    .venv/bin/python bench/amqp_sink.py --readings 2000 --repeat 1 --json
+    AMQP_URL=amqp://user:pw@host:5672/ .venv/bin/python bench/amqp_sink.py
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+
+from edgewire.gateway.journal import KIND_TELEMETRY, Journal, Row, pack
+from edgewire.gateway.sinks import build_sink, validate_sink
+from edgewire.gateway.sinks.amqp import Sink
+
+AMQP_URL = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+READINGS_PER_MESSAGE = 4   # an MQTT telemetry message carries a few readings (one entry in the journal)
+
+
+def fill(journal: Journal, readings: int) -> None:
+    now = int(time.time() * 1000)
+    for seq in range(readings // READINGS_PER_MESSAGE):
+        body = pack([[f"s{i}", seq * 0.5 + i, now, None] for i in range(READINGS_PER_MESSAGE)])
+        journal.append([Row(journal.reserve(READINGS_PER_MESSAGE), READINGS_PER_MESSAGE, KIND_TELEMETRY,
+                            f"dev-{seq % 50}", 1, seq, now, body)])
+
+
+async def setup(exchange: str) -> tuple[Any, Any]:
+    conn = await aio_pika.connect(AMQP_URL)
+    ch = await conn.channel()
+    ex = await ch.declare_exchange(exchange, aio_pika.ExchangeType.TOPIC, durable=True)
+    q = await ch.declare_queue("q-" + exchange, durable=True)
+    await q.bind(ex, "#")
+    return conn, q
+
+
+async def baseline(exchange: str, msgs: list[tuple[str, Any]], batch: int) -> float:
+    conn = await aio_pika.connect(AMQP_URL)
+    try:
+        ch = await conn.channel(publisher_confirms=True)
+        ex = await ch.declare_exchange(exchange, aio_pika.ExchangeType.TOPIC, durable=True)
+        t0 = time.perf_counter()
+        for i in range(0, len(msgs), batch):
+            await asyncio.gather(*(ex.publish(m, rk) for rk, m in msgs[i:i + batch]))
+        return time.perf_counter() - t0
+    finally:
+        await conn.close()
+
+
+async def sink_phase(journal: Journal, exchange: str, name: str, batch_entries: int) -> float:
+    table = validate_sink({"type": "amqp", "name": name, "url": AMQP_URL, "exchange": exchange,
+                           "batch": batch_entries}, site="bench")
+    sink = build_sink(table, journal)
+    t0 = time.perf_counter()
+    await sink.start()
+    try:
+        while sink.cursor < journal.last_id:
+            if sink.failures:
+                raise RuntimeError(f"the sink failed: {sink.last_error}")
+            await asyncio.sleep(0.005)
+        return time.perf_counter() - t0
+    finally:
+        await sink.stop()
+
+
+async def run(readings: int, repeat: int, batch_entries: int) -> dict[str, Any]:
+    exchange = "ew-bench-" + uuid.uuid4().hex[:8]
+    conn, q = await setup(exchange)
+    results: list[dict[str, float]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        journal = Journal(Path(tmp) / "bench.db")
+        journal.open()
+        try:
+            fill(journal, readings)
+            await journal.flush()
+            n = journal.last_id
+            entries, _ = await journal.read(0, n + 1)
+            proto = Sink(validate_sink({"type": "amqp", "url": AMQP_URL, "exchange": exchange}, site="bench"),
+                         journal)
+            batch_readings = batch_entries * READINGS_PER_MESSAGE
+            for r in range(repeat):
+                msgs = proto.messages(entries)   # fresh Message objects per phase
+                await q.purge()
+                b = await baseline(exchange, msgs, batch_readings)
+                await q.purge()
+                s = await sink_phase(journal, exchange, f"bench-{r}", batch_entries)
+                results.append({"baseline_per_s": n / b, "sink_per_s": n / s, "ratio": b / s})
+        finally:
+            await journal.close()
+    await q.delete(if_unused=False, if_empty=False)
+    ch = await conn.channel()
+    await ch.exchange_delete(exchange)
+    await conn.close()
+    ratios = [x["ratio"] for x in results]
+    return {"readings": readings, "batch_readings": batch_entries * READINGS_PER_MESSAGE, "repeats": results,
+            "median_ratio": statistics.median(ratios), "goal": 0.9, "met": statistics.median(ratios) >= 0.9}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--readings", type=int, default=20_000)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=500, help="journal entries per delivery (the sink's default)")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    out = asyncio.run(run(args.readings, args.repeat, args.batch))
+    if args.json:
+        print(json.dumps(out))
+        return
+    print(f"AMQP sink vs bare aio-pika with batch confirms, {out['readings']} readings, "
+          f"{out['batch_readings']} readings per confirmed batch, RabbitMQ at {AMQP_URL.rpartition('@')[2]}")
+    for i, r in enumerate(out["repeats"], 1):
+        print(f"  repeat {i}: baseline {r['baseline_per_s']:9.0f} readings/s   sink {r['sink_per_s']:9.0f} "
+              f"readings/s   ratio {r['ratio']:.2f}")
+    print(f"median ratio {out['median_ratio']:.2f} (goal >= {out['goal']}): {'met' if out['met'] else 'NOT met'}")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""The `grpc` sink: readings of the journal streamed to a backend over gRPC
+(protos/edgewire/v1/forward.proto, service Backend, rpc Forward), one batch
+at a time; the backend answers each batch with an Ack of the last journal id
+it stored, and only then does the sink's cursor move.
+
+    [[sinks]]
+    type = "grpc"
+    target = "127.0.0.1:50051"
+
+One batch in flight: a slow backend slows this sink (its lag grows, visible
+in /api/v1/sinks), never the gateway's memory, the live clients or the other
+sinks. After a reconnect the sink sends again from its cursor, so a backend
+drops repeats by (device, boot, seq, stream). The reference backend is
+`edgewire backend --listen ADDR --store FILE` (app/backend.py)."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+from edgewire.gateway.errors import ConfigError
+from edgewire.gateway.grpcapi.convert import reading_message
+from edgewire.gateway.hub import events_of
+from edgewire.gateway.journal import Entry
+from edgewire.gateway.sinks import JournalReader, JournalSink
+
+__all__ = ["Sink", "validate"]
+
+log = logging.getLogger("edgewire.gateway.sinks.grpc")
+
+_KNOWN = ("target", "ca_file", "connect_timeout", "ack_timeout")
+
+
+def validate(options: dict[str, Any]) -> dict[str, Any]:
+    import importlib.util
+
+    if importlib.util.find_spec("grpc") is None or importlib.util.find_spec("google.protobuf") is None:
+        raise ConfigError("sinks", "type", "grpc", "the grpc sink needs grpcio and protobuf: "
+                                                   "pip install 'edgewire[grpc]'")
+    for k in options:
+        if k not in _KNOWN:
+            raise ConfigError("sinks", k, options[k], "unknown key for a grpc sink (known: " + ", ".join(_KNOWN) + ")")
+    target = options.get("target")
+    host, _, port = target.rpartition(":") if isinstance(target, str) else ("", "", "")
+    if not isinstance(target, str) or not host or not port.isdigit() or not 0 < int(port) < 65536 \
+            or len(target) > 1024:
+        raise ConfigError("sinks", "target", target, "expected host:port of the backend, e.g. 127.0.0.1:50051")
+    ca = options.get("ca_file", "")
+    if not isinstance(ca, str) or len(ca) > 4096:
+        raise ConfigError("sinks", "ca_file", ca, "expected the path of a PEM CA bundle (empty: plaintext)")
+    out: dict[str, Any] = {"target": target, "ca_file": ca}
+    for key, default, lo, hi in (("connect_timeout", 10.0, 0.1, 300), ("ack_timeout", 30.0, 0.1, 3600)):
+        v = options.get(key, default)
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not lo <= v <= hi:
+            raise ConfigError("sinks", key, v, f"expected seconds {lo:g}-{hi:g}")
+        out[key] = float(v)
+    return out
+
+
+class Sink(JournalSink):
+    def __init__(self, table: dict[str, Any], journal: JournalReader) -> None:
+        super().__init__(table, journal)
+        self.target: str = table["target"]
+        self.ca_file: str = table["ca_file"]
+        self.connect_timeout: float = table["connect_timeout"]
+        self.ack_timeout: float = table["ack_timeout"]
+        self.site: str = table.get("site", "edgewire")
+        self.connects = 0
+        self.batches = 0
+        self._creds: Any = None
+        self._channel: Any = None
+        self._call: Any = None
+
+    async def open(self) -> None:
+        import grpc
+
+        if self.ca_file:
+            try:
+                self._creds = grpc.ssl_channel_credentials(Path(self.ca_file).read_bytes())
+            except OSError as e:
+                raise ConfigError("sinks", "ca_file", self.ca_file, f"cannot be read: {e.strerror}") from None
+
+    async def _stream(self) -> Any:
+        import grpc
+
+        from edgewire.gateway.grpcapi import forward_pb2_grpc
+
+        if self._call is not None:
+            return self._call
+        ch = (grpc.aio.secure_channel(self.target, self._creds) if self._creds is not None
+              else grpc.aio.insecure_channel(self.target))
+        try:
+            await asyncio.wait_for(ch.channel_ready(), self.connect_timeout)
+        except BaseException:
+            await ch.close(None)
+            raise
+        self._channel = ch
+        self._call = forward_pb2_grpc.BackendStub(ch).Forward()
+        self.connects += 1
+        log.info("sink %s: streaming to %s", self.name, self.target)
+        return self._call
+
+    async def _drop(self) -> None:
+        call, ch, self._call, self._channel = self._call, self._channel, None, None
+        if call is not None:
+            call.cancel()
+        if ch is not None:
+            try:
+                await asyncio.wait_for(ch.close(None), 2.0)
+            except (Exception, asyncio.TimeoutError):
+                pass
+
+    async def deliver(self, entries: list[Entry]) -> None:
+        from edgewire.gateway.grpcapi import forward_pb2 as pb
+
+        readings = [reading_message(e) for entry in entries for e in events_of(entry)]
+        if not readings:
+            return
+        last = entries[-1].id + entries[-1].n - 1
+        batch = pb.Batch(site=self.site, first_id=entries[0].id, last_id=last, readings=readings)
+        try:
+            call = await self._stream()
+            await asyncio.wait_for(call.write(batch), self.ack_timeout)
+            while True:
+                ack = await asyncio.wait_for(call.read(), self.ack_timeout)
+                if ack is None or not hasattr(ack, "last_id"):
+                    raise ConnectionError("the backend ended the stream")
+                if ack.last_id >= last:
+                    break
+        except asyncio.CancelledError:
+            await self._drop()
+            raise
+        except Exception as e:
+            await self._drop()
+            what = "no Ack within ack_timeout" if isinstance(e, asyncio.TimeoutError) else str(e)[:500]
+            raise ConnectionError(f"{type(e).__name__}: {what}") from None
+        self.batches += 1
+
+    async def close(self) -> None:
+        await self._drop()
+
+    def stats(self) -> dict[str, Any]:
+        out = super().stats()
+        out.update(target=self.target, connects=self.connects, batches=self.batches,
+                   connected=self._call is not None)
+        return out

@@ -1,0 +1,169 @@
+"""Fixtures for backend tests: the real RabbitMQ at AMQP_URL (default
+amqp://guest:guest@127.0.0.1:5672/), a pika consumer (a different client
+library than the sink's aio-pika) on a queue bound to a per-test exchange,
+and a fault-injecting TCP proxy between the gateway and RabbitMQ."""
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import pika
+import pytest
+
+from tests.support.tcpproxy import TcpProxy
+
+AMQP_URL = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+
+
+def amqp_address() -> tuple[str, int]:
+    p = urlsplit(AMQP_URL)
+    return p.hostname or "127.0.0.1", p.port or 5672
+
+
+def via(port: int) -> str:
+    """AMQP_URL pointed at a local port (the proxy), same credentials and vhost."""
+    p = urlsplit(AMQP_URL)
+    cred = p.netloc.rpartition("@")[0]
+    return urlunsplit((p.scheme, (cred + "@" if cred else "") + f"127.0.0.1:{port}", p.path or "/", "", ""))
+
+
+def require_rabbitmq() -> None:
+    host, port = amqp_address()
+    try:
+        socket.create_connection((host, port), timeout=5).close()
+    except OSError as e:
+        pytest.fail(f"RabbitMQ is not reachable at {host}:{port} ({e}): these tests need a real RabbitMQ "
+                    f"(apt-get install rabbitmq-server, or set AMQP_URL)")
+
+
+class PikaQueue:
+    """A queue bound to an exchange (declared here too, as the sink declares
+    it), consumed by pika on its own thread: every message with its routing
+    key, properties and body. Deleted (queue and exchange) at close."""
+
+    def __init__(self, exchange: str, binding: str = "#") -> None:
+        self.exchange = exchange
+        self.queue = "q-" + exchange
+        self.messages: list[tuple[str, Any, bytes]] = []
+        self.lock = threading.Lock()
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._binding = binding
+        self._thread = threading.Thread(target=self._run, name="pika-consumer", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(30):
+            raise RuntimeError(f"pika consumer did not start: {self._error}")
+        if self._error is not None:
+            raise RuntimeError(f"pika consumer failed: {self._error}")
+
+    def _run(self) -> None:
+        try:
+            conn = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+            ch = conn.channel()
+            ch.exchange_declare(self.exchange, exchange_type="topic", durable=True)
+            ch.queue_declare(self.queue, durable=True)
+            ch.queue_bind(self.queue, self.exchange, routing_key=self._binding)
+
+            def got(ch: Any, method: Any, props: Any, body: bytes) -> None:
+                with self.lock:
+                    self.messages.append((method.routing_key, props, body))
+                ch.basic_ack(method.delivery_tag)
+
+            ch.basic_qos(prefetch_count=1000)
+            ch.basic_consume(self.queue, got)
+        except BaseException as e:  # reported by the constructor
+            self._error = e
+            self._ready.set()
+            return
+        self._ready.set()
+        try:
+            while not self._stop.is_set():
+                conn.process_data_events(time_limit=0.2)
+            ch.queue_delete(self.queue)
+            ch.exchange_delete(self.exchange)
+            conn.close()
+        except BaseException as e:
+            self._error = e
+
+    def count(self) -> int:
+        with self.lock:
+            return len(self.messages)
+
+    def unique(self) -> dict[str, tuple[str, Any, bytes]]:
+        """message_id -> the first message with that id."""
+        out: dict[str, tuple[str, Any, bytes]] = {}
+        with self.lock:
+            for m in self.messages:
+                out.setdefault(m[1].message_id, m)
+        return out
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+
+@pytest.fixture
+def exchange_name() -> str:
+    require_rabbitmq()
+    return "ew-test-" + uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+def pika_queue(exchange_name: str) -> Iterator[PikaQueue]:
+    q = PikaQueue(exchange_name)
+    try:
+        yield q
+    finally:
+        q.close()
+
+
+@pytest.fixture
+def amqp_proxy() -> Iterator[TcpProxy]:
+    """A fault-injecting TCP proxy in front of RabbitMQ (tests/support/tcpproxy.py)."""
+    require_rabbitmq()
+    p = TcpProxy(amqp_address())
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+# the gateway tests' paho publisher (hand-made protocol bytes), shared
+from tests.gateway.conftest import publisher  # noqa: E402,F401
+
+
+class DrainedDevice:
+    """The firmware on the MicroPython unix port (tests/gateway/test_micropython_device.py's
+    device), its output read on a thread as it comes: a pipe nobody reads fills up and
+    then blocks the device in the middle of a print."""
+
+    def __init__(self, tmp: Any, port: int) -> None:
+        from tests.gateway.test_micropython_device import spawn_device
+
+        self.proc = spawn_device(tmp, port)
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, name="device-output", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    def send_signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def stop(self) -> str:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+        self._reader.join(10)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        return "".join(self.lines)

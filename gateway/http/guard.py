@@ -27,6 +27,7 @@ import asyncio
 import logging
 import socket
 import time
+from edgewire.gateway.aio import cancel_and_wait
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -165,13 +166,8 @@ class ConnectionGuard:
             self._sweeper = asyncio.get_running_loop().create_task(self._sweep(), name="http-guard")
 
     async def stop(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            try:
-                await self._sweeper
-            except asyncio.CancelledError:
-                pass
-            self._sweeper = None
+        await cancel_and_wait(self._sweeper)
+        self._sweeper = None
 
     # ------------------------------------------------------------ admission
     def _admit(self, conn: _Conn) -> bool:

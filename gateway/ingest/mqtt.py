@@ -15,6 +15,7 @@ from edgewire.gateway.core import Core
 from edgewire.gateway.decode import Decoder, ProtocolError, Telemetry
 from edgewire.gateway.errors import MqttNotConnected
 from edgewire.gateway.mqtt import Message, MqttClient
+from edgewire.gateway.aio import cancel_and_wait
 
 log = logging.getLogger("edgewire.gateway.ingest.mqtt")
 
@@ -80,25 +81,15 @@ class MqttIngest:
     async def drain(self) -> None:
         """Stop taking batches; what was taken is in the core's hands (committed,
         then acknowledged while the connection is still up)."""
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def stop(self) -> None:
         await self.drain()
         if self.client is not None:
             await self.client.stop()
-        if self._watch_task is not None:
-            self._watch_task.cancel()
-            try:
-                await self._watch_task
-            except asyncio.CancelledError:
-                pass
-            self._watch_task = None
+        await cancel_and_wait(self._watch_task)
+        self._watch_task = None
         if self.broker is not None:
             await self.broker.aclose()
             self.broker = None

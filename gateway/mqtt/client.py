@@ -44,6 +44,7 @@ from typing import cast
 
 from edgewire.gateway.errors import MqttError, MqttNotConnected, MqttProtocolError
 from edgewire.gateway.mqtt import packets as P
+from edgewire.gateway.aio import cancel_and_wait
 
 log = logging.getLogger("edgewire.gateway.mqtt")
 
@@ -298,13 +299,8 @@ class MqttClient:
         if conn is not None and conn.transport is not None and self.connected:
             conn.write(P.DISCONNECT_BYTES)
             conn.transport.close()
-        if self._supervisor is not None:
-            self._supervisor.cancel()
-            try:
-                await self._supervisor
-            except asyncio.CancelledError:
-                pass
-            self._supervisor = None
+        await cancel_and_wait(self._supervisor)
+        self._supervisor = None
         if self._conn is not None and self._conn.transport is not None:
             self._conn.transport.abort()
         for _, fut in self._inflight.values():

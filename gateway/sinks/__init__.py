@@ -42,6 +42,7 @@ from typing import Any, Protocol
 
 from edgewire.gateway.errors import ConfigError
 from edgewire.gateway.journal import Entry
+from edgewire.gateway.aio import cancel_and_wait
 
 log = logging.getLogger("edgewire.gateway.sinks")
 
@@ -154,13 +155,8 @@ class JournalSink:
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"sink-{self.name}")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         await self.close()
         self.state = "stopped"
 

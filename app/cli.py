@@ -5,6 +5,8 @@
     edgewire demo [--port 8080]
     edgewire journal check|repair|export PATH | --config FILE
     edgewire backend --listen HOST:PORT --store FILE
+    edgewire device provision|revoke|list [ID] --config FILE
+    edgewire certs init DIR [--name HOST]...
 
 Each job's module is imported only when that job runs. This module lives in
 edgewire.app, above the gateway and the simulator, so that neither of those
@@ -23,7 +25,7 @@ if TYPE_CHECKING:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edgewire", description="Edgewire: sensor data from devices to people and services.")
-    sub = p.add_subparsers(dest="job", required=True, metavar="{gateway,sim,demo,journal,backend}")
+    sub = p.add_subparsers(dest="job", required=True, metavar="{gateway,sim,demo,journal,backend,device,certs}")
 
     g = sub.add_parser("gateway", help="run the gateway service")
     mode = g.add_mutually_exclusive_group()
@@ -52,7 +54,30 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("backend", help="the reference gRPC backend: stores a gateway's grpc sink stream in SQLite")
     b.add_argument("--listen", default="127.0.0.1:50051", help="HOST:PORT to serve on (port 0: any free one)")
     b.add_argument("--store", default="edgewire-backend.db", help="SQLite file for the readings")
+    add_mqtt_security_parsers(sub)
     return p
+
+
+def add_mqtt_security_parsers(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """`device` (per-device MQTT accounts, gateway/provision.py) and `certs` (a local CA, gateway/certs.py)."""
+    dv = sub.add_parser("device", help="provision, revoke or list devices' MQTT accounts ([mqtt_auth])")
+    dv.add_argument("action", choices=("provision", "revoke", "list"))
+    dv.add_argument("device", nargs="?", help="the device id (= its MQTT user name)")
+    dv.add_argument("--config", required=True, metavar="FILE", help="the gateway's TOML configuration")
+    dv.add_argument("--out", metavar="DIR", help="provision: where config.json (and ca.pem) go (default: ./ID)")
+    dv.add_argument("--broker-host", help="provision: the broker as the device reaches it (default: the [mqtt] "
+                                          "url's host, or <this host>.local)")
+    dv.add_argument("--broker-port", type=int, help="provision: default 8883 with --ca, else 1883")
+    dv.add_argument("--ca", metavar="PEM", help="provision: the CA of the broker's certificate: the device uses TLS")
+    dv.add_argument("--wifi-ssid", help="provision: the Wi-Fi the device joins")
+    dv.add_argument("--wifi-password", help="provision: its password")
+    dv.add_argument("--rotate", action="store_true", help="provision: give an existing device a new password")
+
+    c = sub.add_parser("certs", help="make a small local CA and a server certificate for the broker")
+    c.add_argument("action", choices=("init",))
+    c.add_argument("dir", help="where ca.pem, ca.key, server.pem and server.key go")
+    c.add_argument("--name", action="append", help="another host name or address of the broker (repeatable)")
+    c.add_argument("--renew-server", action="store_true", help="keep the CA, make a new server certificate")
 
 
 def start_embedded_broker_for_sim() -> "EmbeddedBroker":
@@ -80,6 +105,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from edgewire.app.backend import backend_main
 
         return backend_main(args)
+    if args.job == "device":
+        from edgewire.gateway.provision import device_main
+
+        return device_main(args)
+    if args.job == "certs":
+        from edgewire.gateway.certs import certs_main
+
+        return certs_main(args)
     if args.job == "sim":
         from edgewire.sim.cli import sim_main
 

@@ -29,6 +29,7 @@ __all__ = [
     "HubConfig",
     "JournalConfig",
     "LogConfig",
+    "MqttAuthConfig",
     "MqttConfig",
     "RegistryConfig",
     "load_config",
@@ -75,6 +76,11 @@ class MqttConfig:
     reconnect_max: float = 30.0
     max_packet: int = 65536
     queue_limit: int = 10000
+    # TLS (an mqtts:// url): the CA that signed the broker's certificate
+    # (empty: the system's CAs), and a client certificate if the broker asks.
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
 
     def __post_init__(self) -> None:
         s = "mqtt"
@@ -98,21 +104,31 @@ class MqttConfig:
                               f"must be at least reconnect_min ({self.reconnect_min:g})")
         _int(s, "max_packet", self.max_packet, 4200, 268435455, " bytes")
         _int(s, "queue_limit", self.queue_limit, 100, 10_000_000, " messages")
+        for key in ("ca_file", "cert_file", "key_file"):
+            _str(s, key, getattr(self, key), 4096)
+            if getattr(self, key) and not self.tls:
+                raise ConfigError(s, key, getattr(self, key), "TLS files need an mqtts:// url")
+        if self.key_file and not self.cert_file:
+            raise ConfigError(s, "key_file", self.key_file, "needs cert_file (the client certificate) too")
 
     @property
     def host_port(self) -> tuple[str, int]:
         return parse_mqtt_url(self.url)
 
+    @property
+    def tls(self) -> bool:
+        return self.url.startswith("mqtts://")
+
 
 def parse_mqtt_url(url: str) -> tuple[str, int]:
-    """'mqtt://host:port' -> (host, port); port defaults to 1883."""
-    fix = "expected mqtt://host:port, e.g. mqtt://127.0.0.1:1883 (empty: embedded broker)"
+    """'mqtt://host:port' -> (host, port); port defaults to 1883 (mqtts://: TLS, 8883)."""
+    fix = "expected mqtt://host:port or mqtts://host:port (TLS), e.g. mqtt://127.0.0.1:1883 (empty: embedded broker)"
     try:
         parts = urlsplit(url)
         port = parts.port
     except ValueError:
         raise ConfigError("mqtt", "url", url, fix) from None
-    if parts.scheme != "mqtt":
+    if parts.scheme not in ("mqtt", "mqtts"):
         raise ConfigError("mqtt", "url", url, f"scheme {parts.scheme!r} is not supported; {fix}")
     if not parts.hostname:
         raise ConfigError("mqtt", "url", url, f"missing host; {fix}")
@@ -120,7 +136,7 @@ def parse_mqtt_url(url: str) -> tuple[str, int]:
         raise ConfigError("mqtt", "url", "<redacted>", "put credentials in username and password_file, not the url")
     if parts.path not in ("", "/") or parts.query or parts.fragment:
         raise ConfigError("mqtt", "url", url, f"unexpected path or query; {fix}")
-    return parts.hostname, 1883 if port is None else port
+    return parts.hostname, (8883 if parts.scheme == "mqtts" else 1883) if port is None else port
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,6 +348,19 @@ class GrpcConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MqttAuthConfig:
+    """[mqtt_auth]: per-device MQTT accounts (gateway/provision.py). `dir`
+    holds the device list and the broker's password and ACL files generated
+    from it (at start and on SIGHUP); the embedded broker enforces the same
+    rules. Empty: off (anyone who reaches the broker may publish as any device)."""
+
+    dir: str = ""
+
+    def __post_init__(self) -> None:
+        _str("mqtt_auth", "dir", self.dir, 4096)
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayConfig:
     gateway: SiteConfig = field(default_factory=SiteConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
@@ -343,6 +372,7 @@ class GatewayConfig:
     commands: CommandsConfig = field(default_factory=CommandsConfig)
     log: LogConfig = field(default_factory=LogConfig)
     grpc: GrpcConfig = field(default_factory=GrpcConfig)
+    mqtt_auth: MqttAuthConfig = field(default_factory=MqttAuthConfig)
     # [[sinks]] tables, each validated by its sink's module (gateway/sinks/)
     sinks: tuple[Mapping[str, Any], ...] = ()
 
@@ -378,6 +408,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "commands": CommandsConfig,
     "log": LogConfig,
     "grpc": GrpcConfig,
+    "mqtt_auth": MqttAuthConfig,
 }
 
 

@@ -41,6 +41,12 @@ Three fixes to amqtt 0.12 live here (class `_Broker`, `_Handler`):
   (a publisher that wrote 5,000 QoS 0 messages and disconnected got 3 through),
   and took a DISCONNECT not yet processed for an abrupt close (sending the will);
 - a client gets the retained messages of its own subscriptions only.
+
+Accounts and ACL (`auth_dir`, [mqtt_auth] dir): the broker then takes only
+the accounts of the generated password file and applies the device/gateway
+rules mosquitto gets from the generated ACL (gateway/embedded_auth.py,
+gateway/provision.py); `reload()` (the gateway's SIGHUP) makes it read the
+password file again and disconnect clients whose account is gone.
 """
 from __future__ import annotations
 
@@ -116,8 +122,10 @@ class EmbeddedBroker:
     (or `with`); `stop()` ends it. `start_embedded_broker()` is the async way in."""
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 1883, allow_fallback: bool = True,
-                 start_timeout: float = 30.0) -> None:
+                 start_timeout: float = 30.0, auth_dir: str = "", gateway_user: str = "") -> None:
         self.host, self.requested_port = _check_args(host, port)
+        self.auth_dir = auth_dir
+        self.gateway_user = gateway_user
         self.allow_fallback = allow_fallback
         self.start_timeout = start_timeout
         self.port = 0
@@ -146,6 +154,8 @@ class EmbeddedBroker:
                "--port", str(self.requested_port)]
         if not self.allow_fallback:
             cmd.append("--no-fallback")
+        if self.auth_dir:
+            cmd += ["--auth-dir", self.auth_dir, "--gateway-user", self.gateway_user]
         try:
             proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
         except OSError as e:
@@ -197,6 +207,12 @@ class EmbeddedBroker:
         if not isinstance(report, dict):
             raise EmbeddedBrokerError(f"embedded broker said {buf[:200]!r} instead of its port")
         return report
+
+    def reload(self) -> None:
+        """Make the broker read its password file again (SIGHUP to the child);
+        clients whose account is gone are disconnected."""
+        if self.running and self._proc is not None:
+            self._proc.send_signal(signal.SIGHUP)
 
     def stop(self, timeout: float = 15.0) -> None:
         """Ask the child to end (its stdin closes), wait for it, kill it if it
@@ -268,10 +284,12 @@ class EmbeddedBroker:
 
 
 async def start_embedded_broker(*, host: str = "127.0.0.1", port: int = 1883, allow_fallback: bool = True,
-                                start_timeout: float = 30.0) -> EmbeddedBroker:
+                                start_timeout: float = 30.0, auth_dir: str = "",
+                                gateway_user: str = "") -> EmbeddedBroker:
     """Start the embedded broker's process and return once it accepts
     connections, without blocking the running loop. `await broker.aclose()` ends it."""
-    broker = EmbeddedBroker(host=host, port=port, allow_fallback=allow_fallback, start_timeout=start_timeout)
+    broker = EmbeddedBroker(host=host, port=port, allow_fallback=allow_fallback, start_timeout=start_timeout,
+                            auth_dir=auth_dir, gateway_user=gateway_user)
     return await asyncio.to_thread(broker.start)
 
 
@@ -353,12 +371,17 @@ def _addr_in_use(exc: BaseException) -> bool:
     return False
 
 
-def _config(host: str, port: int) -> dict[str, Any]:
+def _config(host: str, port: int, auth: bool = False) -> dict[str, Any]:
     bind_host = f"[{host}]" if ":" in host else host
+    if auth:  # the generated accounts and the device/gateway ACL
+        from edgewire.gateway.embedded_auth import plugins_config
+
+        plugins = plugins_config()
+    else:  # only anonymous auth: no $SYS publisher, no per-packet logger plugins
+        plugins = {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}}
     return {
         "listeners": {"default": {"type": "tcp", "bind": f"{bind_host}:{port}", "max_connections": 0}},
-        # Only anonymous auth: no $SYS publisher, no per-packet logger plugins.
-        "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+        "plugins": plugins,
     }
 
 
@@ -511,10 +534,10 @@ def _amqtt_classes() -> tuple[type, type]:
     return _Broker, _Handler
 
 
-async def _try_start(host: str, port: int) -> Any | None:
+async def _try_start(host: str, port: int, auth: bool = False) -> Any | None:
     """Start amqtt on (host, port); None if the port turned out to be taken."""
     broker_cls, _ = _amqtt_classes()
-    broker = broker_cls(_config(host, port))
+    broker = broker_cls(_config(host, port, auth))
     try:
         await broker.start()
     except Exception as e:
@@ -524,18 +547,18 @@ async def _try_start(host: str, port: int) -> Any | None:
     return broker
 
 
-async def _start_amqtt(host: str, port: int, allow_fallback: bool) -> tuple[Any, int, bool]:
+async def _start_amqtt(host: str, port: int, allow_fallback: bool, auth: bool = False) -> tuple[Any, int, bool]:
     """amqtt on this loop: (broker, bound port, fell back)."""
     _quiet_amqtt()
     if port != 0:
-        broker = await _try_start(host, port) if _port_free(host, port) else None
+        broker = await _try_start(host, port, auth) if _port_free(host, port) else None
         if broker is not None:
             return broker, port, False
         if not allow_fallback:
             raise PortInUseError(errno.EADDRINUSE, _in_use_message(host, port))
     for _ in range(_FALLBACK_ATTEMPTS):
         chosen = _free_port(host)
-        broker = await _try_start(host, chosen)
+        broker = await _try_start(host, chosen, auth)
         if broker is not None:
             return broker, chosen, port != 0
         # someone took it between our probe and amqtt's bind: try another
@@ -555,10 +578,26 @@ def _report(fields: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-async def _serve(host: str, port: int, allow_fallback: bool) -> int:
+async def _reload_auth(broker: Any) -> None:
+    """SIGHUP: the password file again; disconnect clients whose account is gone."""
+    from edgewire.gateway import embedded_auth
+
+    embedded_auth.load()
+    for session, handler in list(broker._sessions.values()):
+        if (session.transitions.state == "connected" and embedded_auth.refused(session.username)
+                and handler is not None and handler.writer is not None):
+            log.warning("%s: account %r revoked; disconnected", session.client_id, session.username)
+            await handler.writer.close()
+
+
+async def _serve(host: str, port: int, allow_fallback: bool, auth_dir: str = "", gateway_user: str = "") -> int:
     loop = asyncio.get_running_loop()
     try:
-        broker, bound, fell_back = await _start_amqtt(host, port, allow_fallback)
+        if auth_dir:
+            from edgewire.gateway import embedded_auth
+
+            embedded_auth.configure(auth_dir, gateway_user)
+        broker, bound, fell_back = await _start_amqtt(host, port, allow_fallback, bool(auth_dir))
     except PortInUseError as e:
         _report({"error": e.strerror or str(e), "in_use": True})
         return 1
@@ -567,6 +606,16 @@ async def _serve(host: str, port: int, allow_fallback: bool) -> int:
         return 1
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
+    reloads: set[asyncio.Task[None]] = set()
+    if auth_dir:
+        def reload() -> None:
+            t = loop.create_task(_reload_auth(broker))
+            reloads.add(t)
+            t.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, reload)
+    else:
+        loop.add_signal_handler(signal.SIGHUP, lambda: None)  # nothing to reload; never die of it
     await loop.connect_read_pipe(lambda: _StdinWatch(stop), sys.stdin)
     _report({"port": bound, "fell_back": fell_back})
     await stop.wait()
@@ -585,6 +634,8 @@ def _child_main(argv: list[str]) -> int:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=1883)
     p.add_argument("--no-fallback", action="store_true", help="fail instead of using a free port when PORT is taken")
+    p.add_argument("--auth-dir", default="", help="[mqtt_auth] dir: accounts from its passwd, the device ACL")
+    p.add_argument("--gateway-user", default="", help="the gateway's user name (reads all, writes commands)")
     args = p.parse_args(argv)
     # Ctrl-C reaches the whole process group; the parent says when to stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -595,7 +646,7 @@ def _child_main(argv: list[str]) -> int:
     except EmbeddedBrokerError as e:
         _report({"error": str(e)})
         return 2
-    return asyncio.run(_serve(host, port, not args.no_fallback))
+    return asyncio.run(_serve(host, port, not args.no_fallback, args.auth_dir, args.gateway_user))
 
 
 if __name__ == "__main__":

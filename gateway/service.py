@@ -120,6 +120,10 @@ class Gateway:
         cfg = self._config
         self._started_at = time.monotonic()
         try:
+            if cfg.mqtt_auth.dir:  # the broker's password file and ACL, from the device list
+                from edgewire.gateway.provision import write_broker_files
+
+                write_broker_files(cfg)
             self._open_journal()
             for table in cfg.sinks:
                 sink = self.sinks[table["name"]] = build_sink(dict(table), self.journal, gateway=self)
@@ -171,6 +175,24 @@ class Gateway:
             await sink.stop()
         await self.journal.close()
         self._closed.set()
+
+    def reload_mqtt_auth(self) -> None:
+        """SIGHUP: the broker's password file and ACL again from the device list
+        (after `edgewire device revoke`); the embedded broker reads them again and
+        disconnects revoked devices. mosquitto needs its own reload."""
+        if not self._config.mqtt_auth.dir:
+            return
+        from edgewire.gateway.provision import ProvisionError, write_broker_files
+
+        try:
+            passwd, acl = write_broker_files(self._config)
+        except (ConfigError, ProvisionError, OSError) as e:
+            log.error("SIGHUP: the MQTT broker files were not regenerated: %s", e)
+            return
+        log.info("SIGHUP: regenerated %s and %s", passwd, acl)
+        broker = getattr(self.adapters.get("mqtt"), "broker", None)
+        if broker is not None:
+            broker.reload()
 
     def close(self) -> None:
         """Ask wait_closed() to return (signal handlers call this)."""
@@ -299,6 +321,7 @@ async def _run(config: GatewayConfig) -> None:
     async with Gateway(config) as gw:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, gw.close)
+        loop.add_signal_handler(signal.SIGHUP, gw.reload_mqtt_auth)
         print(f"edgewire gateway: dashboard {gw.http_url}/  MQTT {gw.mqtt_url}", flush=True)
         await gw.wait_closed()
         log.info("shutting down")

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from edgewire import wire
+from edgewire.gateway.certs import client_context
 from edgewire.gateway.config import GatewayConfig, read_password
 from edgewire.gateway.core import Core
 from edgewire.gateway.decode import Decoder, ProtocolError, Telemetry
@@ -57,7 +58,8 @@ class MqttIngest:
             from edgewire.gateway.embedded_broker import IngestWatch, start_embedded_broker
 
             eb = cfg.embedded_broker
-            self.broker = await start_embedded_broker(host=eb.host, port=eb.port, allow_fallback=eb.allow_fallback)
+            self.broker = await start_embedded_broker(host=eb.host, port=eb.port, allow_fallback=eb.allow_fallback,
+                                                      auth_dir=cfg.mqtt_auth.dir, gateway_user=cfg.mqtt.username)
             host, port = eb.host, int(self.broker.port)
             self.url = str(self.broker.url)
             self.broker_watch = IngestWatch(threshold=eb.warn_rate)
@@ -70,7 +72,7 @@ class MqttIngest:
                                      connect_timeout=m.connect_timeout, reconnect_min=m.reconnect_min,
                                      reconnect_max=m.reconnect_max, max_packet=m.max_packet,
                                      queue_limit=m.queue_limit, max_inflight=max(16, cfg.commands.max_pending),
-                                     name="mqtt-ingest")
+                                     name="mqtt-ingest", tls_context=client_context(m) if m.tls else None)
         self.client.start()
         self._task = asyncio.get_running_loop().create_task(self.run(), name="ingest-mqtt")
         if self.broker_watch is not None:  # warns when ingest nears the embedded broker's limit

@@ -1,0 +1,337 @@
+"""Per-device MQTT identity: the device list, the broker's password file and
+ACL generated from it, and a device's config.json.
+
+    edgewire device provision dev-7 --config gw.toml --out ./dev-7   # password, config.json (+ ca.pem)
+    edgewire device revoke dev-7 --config gw.toml                    # gone from passwd; reload mosquitto
+    edgewire device list --config gw.toml
+
+Everything lives in `[mqtt_auth] dir`:
+
+    devices.json   the device list: id -> PBKDF2 hash of its password (0600)
+    passwd         mosquitto's password_file, generated: devices + the gateway's account
+    acl            mosquitto's acl_file, generated: the rules below
+
+The rules (docs/security.md): a device's user name is its device id; it may
+publish only edgewire/v1/<its id>/{telemetry,status,result} and read only
+edgewire/v1/<its id>/cmd (mosquitto `pattern` lines with %u). The gateway's
+account ([mqtt] username) reads everything under edgewire/v1/ and writes
+commands. `allowed()` is the same rules in code, for the embedded broker.
+
+Hashes are mosquitto 2's `$7$` format, PBKDF2-HMAC-SHA512 with a 12-byte
+salt: `user:$7$<iterations>$<salt b64>$<hash b64>`, made here with hashlib
+(mosquitto_passwd is not needed), and mosquitto checks them itself.
+Passwords are 32 random URL-safe characters (192 bits), so the iteration
+count guards nothing a dictionary could find; 1000 keeps a fleet's reconnect
+storm cheap for the broker (docs/decisions.md D21).
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from edgewire import wire
+from edgewire.gateway.errors import ConfigError, GatewayError
+
+__all__ = ["ProvisionError", "DeviceList", "allowed", "hash_password", "verify_password", "read_passwd",
+           "render_acl", "render_passwd", "write_broker_files", "provision", "revoke", "device_main"]
+
+DEVICES = "devices.json"
+PASSWD = "passwd"
+ACL = "acl"
+ITERATIONS = 1000
+SALT_BYTES = 12
+
+# The rules, once: what a device may do under its own id, what the gateway may do.
+DEVICE_WRITE = (wire.KIND_TELEMETRY, wire.KIND_STATUS, wire.KIND_RESULT)
+DEVICE_READ = (wire.KIND_CMD,)
+
+
+class ProvisionError(GatewayError):
+    """A provisioning step failed; the message says what and how to fix it."""
+
+
+# ---------------------------------------------------------------- hashes
+
+def hash_password(password: str, *, iterations: int = ITERATIONS, salt: bytes | None = None) -> str:
+    """mosquitto 2's `$7$` hash of `password` (PBKDF2-HMAC-SHA512)."""
+    salt = os.urandom(SALT_BYTES) if salt is None else salt
+    dk = hashlib.pbkdf2_hmac("sha512", password.encode("utf-8"), salt, iterations)
+    return f"$7${iterations}${base64.b64encode(salt).decode()}${base64.b64encode(dk).decode()}"
+
+
+def verify_password(password: str, hashed: str) -> bool:
+    """True if `password` matches a `$7$` hash (constant-time compare)."""
+    try:
+        _, kind, iterations, salt, dk = hashed.split("$")
+        if kind != "7" or not 1 <= int(iterations) <= 10_000_000:
+            return False
+        want = base64.b64decode(dk, validate=True)
+        got = hashlib.pbkdf2_hmac("sha512", password.encode("utf-8"), base64.b64decode(salt, validate=True),
+                                  int(iterations))
+    except (ValueError, TypeError):
+        return False
+    return hmac.compare_digest(got, want)
+
+
+def read_passwd(path: str | Path) -> dict[str, str]:
+    """A mosquitto password file -> {user: hash}. Blank lines and # comments skipped."""
+    users: dict[str, str] = {}
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            user, sep, hashed = line.partition(":")
+            if sep:
+                users[user] = hashed
+    return users
+
+
+# ---------------------------------------------------------------- rules
+
+def allowed(user: str | None, gateway_user: str, topic: str, action: str) -> bool:
+    """The ACL in code. action: 'publish', 'subscribe' or 'receive'; `topic` is
+    a topic name, or a filter for 'subscribe' (a device's filter must be its
+    own command topic exactly; the gateway may subscribe to any filter under
+    edgewire/v1/)."""
+    if not user:
+        return False
+    root = wire.ROOT + "/"
+    if user == gateway_user:
+        if action == "publish":
+            parts = topic.split("/")
+            return topic.startswith(root) and len(parts) == 4 and parts[3] == wire.KIND_CMD
+        return topic.startswith(root)
+    if action == "publish":
+        return topic in {wire.topic(user, k) for k in DEVICE_WRITE}
+    return topic in {wire.topic(user, k) for k in DEVICE_READ}
+
+
+def render_acl(gateway_user: str) -> str:
+    """The same rules as mosquitto acl_file lines."""
+    lines = ["# Generated by edgewire (gateway/provision.py) from devices.json: do not edit.",
+             "# Regenerated by `edgewire device provision|revoke` and at gateway start and SIGHUP;",
+             "# mosquitto reads it again on SIGHUP (systemctl reload mosquitto).",
+             "",
+             "# The gateway: reads every device, writes commands.",
+             f"user {gateway_user}",
+             f"topic read {wire.ROOT}/#",
+             f"topic write {wire.ROOT}/+/{wire.KIND_CMD}",
+             "",
+             "# Every device (user name = device id): its own topics only.",
+             *[f"pattern write {wire.ROOT}/%u/{k}" for k in DEVICE_WRITE],
+             *[f"pattern read {wire.ROOT}/%u/{k}" for k in DEVICE_READ],
+             ""]
+    return "\n".join(lines)
+
+
+def render_passwd(users: dict[str, str]) -> str:
+    return "".join(f"{u}:{h}\n" for u, h in sorted(users.items()))
+
+
+# ---------------------------------------------------------------- the device list
+
+def share_with_mosquitto(path: Path) -> None:
+    """Give `path` to the mosquitto group where there is one and we may
+    (root, or a member): mosquitto reads its files after dropping to its user."""
+    import shutil
+
+    try:
+        shutil.chown(path, group="mosquitto")
+    except (LookupError, OSError):
+        pass
+
+
+def _write_private(path: Path, text: str, mode: int = 0o600) -> None:
+    """Write atomically (temp file + rename) with `mode`."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+class DeviceList:
+    """devices.json in `dir`: {"devices": {id: {"hash": "$7$...", "created": epoch s}}}."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.dir = Path(directory)
+        self.path = self.dir / DEVICES
+
+    def load(self) -> dict[str, dict[str, Any]]:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as e:
+            raise ProvisionError(f"{self.path}: cannot be read ({e})") from None
+        devices = data.get("devices") if isinstance(data, dict) else None
+        if not isinstance(devices, dict):
+            raise ProvisionError(f"{self.path}: not a device list (expected {{\"devices\": {{...}}}})")
+        return devices
+
+    def save(self, devices: dict[str, dict[str, Any]]) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        _write_private(self.path, json.dumps({"devices": devices}, indent=1, sort_keys=True) + "\n")
+
+
+def _gateway_account(cfg: Any, *, create: bool) -> tuple[str, str]:
+    """([mqtt] username, its password); with create, a missing password_file
+    gets a random password (0600)."""
+    m = cfg.mqtt
+    if not m.username or not m.password_file:
+        raise ConfigError("mqtt", "username", m.username,
+                          "[mqtt_auth] needs the gateway's own account: set [mqtt] username and password_file "
+                          "(the file is created with a random password if it does not exist)")
+    pw_path = Path(m.password_file)
+    if not pw_path.exists() and create:
+        pw_path.parent.mkdir(parents=True, exist_ok=True)
+        _write_private(pw_path, secrets.token_urlsafe(24) + "\n")
+    try:
+        password = pw_path.read_text(encoding="utf-8").strip()
+    except OSError as e:
+        raise ConfigError("mqtt", "password_file", m.password_file, f"cannot be read: {e.strerror}") from None
+    if not password:
+        raise ConfigError("mqtt", "password_file", m.password_file, "is empty")
+    return m.username, password
+
+
+def _auth_dir(cfg: Any) -> Path:
+    d = cfg.mqtt_auth.dir
+    if not d:
+        raise ConfigError("mqtt_auth", "dir", d, "set a directory for the device list and the broker's "
+                          "password and ACL files, e.g. /var/lib/edgewire/mqtt-auth")
+    return Path(d)
+
+
+def write_broker_files(cfg: Any, *, create_gateway_password: bool = True) -> tuple[Path, Path]:
+    """Generate `passwd` and `acl` in [mqtt_auth] dir from the device list and
+    the gateway's account. Returns their paths. mosquitto (running as its own
+    user) must be able to read them: they are 0640; give the directory's group
+    to mosquitto (docs/security.md)."""
+    directory = _auth_dir(cfg)
+    user, password = _gateway_account(cfg, create=create_gateway_password)
+    devices = DeviceList(directory).load()
+    users = {d: e["hash"] for d, e in devices.items() if isinstance(e, dict) and isinstance(e.get("hash"), str)}
+    users[user] = hash_password(password)
+    directory.mkdir(parents=True, exist_ok=True)
+    passwd, acl = directory / PASSWD, directory / ACL
+    _write_private(passwd, render_passwd(users), 0o640)
+    _write_private(acl, render_acl(user), 0o640)
+    share_with_mosquitto(passwd)
+    share_with_mosquitto(acl)
+    return passwd, acl
+
+
+def _default_broker_host(cfg: Any) -> str:
+    if cfg.mqtt.url:
+        host = cfg.mqtt.host_port[0]
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            return str(host)
+    return socket.gethostname().split(".")[0] + ".local"
+
+
+def provision(cfg: Any, device_id: str, *, out: str | Path, broker_host: str | None = None,
+              broker_port: int | None = None, ca_file: str | None = None, wifi_ssid: str | None = None,
+              wifi_password: str | None = None, rotate: bool = False) -> dict[str, Any]:
+    """Create `device_id`'s account (a random password, stored hashed), write
+    its config.json (and ca.pem when TLS) to `out`, regenerate the broker
+    files. Returns the device config."""
+    if not wire.valid_id(device_id):
+        raise ProvisionError(f"device id {device_id!r} is not 1-64 of A-Z a-z 0-9 _ -")
+    directory = _auth_dir(cfg)
+    gw_user, _ = _gateway_account(cfg, create=True)
+    if device_id == gw_user:
+        raise ProvisionError(f"device id {device_id!r} is the gateway's own MQTT user name ([mqtt] username)")
+    store = DeviceList(directory)
+    devices = store.load()
+    if device_id in devices and not rotate:
+        raise ProvisionError(f"device {device_id!r} is already provisioned; --rotate gives it a new password "
+                             "(the old one stops working at the broker's next reload)")
+    password = secrets.token_urlsafe(24)
+    tls = bool(ca_file)
+    device_cfg: dict[str, Any] = {
+        "device_id": device_id,
+        "broker_host": broker_host or _default_broker_host(cfg),
+        "broker_port": broker_port or (8883 if tls else 1883),
+        "username": device_id,
+        "password": password,
+        "tls_ca": "ca.pem" if tls else None,
+    }
+    if wifi_ssid:
+        device_cfg["wifi_ssid"] = wifi_ssid
+        device_cfg["wifi_password"] = wifi_password
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if tls:
+        try:
+            ca = Path(str(ca_file)).read_text(encoding="ascii")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ProvisionError(f"CA file {ca_file}: cannot be read ({e})") from None
+        if "-----BEGIN CERTIFICATE-----" not in ca:
+            raise ProvisionError(f"CA file {ca_file}: no PEM certificate in it")
+        (out_dir / "ca.pem").write_text(ca, encoding="ascii")
+    _write_private(out_dir / "config.json", json.dumps(device_cfg, indent=1) + "\n")
+    devices[device_id] = {"hash": hash_password(password), "created": int(time.time())}
+    store.save(devices)
+    write_broker_files(cfg)
+    return device_cfg
+
+
+def revoke(cfg: Any, device_id: str) -> None:
+    """Remove `device_id` from the device list and regenerate the broker files."""
+    store = DeviceList(_auth_dir(cfg))
+    devices = store.load()
+    if device_id not in devices:
+        raise ProvisionError(f"device {device_id!r} is not provisioned")
+    del devices[device_id]
+    store.save(devices)
+    write_broker_files(cfg)
+
+
+# ---------------------------------------------------------------- CLI
+
+def device_main(args: Any) -> int:
+    """`edgewire device provision|revoke|list` (app/cli.py parses)."""
+    from edgewire.gateway.config import load_config
+
+    try:
+        cfg = load_config(args.config)
+        if args.action == "list":
+            for d, e in sorted(DeviceList(_auth_dir(cfg)).load().items()):
+                created = time.strftime("%Y-%m-%d %H:%M", time.gmtime(int(e.get("created", 0))))
+                print(f"{d}\tprovisioned {created} UTC")
+            return 0
+        if not args.device:
+            print("edgewire device: a device id is needed", file=sys.stderr)
+            return 2
+        if args.action == "revoke":
+            revoke(cfg, args.device)
+            print(f"{args.device}: revoked; the broker files in {cfg.mqtt_auth.dir} are regenerated. Reload "
+                  "mosquitto (systemctl reload mosquitto) and the gateway (SIGHUP) to disconnect it.")
+            return 0
+        out = args.out or args.device
+        dc = provision(cfg, args.device, out=out, broker_host=args.broker_host, broker_port=args.broker_port,
+                       ca_file=args.ca, wifi_ssid=args.wifi_ssid, wifi_password=args.wifi_password,
+                       rotate=args.rotate)
+        extra = " and ca.pem" if dc["tls_ca"] else ""
+        print(f"{args.device}: config.json{extra} written to {out} (it holds the device's password: copy it to "
+              f"the board, then delete it). Broker files regenerated in {cfg.mqtt_auth.dir}; reload mosquitto.")
+        return 0
+    except (ConfigError, ProvisionError) as e:
+        print(f"{type(e).__name__}: {e}", file=sys.stderr)
+        return 2

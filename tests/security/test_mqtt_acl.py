@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from edgewire import wire
+from edgewire.gateway.config import EmbeddedBrokerConfig
 from edgewire.gateway.provision import allowed, hash_password, provision, revoke, verify_password
 from edgewire.gateway.service import Gateway
 from tests.security.mqtt_support import (GATEWAY_USER, Client, auth_conf, site_config, site_dir,
@@ -53,28 +54,35 @@ def site():  # type: ignore[no-untyped-def]
         yield d
 
 
-async def test_devices_are_confined_to_their_own_topics_on_mosquitto(site: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["mosquitto", "embedded"])
+async def test_devices_are_confined_to_their_own_topics(site: Path, tmp_path: Path, kind: str) -> None:
+    """The same rules on mosquitto (generated passwd + acl files) and on the
+    embedded amqtt broker (the same files, gateway/embedded_auth.py)."""
     cfg0 = site_config(site)
     creds = {d: provision(cfg0, d, out=site / d, broker_host="127.0.0.1")["password"] for d in ("dev-a", "dev-b")}
-    broker = start_mosquitto(tmp_path, auth_conf(site))
+    broker = start_mosquitto(tmp_path, auth_conf(site)) if kind == "mosquitto" else None
     clients: list[Client] = []
     try:
-        cfg = site_config(site, url=broker.url).replace(journal=cfg0.journal)
+        if broker is not None:
+            cfg = site_config(site, url=broker.url).replace(journal=cfg0.journal)
+        else:
+            cfg = cfg0.replace(embedded_broker=EmbeddedBrokerConfig(port=0))
         async with Gateway(cfg) as gw:
             assert gw.mqtt is not None
             await gw.mqtt.wait_connected(10)  # the gateway's own account
+            port = broker.port if broker is not None else gw.mqtt.port
 
             # anonymous and wrong passwords are refused at CONNECT
-            anon = Client(broker.port, None, None, client_id="anon")
+            anon = Client(port, None, None, client_id="anon")
             clients.append(anon)
             await asyncio.to_thread(anon.start)
-            bad = Client(broker.port, "dev-a", "not-the-password", client_id="dev-a-bad")
+            bad = Client(port, "dev-a", "not-the-password", client_id="dev-a-bad")
             clients.append(bad)
             await asyncio.to_thread(bad.start)
             assert not anon.accepted and not bad.accepted
 
-            a = Client(broker.port, "dev-a", creds["dev-a"])
-            b = Client(broker.port, "dev-b", creds["dev-b"])
+            a = Client(port, "dev-a", creds["dev-a"])
+            b = Client(port, "dev-b", creds["dev-b"])
             clients += [a, b]
             await asyncio.to_thread(a.start)
             await asyncio.to_thread(b.start)
@@ -129,12 +137,13 @@ async def test_devices_are_confined_to_their_own_topics_on_mosquitto(site: Path,
             # revoke B: the device list, then the gateway's SIGHUP path
             # regenerates the files; mosquitto's reload disconnects B
             revoke(cfg, "dev-b")
-            gw.reload_mqtt_auth()
+            gw.reload_mqtt_auth()  # what the gateway's SIGHUP does; the embedded broker reloads with it
             assert "dev-b:" not in (site / "auth" / "passwd").read_text()
-            assert broker.proc is not None
-            broker.proc.send_signal(signal.SIGHUP)
+            if broker is not None:
+                assert broker.proc is not None
+                broker.proc.send_signal(signal.SIGHUP)  # systemctl reload mosquitto
             await until(lambda: b.disconnects >= 1, what="mosquitto to disconnect the revoked device")
-            again = Client(broker.port, "dev-b", creds["dev-b"], client_id="dev-b")
+            again = Client(port, "dev-b", creds["dev-b"], client_id="dev-b")
             clients.append(again)
             await asyncio.to_thread(again.start)
             # bad user name or password / not authorised (paho reports MQTT 5 reason codes 134 / 135)
@@ -146,7 +155,8 @@ async def test_devices_are_confined_to_their_own_topics_on_mosquitto(site: Path,
     finally:
         for c in clients:
             c.close()
-        broker.stop()
+        if broker is not None:
+            broker.stop()
 
 
 def test_provision_refuses_what_it_should(site: Path) -> None:

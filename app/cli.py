@@ -64,7 +64,7 @@ def add_mqtt_security_parsers(sub: "argparse._SubParsersAction[argparse.Argument
     dv.add_argument("action", choices=("provision", "revoke", "list"))
     dv.add_argument("device", nargs="?", help="the device id (= its MQTT user name)")
     dv.add_argument("--config", required=True, metavar="FILE", help="the gateway's TOML configuration")
-    dv.add_argument("--out", metavar="DIR", help="provision: where config.json (and ca.pem) go (default: ./ID)")
+    dv.add_argument("--out", metavar="DIR", help="provision: where config.json (and ca.der) go (default: ./ID)")
     dv.add_argument("--broker-host", help="provision: the broker as the device reaches it (default: the [mqtt] "
                                           "url's host, or <this host>.local)")
     dv.add_argument("--broker-port", type=int, help="provision: default 8883 with --ca, else 1883")

@@ -29,6 +29,7 @@ package(
         "unpack.py",
         "toobig.py",
         "ntp.py",
+        "tls.py",
         "boards/__init__.py",
         "boards/mcu.py",
         "boards/esp32.py",

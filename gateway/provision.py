@@ -1,7 +1,7 @@
 """Per-device MQTT identity: the device list, the broker's password file and
 ACL generated from it, and a device's config.json.
 
-    edgewire device provision dev-7 --config gw.toml --out ./dev-7   # password, config.json (+ ca.pem)
+    edgewire device provision dev-7 --config gw.toml --out ./dev-7   # password, config.json (+ ca.der)
     edgewire device revoke dev-7 --config gw.toml                    # gone from passwd; reload mosquitto
     edgewire device list --config gw.toml
 
@@ -249,7 +249,7 @@ def provision(cfg: Any, device_id: str, *, out: str | Path, broker_host: str | N
               broker_port: int | None = None, ca_file: str | None = None, wifi_ssid: str | None = None,
               wifi_password: str | None = None, rotate: bool = False) -> dict[str, Any]:
     """Create `device_id`'s account (a random password, stored hashed), write
-    its config.json (and ca.pem when TLS) to `out`, regenerate the broker
+    its config.json (and ca.der when TLS) to `out`, regenerate the broker
     files. Returns the device config."""
     if not wire.valid_id(device_id):
         raise ProvisionError(f"device id {device_id!r} is not 1-64 of A-Z a-z 0-9 _ -")
@@ -270,21 +270,21 @@ def provision(cfg: Any, device_id: str, *, out: str | Path, broker_host: str | N
         "broker_port": broker_port or (8883 if tls else 1883),
         "username": device_id,
         "password": password,
-        "tls_ca": "ca.pem" if tls else None,
+        "tls_ca": "ca.der" if tls else None,
     }
     if wifi_ssid:
         device_cfg["wifi_ssid"] = wifi_ssid
         device_cfg["wifi_password"] = wifi_password
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if tls:
+    if tls:  # DER: every port's mbedTLS parses it (PEM needs PEM support built in), and it is smaller
+        import ssl
+
         try:
-            ca = Path(str(ca_file)).read_text(encoding="ascii")
-        except (OSError, UnicodeDecodeError) as e:
-            raise ProvisionError(f"CA file {ca_file}: cannot be read ({e})") from None
-        if "-----BEGIN CERTIFICATE-----" not in ca:
-            raise ProvisionError(f"CA file {ca_file}: no PEM certificate in it")
-        (out_dir / "ca.pem").write_text(ca, encoding="ascii")
+            der = ssl.PEM_cert_to_DER_cert(Path(str(ca_file)).read_text(encoding="ascii"))
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            raise ProvisionError(f"CA file {ca_file}: not a readable PEM certificate ({e})") from None
+        (out_dir / "ca.der").write_bytes(der)
     _write_private(out_dir / "config.json", json.dumps(device_cfg, indent=1) + "\n")
     devices[device_id] = {"hash": hash_password(password), "created": int(time.time())}
     store.save(devices)
@@ -328,7 +328,7 @@ def device_main(args: Any) -> int:
         dc = provision(cfg, args.device, out=out, broker_host=args.broker_host, broker_port=args.broker_port,
                        ca_file=args.ca, wifi_ssid=args.wifi_ssid, wifi_password=args.wifi_password,
                        rotate=args.rotate)
-        extra = " and ca.pem" if dc["tls_ca"] else ""
+        extra = " and ca.der" if dc["tls_ca"] else ""
         print(f"{args.device}: config.json{extra} written to {out} (it holds the device's password: copy it to "
               f"the board, then delete it). Broker files regenerated in {cfg.mqtt_auth.dir}; reload mosquitto.")
         return 0

@@ -230,6 +230,9 @@ class Device:
             if not b.link_up() and not b.connect_network(c["net_timeout_ms"]):
                 raise OSError(101, "no network in %d ms" % c["net_timeout_ms"])
             sock = b.connect(c["broker_host"], c["broker_port"], c["timeout_ms"])
+            if c["tls_ca"]:  # edgewire.tls loads only then (docs/firmware.md, "TLS")
+                from edgewire import tls
+                sock = tls.wrap(sock, b, c)
             # c counts CONNECT attempts, not successes: an attempt that timed out may still
             # reach the broker later and leave a will behind, which must name its own
             # session, never the one that follows (docs/firmware.md, "Connection numbers").

@@ -13,8 +13,12 @@
 # a refused subscription (SUBACK 0x80) is returned, not raised.
 #
 # It opens no sockets itself: connect(sock) takes a connected socket from the
-# board, so simulated boards can inject faults. Time comes from `clock`, a
-# function returning non-wrapping milliseconds (board.ticks_ms).
+# board, so simulated boards can inject faults, or a TLS socket (edgewire.tls:
+# MicroPython's handshake then runs inside the first writes, under the same
+# deadlines). Reading never polls first: a TLS layer can hold a decrypted
+# record that poll() does not see, so the client reads until the socket would
+# block and polls only then. Time comes from `clock`, a function returning
+# non-wrapping milliseconds (board.ticks_ms).
 #
 # RAM (MicroPython, 32-bit port): the module is ~6 KB of bytecode; a client
 # object ~300 B plus one list of 7 slots (~60 B) per in-flight message (the
@@ -412,13 +416,16 @@ class MQTTClient:
         deadline = self.clock() + self.timeout_ms
         mv = memoryview(data)
         sent = 0
+        send = getattr(self._sock, "send", None) or self._sock.write  # a TLS socket may have write() only
         while sent < len(data):
             try:
-                n = self._sock.send(mv[sent:])
+                n = send(mv[sent:])
             except OSError as e:
                 if e.args[0] not in _EAGAIN:
                     raise MQTTError("write failed: %r" % (e,))
                 n = 0
+            except ValueError as e:  # as in _read_into
+                raise MQTTError("TLS: %s" % (str(e).strip(),))
             if n:
                 sent += n
             else:
@@ -448,8 +455,11 @@ class MQTTClient:
                 raise MQTTError("socket error")
         return bool(res)
 
-    def _read_into(self, buf, deadline, n=0):
-        """Read exactly n (default len(buf)) bytes into buf."""
+    def _read_into(self, buf, deadline, n=0, idle=-1):
+        """Read exactly n (default len(buf)) bytes into buf. With idle >= 0,
+        before the first byte: wait at most idle ms for data, False if none came.
+        It reads before it polls: poll() does not see what a TLS layer has
+        already decrypted (CPython's ssl, older MicroPython)."""
         mv = memoryview(buf)
         got = 0
         n = n or len(buf)
@@ -460,23 +470,29 @@ class MQTTClient:
                 if e.args[0] not in _EAGAIN:
                     raise MQTTError("read failed: %r" % (e,))
                 r = None
+            except ValueError as e:  # MicroPython's TLS: a certificate the CA does not vouch for
+                raise MQTTError("TLS: %s" % (str(e).strip(),))
             if r is None:
-                self._wait(select.POLLIN, deadline - self.clock(), True)
+                if idle < 0:
+                    self._wait(select.POLLIN, deadline - self.clock(), True)
+                elif not self._wait(select.POLLIN, idle, False):
+                    return False
             elif r == 0:
                 raise MQTTError("connection closed by the broker" + (" mid-packet" if got or n > 1 else ""))
             else:
                 got += r
+                idle = -1
+        return True
 
     def _read_packet(self, wait_ms):
         """-> (type, flags, body), or None when nothing arrives within wait_ms.
         Once a packet has begun, all of it must arrive within timeout_ms."""
         if self._sock is None:
             raise MQTTError("not connected")
-        if not self._wait(select.POLLIN, wait_ms, False):
+        b = self._b1
+        if not self._read_into(b, 0, 1, wait_ms):
             return None
         deadline = self.clock() + self.timeout_ms
-        b = self._b1
-        self._read_into(b, deadline)
         typ = b[0] >> 4
         flags = b[0] & 0x0F
         rl = 0

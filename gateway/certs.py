@@ -161,7 +161,7 @@ def init_site(directory: str | Path, names: list[str] | tuple[str, ...] = (), *,
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.public_key()),  # type: ignore[arg-type]
                            critical=False)
             .sign(ca_key, hashes.SHA256()))  # type: ignore[arg-type]
-    # mosquitto reads the key after dropping to its own user: 0640, group to mosquitto (docs/security.md)
+    # mosquitto reads the key after dropping to its own user: 0640, group to mosquitto (docs/mqtt-security.md)
     _write(paths["server.key"], key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
                                                   serialization.NoEncryption()), 0o640)
     from edgewire.gateway.provision import share_with_mosquitto

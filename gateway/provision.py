@@ -11,7 +11,7 @@ Everything lives in `[mqtt_auth] dir`:
     passwd         mosquitto's password_file, generated: devices + the gateway's account
     acl            mosquitto's acl_file, generated: the rules below
 
-The rules (docs/security.md): a device's user name is its device id; it may
+The rules (docs/mqtt-security.md): a device's user name is its device id; it may
 publish only edgewire/v1/<its id>/{telemetry,status,result} and read only
 edgewire/v1/<its id>/cmd (mosquitto `pattern` lines with %u). The gateway's
 account ([mqtt] username) reads everything under edgewire/v1/ and writes
@@ -222,7 +222,7 @@ def write_broker_files(cfg: Any, *, create_gateway_password: bool = True) -> tup
     """Generate `passwd` and `acl` in [mqtt_auth] dir from the device list and
     the gateway's account. Returns their paths. mosquitto (running as its own
     user) must be able to read them: they are 0640; give the directory's group
-    to mosquitto (docs/security.md)."""
+    to mosquitto (docs/mqtt-security.md)."""
     directory = _auth_dir(cfg)
     user, password = _gateway_account(cfg, create=create_gateway_password)
     devices = DeviceList(directory).load()

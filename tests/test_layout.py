@@ -26,13 +26,14 @@ RUNTIME_IMPORTS = {"msgpack", "aiohttp", "amqtt"}
 OPTIONAL_IMPORTS = {"gateway/sinks/amqp.py": {"aio_pika"}, "gateway/sinks/grpc.py": {"grpc"},
                     "gateway/grpcapi/forward_pb2.py": {"google"}, "gateway/grpcapi/forward_pb2_grpc.py": {"grpc"},
                     "app/backend.py": {"grpc"}, "gateway/grpc_service.py": {"grpc"},
-                    "gateway/grpcapi/gateway_pb2.py": {"google"}, "gateway/grpcapi/gateway_pb2_grpc.py": {"grpc"}}
+                    "gateway/grpcapi/gateway_pb2.py": {"google"}, "gateway/grpcapi/gateway_pb2_grpc.py": {"grpc"},
+                    "gateway/certs.py": {"cryptography"}}  # `edgewire certs init` only: the tls extra (D21)
 # The one module only pytest loads (the simulator's pytest11 plugin): it may import pytest.
 PYTEST_ONLY = {"sim/pytest_plugin.py": {"pytest"}}
 # Modules that exist only on MicroPython; the SDK imports them on a device.
 MICROPYTHON_ONLY = {"machine", "network", "micropython", "utime", "ustruct", "uselect", "usocket", "uos",
                     "uerrno", "ubinascii", "uhashlib", "ujson", "urandom", "esp", "esp32", "rp2", "gc",
-                    "select", "errno", "ssl", "ucollections", "uio", "sys", "time", "os", "struct", "socket"}
+                    "select", "errno", "ssl", "tls", "ucollections", "uio", "sys", "time", "os", "struct", "socket"}
 
 
 def _part_of(module: str) -> str | None:

@@ -189,7 +189,7 @@ class MQTTClient:
         self.will = None       # (topic, payload, qos, retain) sent with the next CONNECT, or None
         self._sock = None
         self._poll = None
-        self._ri = None
+        self._io = None        # (recv_into or readinto, send or write) of the socket
         # The in-flight window, pid -> entry (slots above): read len(), `pid in`; a
         # caller may pop() a message a newer one supersedes. (Attributes, not
         # methods: each method costs ~200 B of a device's heap.)
@@ -216,7 +216,9 @@ class MQTTClient:
         try:
             try:
                 sock.setblocking(False)
-                self._ri = getattr(sock, "recv_into", None) or sock.readinto
+                # a TLS socket may have only readinto() and write() (ports without DTLS)
+                self._io = (getattr(sock, "recv_into", None) or sock.readinto,
+                            getattr(sock, "send", None) or sock.write)
                 self._poll = select.poll()
                 self._poll.register(sock, select.POLLIN)
             except (OSError, AttributeError) as e:
@@ -414,12 +416,10 @@ class MQTTClient:
         if self._sock is None:
             raise MQTTError("not connected")
         deadline = self.clock() + self.timeout_ms
-        mv = memoryview(data)
         sent = 0
-        send = getattr(self._sock, "send", None) or self._sock.write  # a TLS socket may have write() only
         while sent < len(data):
             try:
-                n = send(mv[sent:])
+                n = self._io[1](memoryview(data)[sent:] if sent else data)
             except OSError as e:
                 if e.args[0] not in _EAGAIN:
                     raise MQTTError("write failed: %r" % (e,))
@@ -460,12 +460,12 @@ class MQTTClient:
         before the first byte: wait at most idle ms for data, False if none came.
         It reads before it polls: poll() does not see what a TLS layer has
         already decrypted (CPython's ssl, older MicroPython)."""
-        mv = memoryview(buf)
+        mv = buf  # a view only after a partial read: no garbage for a whole one
         got = 0
         n = n or len(buf)
         while got < n:
             try:
-                r = self._ri(mv[got:], n - got)
+                r = self._io[0](mv, n - got)
             except OSError as e:
                 if e.args[0] not in _EAGAIN:
                     raise MQTTError("read failed: %r" % (e,))
@@ -482,6 +482,8 @@ class MQTTClient:
             else:
                 got += r
                 idle = -1
+                if got < n:
+                    mv = memoryview(buf)[got:]
         return True
 
     def _read_packet(self, wait_ms):

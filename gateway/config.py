@@ -379,6 +379,11 @@ class GatewayConfig:
     def __post_init__(self) -> None:
         from edgewire.gateway.sinks import validate_sink
 
+        if self.mqtt_auth.dir and not (self.mqtt.username and self.mqtt.password_file):
+            raise ConfigError("mqtt_auth", "dir", self.mqtt_auth.dir,
+                              "per-device accounts need the gateway's own: set [mqtt] username and password_file "
+                              "(the file is created with a random password if it does not exist)")
+
         if not isinstance(self.sinks, (tuple, list)):
             raise ConfigError("sinks", None, _MISSING_VALUE, "expected [[sinks]] tables")
         checked = []

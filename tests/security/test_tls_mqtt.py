@@ -166,3 +166,51 @@ def test_device_with_another_ca_is_refused_with_a_clear_error(site: Site, tmp_pa
         out = dev.stop()
     assert "TLS:" in out and "not correctly signed by the trusted CA" in out, out[-2000:]
     assert all(st["connects"] == 0 for st, _ in stats_samples(out)), out[-2000:]
+
+
+def client_certificate(site: Site) -> tuple[Path, Path]:
+    """A client certificate for the gateway signed by the site's CA (a PKI would issue it)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    t = site.root / "tls"
+    ca = x509.load_pem_x509_certificate((t / "ca.pem").read_bytes())
+    ca_key = serialization.load_pem_private_key((t / "ca.key").read_bytes(), None)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, GATEWAY_USER)]))
+            .issuer_name(ca.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+            .sign(ca_key, hashes.SHA256()))  # type: ignore[arg-type]
+    pem, key_pem = t / "gw-client.pem", t / "gw-client.key"
+    pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_pem.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    return pem, key_pem
+
+
+async def test_gateway_client_certificate_for_a_broker_that_requires_one(site: Site, tmp_path: Path) -> None:
+    cert, key = client_certificate(site)
+    port = free_port()
+    t = site.root / "tls"
+    broker = start_mosquitto(tmp_path, f"listener {port} 127.0.0.1\ncafile {t / 'ca.pem'}\ncertfile {t / 'server.pem'}\n"
+                                       f"keyfile {t / 'server.key'}\nrequire_certificate true\n" + auth_conf(site.root))
+    try:
+        base = load_config(site.toml)
+        url = f"mqtts://127.0.0.1:{port}"
+        without = base.replace(mqtt=dataclasses.replace(base.mqtt, url=url, client_id="gw-nocert"))
+        async with Gateway(without) as gw:
+            assert gw.mqtt is not None
+            await until(lambda: gw.mqtt.stats.last_error, 30, "a refused handshake")  # type: ignore[union-attr]
+            assert gw.mqtt.stats.connects == 0
+        with_cert = base.replace(mqtt=dataclasses.replace(base.mqtt, url=url, cert_file=str(cert), key_file=str(key)),
+                                 journal=dataclasses.replace(base.journal, path=str(site.root / "j2.db")))
+        async with Gateway(with_cert) as gw:
+            assert gw.mqtt is not None
+            await gw.mqtt.wait_connected(20)
+    finally:
+        broker.stop()

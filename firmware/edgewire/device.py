@@ -261,7 +261,7 @@ class Device:
                 self.stats["reconnects"] += 1
             self._say("edgewire %s: connected to %s:%d as %s boot=%d c=%d"
                       % (b.name, c["broker_host"], c["broker_port"], self.device_id, self.boot, conn))
-        except (OSError, MQTTError) as e:
+        except (OSError, MQTTError, ValueError) as e:  # ValueError: a TLS certificate refused (edgewire.tls)
             self.stats["conn_failures"] += 1
             self._lost(e)
 

@@ -424,8 +424,6 @@ class MQTTClient:
                 if e.args[0] not in _EAGAIN:
                     raise MQTTError("write failed: %r" % (e,))
                 n = 0
-            except ValueError as e:  # as in _read_into
-                raise MQTTError("TLS: %s" % (str(e).strip(),))
             if n:
                 sent += n
             else:
@@ -470,8 +468,6 @@ class MQTTClient:
                 if e.args[0] not in _EAGAIN:
                     raise MQTTError("read failed: %r" % (e,))
                 r = None
-            except ValueError as e:  # MicroPython's TLS: a certificate the CA does not vouch for
-                raise MQTTError("TLS: %s" % (str(e).strip(),))
             if r is None:
                 if idle < 0:
                     self._wait(select.POLLIN, deadline - self.clock(), True)

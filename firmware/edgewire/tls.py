@@ -13,7 +13,7 @@
 # inside the MQTT client's first writes on the non-blocking socket, under its
 # deadlines and with the watchdog fed (a blocking handshake has no deadline on
 # these ports). A certificate the CA does not vouch for fails that first
-# write with mbedTLS's reason, which the client reports as "TLS: ...".
+# write with mbedTLS's reason (a ValueError the Device counts as a failed connect).
 #
 # CPython (the simulator): the handshake is done here, blocking with
 # timeout_ms, then the socket goes non-blocking behind a small adapter that

@@ -8,6 +8,7 @@ mosquitto reloads (SIGHUP)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 from pathlib import Path
 
@@ -175,8 +176,30 @@ def test_provision_refuses_what_it_should(site: Path) -> None:
     with pytest.raises(ProvisionError, match="not provisioned"):
         revoke(cfg, "nobody")
     # the device's config.json is what the firmware reads
-    import json
-
     dc = json.loads((site / "x" / "config.json").read_text())
     assert dc["username"] == dc["device_id"] == "dev-x" and dc["password"] == rotated["password"]
     assert ((site / "x" / "config.json").stat().st_mode & 0o777) == 0o600
+
+
+def test_device_cli_provision_list_revoke(site: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from edgewire.app.cli import main as cli
+
+    toml = site / "gw.toml"
+    toml.write_text(f'[mqtt]\nusername = "{GATEWAY_USER}"\npassword_file = "{site / "gw.password"}"\n'
+                    f'[mqtt_auth]\ndir = "{site / "auth"}"\n')
+    assert cli(["device", "provision", "cli-dev", "--config", str(toml), "--out", str(site / "cli-dev"),
+                "--wifi-ssid", "barn", "--wifi-password", "w1f1"]) == 0
+    assert "cli-dev: config.json written to" in capsys.readouterr().out
+    dc = json.loads((site / "cli-dev" / "config.json").read_text())
+    assert dc["wifi_ssid"] == "barn" and dc["tls_ca"] is None and dc["broker_port"] == 1883
+    assert cli(["device", "list", "--config", str(toml)]) == 0
+    assert capsys.readouterr().out.startswith("cli-dev\tprovisioned ")
+    assert cli(["device", "provision", "cli-dev", "--config", str(toml)]) == 2
+    assert "already provisioned" in capsys.readouterr().err
+    assert cli(["device", "revoke", "cli-dev", "--config", str(toml)]) == 0
+    assert "revoked" in capsys.readouterr().out
+    assert "cli-dev" not in (site / "auth" / "passwd").read_text()
+    assert cli(["device", "list", "--config", str(toml)]) == 0 and capsys.readouterr().out == ""
+    # the generated passwd holds the gateway's account; the device list holds hashes only
+    assert (site / "auth" / "passwd").read_text().startswith(f"{GATEWAY_USER}:$7$1000$")
+    assert "w1f1" not in (site / "auth" / "devices.json").read_text()

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pika
 import pytest
 
-from tests.support.tcpproxy import TcpProxy
+from edgewire.sim.proxy import ProxyProcess
 
 AMQP_URL = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 
@@ -124,10 +124,10 @@ def pika_queue(exchange_name: str) -> Iterator[PikaQueue]:
 
 
 @pytest.fixture
-def amqp_proxy() -> Iterator[TcpProxy]:
-    """A fault-injecting TCP proxy in front of RabbitMQ (tests/support/tcpproxy.py)."""
+def amqp_proxy() -> Iterator[ProxyProcess]:
+    """The project's fault-injecting TCP proxy (edgewire.sim.proxy) in front of RabbitMQ."""
     require_rabbitmq()
-    p = TcpProxy(amqp_address())
+    p = ProxyProcess(amqp_address())
     try:
         yield p
     finally:

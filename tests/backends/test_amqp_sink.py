@@ -23,7 +23,7 @@ from edgewire.gateway.config import GatewayConfig, SiteConfig, parse_config
 from edgewire.gateway.errors import ConfigError
 from edgewire.gateway.service import Gateway
 from tests.backends.conftest import AMQP_URL, PikaQueue, via
-from tests.support.tcpproxy import TcpProxy
+from edgewire.sim.proxy import ProxyProcess
 from tests.gateway.conftest import Publisher, gateway_config, read_readings, wait_for
 from tests.gateway.test_journal_crash import BROKER_CONF, Recorder
 from tests.support.broker import Mosquitto, free_port, wait_port
@@ -110,7 +110,7 @@ async def test_msgpack_and_batched_messages(broker: Mosquitto, publisher: Publis
 
 async def test_rabbitmq_cut_off_mid_stream_loses_nothing(broker: Mosquitto, publisher: Publisher,
                                                          exchange_name: str, pika_queue: PikaQueue,
-                                                         amqp_proxy: TcpProxy) -> None:
+                                                         amqp_proxy: ProxyProcess) -> None:
     rec = Recorder(broker.port)
     # short backoff so that the test does not wait out the default 0.5-30 s retries
     cfg = gateway_config(broker).replace(sinks=(amqp_sink(exchange_name, via(amqp_proxy.port), batch=20,
@@ -141,7 +141,7 @@ async def test_rabbitmq_cut_off_mid_stream_loses_nothing(broker: Mosquitto, publ
 
 async def test_a_backend_that_never_confirms_lags_visibly_without_slowing_live_clients(
         tmp_path: Path, broker: Mosquitto, publisher: Publisher, exchange_name: str, pika_queue: PikaQueue,
-        amqp_proxy: TcpProxy) -> None:
+        amqp_proxy: ProxyProcess) -> None:
     archive = tmp_path / "archive.jsonl"
     # confirm_timeout 1 s instead of 30 so that the test sees the sink give up and retry
     cfg = gateway_config(broker).replace(sinks=(
@@ -154,7 +154,7 @@ async def test_a_backend_that_never_confirms_lags_visibly_without_slowing_live_c
         sink = gw.sinks["rabbit"]
         await asyncio.to_thread(publisher.telemetry, "dev-slow", 1, 1, [["t", 1, 0]])
         await wait_for(lambda: sink.cursor == 1 and pika_queue.count() == 1, timeout=30, what="the first reading")
-        amqp_proxy.swallow(True)   # connected, and from now on nothing comes back: no confirms
+        amqp_proxy.rule(None, {"partition": "drop"})   # connected, and from now on nothing passes: no confirms
         async with http.get(gw.http_url + "/api/v1/stream?device=dev-slow") as sse:
             for seq in range(2, 42):
                 await asyncio.to_thread(publisher.telemetry, "dev-slow", 1, seq, [["t", seq, 0]])
@@ -170,7 +170,7 @@ async def test_a_backend_that_never_confirms_lags_visibly_without_slowing_live_c
         s = await wait_for(lagging, timeout=60, what="the lag to show")
         assert s["lag"] == 40 and s["cursor"] == 1 and s["state"] == "retrying"
         assert "confirm" in s["last_error"] or "Error" in s["last_error"]
-        amqp_proxy.swallow(False)
+        amqp_proxy.rule(None, {"partition": None})
         await wait_for(lambda: sink.cursor == 41, timeout=60, what="the sink to catch up")
     await wait_for(lambda: len(pika_queue.unique()) >= 41, timeout=30, what="41 readings at the consumer")
     assert len(pika_queue.unique()) == 41

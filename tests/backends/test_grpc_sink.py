@@ -6,10 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import filecmp
-import json
-import signal
-import sqlite3
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,47 +15,10 @@ import pytest
 from edgewire.gateway.config import GatewayConfig, SiteConfig
 from edgewire.gateway.errors import ConfigError
 from edgewire.gateway.service import Gateway
-from tests.gateway.conftest import ROOT, Publisher, gateway_config, wait_for, wait_line
+from tests.backends.conftest import Backend
+from tests.gateway.conftest import ROOT, Publisher, gateway_config, wait_for
 from tests.gateway.test_journal_crash import Recorder
 from tests.support.broker import Mosquitto, free_port
-
-
-class Backend:
-    """`edgewire backend --listen 127.0.0.1:PORT --store FILE` as a user runs it."""
-
-    def __init__(self, store: Path, port: int) -> None:
-        self.store = store
-        self.port = port
-        self.proc: subprocess.Popen[str] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen([str(Path(sys.executable).parent / "edgewire"), "backend", "--listen",
-                                      f"127.0.0.1:{self.port}", "--store", str(self.store)],
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        wait_line(self.proc, "listening on", timeout=60)
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.communicate(timeout=10)
-
-    def stop(self) -> str:
-        if self.proc is None or self.proc.poll() is not None:
-            return ""
-        self.proc.send_signal(signal.SIGTERM)
-        out, _ = self.proc.communicate(timeout=30)
-        return out
-
-    def rows(self) -> list[tuple[Any, ...]]:
-        if not self.store.exists():
-            return []
-        db = sqlite3.connect(f"file:{self.store}?mode=ro", uri=True)
-        try:
-            return db.execute("SELECT device, boot, seq, stream, value, site FROM readings").fetchall()
-        except sqlite3.OperationalError:
-            return []
-        finally:
-            db.close()
 
 
 def readings_of(rec: Recorder) -> set[tuple[str, int, int, str, Any]]:
@@ -68,7 +27,7 @@ def readings_of(rec: Recorder) -> set[tuple[str, int, int, str, Any]]:
 
 
 def stored(b: Backend) -> set[tuple[str, int, int, str, Any]]:
-    return {(d, bt, s, st, json.loads(v)) for d, bt, s, st, v, _ in b.rows()}
+    return b.readings()
 
 
 def test_generated_code_matches_the_protos(tmp_path: Path) -> None:

@@ -16,10 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import grpc
 import msgpack
 import pytest
 
-from edgewire.gateway.config import GatewayConfig, SiteConfig, parse_config
+from edgewire.gateway.config import GatewayConfig, GrpcConfig, SiteConfig, parse_config
+from edgewire.gateway.grpcapi import gateway_pb2 as pb
+from edgewire.gateway.grpcapi import gateway_pb2_grpc as pbg
 from edgewire.gateway.errors import ConfigError
 from edgewire.gateway.service import Gateway
 from tests.backends.conftest import AMQP_URL, PikaQueue, via
@@ -144,7 +147,7 @@ async def test_a_backend_that_never_confirms_lags_visibly_without_slowing_live_c
         amqp_proxy: ProxyProcess) -> None:
     archive = tmp_path / "archive.jsonl"
     # confirm_timeout 1 s instead of 30 so that the test sees the sink give up and retry
-    cfg = gateway_config(broker).replace(sinks=(
+    cfg = gateway_config(broker, grpc=GrpcConfig(listen="127.0.0.1:0")).replace(sinks=(
         amqp_sink(exchange_name, via(amqp_proxy.port), confirm_timeout=1.0, connect_timeout=1.0,
                   retry_min=0.05, retry_max=0.3),
         {"type": "jsonl", "name": "archive", "path": str(archive)}))
@@ -170,6 +173,16 @@ async def test_a_backend_that_never_confirms_lags_visibly_without_slowing_live_c
         s = await wait_for(lagging, timeout=60, what="the lag to show")
         assert s["lag"] == 40 and s["cursor"] == 1 and s["state"] == "retrying"
         assert "confirm" in s["last_error"] or "Error" in s["last_error"]
+        # the gateway's gRPC service shows the same (ListSinks: the same source as GET /api/v1/sinks)
+        assert gw.grpc is not None
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{gw.grpc.port}") as ch:
+            listed = {x.name: x for x in (await pbg.GatewayStub(ch).ListSinks(pb.ListSinksRequest())).sinks}
+        g = listed["rabbit"]
+        assert (g.type, g.state, g.cursor, g.lag) == ("amqp", "retrying", 1, 40)
+        assert g.lag_seconds > 0 and g.failures >= 1 and g.last_error and g.HasField("last_delivery")
+        assert json.loads(g.stats_json)["exchange"] == exchange_name and "guest" not in g.stats_json
+        a = listed["archive"]
+        assert (a.type, a.state, a.cursor, a.lag, a.delivered_readings) == ("jsonl", "running", 41, 0, 41)
         amqp_proxy.rule(None, {"partition": None})
         await wait_for(lambda: sink.cursor == 41, timeout=60, what="the sink to catch up")
     await wait_for(lambda: len(pika_queue.unique()) >= 41, timeout=30, what="41 readings at the consumer")

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -111,13 +112,31 @@ async def test_msgpack_and_batched_messages(broker: Mosquitto, publisher: Publis
     assert sorted(got) == sorted([("t", s, s) for s in range(1, 31)] + [("h", s, s * 2) for s in range(1, 31)])
 
 
+async def publish_through(publisher: Publisher, device: str, first: int, seconds: float, at_least: int) -> int:
+    """Publish one reading per message from seq `first` on, for `seconds` (about 20 a second) and at
+    least `at_least` messages; -> the last seq."""
+    end = time.monotonic() + seconds
+    seq = first - 1
+    while seq < first - 1 + at_least or time.monotonic() < end:
+        seq += 1
+        await asyncio.to_thread(publisher.telemetry, device, 1, seq, [["t", seq, 0]])
+        if seconds:
+            await asyncio.sleep(0.05)   # pacing: a steady stream through the outage, not a wait
+    return seq
+
+
+@pytest.mark.parametrize("outage_s", [0, pytest.param(30, marks=pytest.mark.slow)])
+@pytest.mark.timeout(300)
 async def test_rabbitmq_cut_off_mid_stream_loses_nothing(broker: Mosquitto, publisher: Publisher,
                                                          exchange_name: str, pika_queue: PikaQueue,
-                                                         amqp_proxy: ProxyProcess) -> None:
+                                                         amqp_proxy: ProxyProcess, outage_s: int) -> None:
+    """RabbitMQ unreachable (the proxy resets every connection and refuses new ones) while devices
+    go on publishing: for as long as it takes the sink to fail and back off, and for the issue's 30 s
+    under the default backoff (0.5-30 s); then restored: every reading reaches the queue."""
     rec = Recorder(broker.port)
-    # short backoff so that the test does not wait out the default 0.5-30 s retries
-    cfg = gateway_config(broker).replace(sinks=(amqp_sink(exchange_name, via(amqp_proxy.port), batch=20,
-                                                          retry_min=0.05, retry_max=0.5, connect_timeout=2.0),))
+    # the quick case: short backoff so that the test does not wait out the default 0.5-30 s retries
+    quick = {} if outage_s else {"retry_min": 0.05, "retry_max": 0.5, "connect_timeout": 2.0}
+    cfg = gateway_config(broker).replace(sinks=(amqp_sink(exchange_name, via(amqp_proxy.port), batch=20, **quick),))
     try:
         async with Gateway(cfg) as gw:
             assert gw.mqtt is not None
@@ -127,19 +146,19 @@ async def test_rabbitmq_cut_off_mid_stream_loses_nothing(broker: Mosquitto, publ
                 await asyncio.to_thread(publisher.telemetry, "dev-cut", 1, seq, [["t", seq, 0]])
             await wait_for(lambda: pika_queue.count() >= 20, timeout=30, what="the first readings at the consumer")
             amqp_proxy.outage(True)   # RabbitMQ unreachable: connections reset, new ones refused
-            for seq in range(51, 151):
-                await asyncio.to_thread(publisher.telemetry, "dev-cut", 1, seq, [["t", seq, 0]])
+            last = await publish_through(publisher, "dev-cut", 51, outage_s, 100)
             await wait_for(lambda: sink.failures >= 3 and sink.state == "retrying", timeout=60,
                            what="the sink to fail and back off")
-            assert sink.stats()["lag"] > 0 and sink.last_error
+            assert sink.stats()["lag"] > 0 and sink.last_error and sink.lag_seconds() >= outage_s * 0.9
             amqp_proxy.outage(False)
-            await wait_for(lambda: sink.cursor == gw.journal.last_id == 150, timeout=60, what="the sink to catch up")
-            await wait_for(lambda: len(pika_queue.unique()) >= 150, timeout=30, what="150 readings at the consumer")
+            await wait_for(lambda: sink.cursor == gw.journal.last_id == last, timeout=120,
+                           what="the sink to catch up")
+            await wait_for(lambda: len(pika_queue.unique()) >= last, timeout=30, what="every reading at the consumer")
             assert sink.connects >= 2 and sink.state == "running"
     finally:
         rec.close()
     assert readings_at(pika_queue) == readings_of(rec)
-    assert len(readings_of(rec)) == 150
+    assert len(readings_of(rec)) == last >= 150 + outage_s * 10
 
 
 async def test_a_backend_that_never_confirms_lags_visibly_without_slowing_live_clients(

@@ -1,15 +1,14 @@
 """The amqp sink against the real RabbitMQ: what an independent pika consumer
 gets is what devices published (counted by an independent MQTT subscriber),
 in the SSE stream's shape, with ids to de-duplicate by; nothing missing
-after RabbitMQ is cut off mid-stream, after the gateway is SIGKILLed, and a
-backend that never confirms shows as lag without slowing live clients or
-the other sink."""
+after RabbitMQ is cut off mid-stream (the gateway SIGKILLed:
+test_backends_crash.py), and a backend that never confirms shows as lag
+without slowing live clients or the other sink."""
 from __future__ import annotations
 
 import asyncio
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -26,11 +25,11 @@ from edgewire.gateway.grpcapi import gateway_pb2 as pb
 from edgewire.gateway.grpcapi import gateway_pb2_grpc as pbg
 from edgewire.gateway.errors import ConfigError
 from edgewire.gateway.service import Gateway
-from tests.backends.conftest import AMQP_URL, PikaQueue, via
 from edgewire.sim.proxy import ProxyProcess
+from tests.backends.conftest import AMQP_URL, PikaQueue, via
 from tests.gateway.conftest import Publisher, gateway_config, read_readings, wait_for
-from tests.gateway.test_journal_crash import BROKER_CONF, Recorder
-from tests.support.broker import Mosquitto, free_port, wait_port
+from tests.gateway.test_journal_crash import Recorder
+from tests.support.broker import Mosquitto
 
 
 def amqp_sink(exchange: str, url: str = AMQP_URL, **extra: Any) -> dict[str, Any]:
@@ -207,79 +206,6 @@ async def test_a_backend_that_never_confirms_lags_visibly_without_slowing_live_c
     await wait_for(lambda: len(pika_queue.unique()) >= 41, timeout=30, what="41 readings at the consumer")
     assert len(pika_queue.unique()) == 41
     assert [json.loads(x)["seq"] for x in archive.read_text().splitlines()] == list(range(1, 42))
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(300)
-@pytest.mark.parametrize("qos", [1, 2])
-async def test_gateway_sigkilled_mid_run_loses_nothing(tmp_path: Path, qos: int, exchange_name: str,
-                                                       pika_queue: PikaQueue) -> None:
-    # While the gateway is down mosquitto queues its session's messages; its default
-    # max_queued_messages (1000) is less than the publisher sends meanwhile, and it would drop
-    # the rest. Sites size it for their gateway's restart (docs/gateway.md, "Broker settings").
-    broker = Mosquitto(tmp_path, extra_conf=BROKER_CONF).start()
-    publisher = Publisher(broker.port)
-    rec = Recorder(broker.port)
-    port = free_port()
-    conf = tmp_path / "gateway.toml"
-    conf.write_text(f'[gateway]\nsite = "kill"\n'
-                    f'[mqtt]\nurl = "{broker.url}"\nclient_id = "gw-kill"\nkeepalive = 5\n'
-                    f'reconnect_min = 0.05\nreconnect_max = 0.5\n'
-                    f'[http]\nhost = "127.0.0.1"\nport = {port}\n'
-                    f'[journal]\npath = "{tmp_path / "journal.db"}"\n'
-                    f'[[sinks]]\ntype = "amqp"\nurl = "{AMQP_URL}"\nexchange = "{exchange_name}"\n'
-                    f'retry_min = 0.05\nretry_max = 0.5\nbatch = 50\n')
-    exe = str(Path(sys.executable).parent / "edgewire")
-    log = open(tmp_path / "gateway.log", "ab")
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def start() -> None:
-        procs.append(subprocess.Popen([exe, "gateway", "--config", str(conf)], stdout=log, stderr=log))
-        wait_port(port, timeout=30)
-
-    total = 2000   # messages of 5 readings: 10,000 readings
-
-    def publish_all() -> None:
-        for seq in range(1, total + 1):
-            publisher.telemetry(f"k-{seq % 4}", 1, seq, [[f"s{i}", seq * 10 + i, 0] for i in range(5)], qos=qos)
-
-    try:
-        start()
-        async with aiohttp.ClientSession() as http:
-            async def mqtt_up() -> bool:
-                try:
-                    async with http.get(f"http://127.0.0.1:{port}/healthz") as r:
-                        return bool((await r.json())["mqtt"]["connected"])
-                except aiohttp.ClientError:
-                    return False
-
-            await wait_for(mqtt_up, timeout=30, what="the gateway's MQTT session")
-            pub = asyncio.create_task(asyncio.to_thread(publish_all))
-            await wait_for(lambda: pika_queue.count() >= total * 5 // 3, timeout=60, what="a third at the consumer")
-            procs[-1].send_signal(signal.SIGKILL)   # no goodbye, sink cursor where it was
-            procs[-1].wait(10)
-            at_kill = pika_queue.count()
-            start()
-            await pub
-            await wait_for(lambda: len(readings_of(rec)) == total * 5, timeout=60, what="the MQTT subscriber")
-            await wait_for(lambda: len(pika_queue.unique()) >= total * 5, timeout=120,
-                           what="every reading at the consumer")
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(15)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
-        log.close()
-        rec.close()
-        publisher.close()
-        broker.stop()
-    assert readings_at(pika_queue) == readings_of(rec)
-    assert len(procs) == 2 and procs[0].returncode == -signal.SIGKILL
-    assert at_kill < total * 5   # killed mid-run
 
 
 def test_the_minimal_config_of_the_issue_is_complete() -> None:

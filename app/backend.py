@@ -5,14 +5,16 @@ stored:
 
 - `--listen HOST:PORT`: a gRPC server for the gateway's `grpc` sink
   (protos/edgewire/v1/forward.proto): each batch is stored, committed, then
-  acknowledged (Ack.last_id). `--cert FILE --key FILE` serve TLS.
+  acknowledged (Ack.last_id). `--cert FILE --key FILE` serve TLS;
+  `--client-ca FILE` also requires a client certificate signed by that CA.
 - `--amqp URL`: a RabbitMQ consumer for the gateway's `amqp` sink: it
   declares the exchange (topic, durable, as the sink does) and a durable
   queue bound to it (`--queue`, `--binding`), stores what arrives (JSON or
   msgpack, one reading or a batch), commits, and only then acks (several
   deliveries at once, `multiple`). A message that is not a reading is
   rejected (dead-lettered if the queue has a dead-letter exchange) and
-  counted.
+  counted. For amqps, aio-pika takes `cafile`, `certfile`, `keyfile` as
+  query parameters of the URL.
 
 Both may run in one process on one store. A reading's key is
 (device, boot, seq, stream): the AMQP `message_id` `<device>/<boot>/<seq>/<stream>`
@@ -110,7 +112,7 @@ def amqp_rows(body: bytes, content_type: str | None, site: str) -> list[Row]:
     return rows
 
 
-async def serve_grpc(listen: str, store: Store, cert: str = "", key: str = "") -> Any:
+async def serve_grpc(listen: str, store: Store, cert: str = "", key: str = "", client_ca: str = "") -> Any:
     """Start the gRPC Backend service; -> the server (started), or None if it cannot listen."""
     import grpc
 
@@ -128,7 +130,9 @@ async def serve_grpc(listen: str, store: Store, cert: str = "", key: str = "") -
     if cert:
         from pathlib import Path
 
-        creds = grpc.ssl_server_credentials([(Path(key).read_bytes(), Path(cert).read_bytes())])
+        creds = grpc.ssl_server_credentials([(Path(key).read_bytes(), Path(cert).read_bytes())],
+                                            root_certificates=Path(client_ca).read_bytes() if client_ca else None,
+                                            require_client_auth=bool(client_ca))
         port = server.add_secure_port(listen, creds)
     else:
         port = server.add_insecure_port(listen)
@@ -228,7 +232,7 @@ async def serve(args: argparse.Namespace) -> int:
     try:
         if listen:
             try:
-                server = await serve_grpc(listen, store, args.cert or "", args.key or "")
+                server = await serve_grpc(listen, store, args.cert or "", args.key or "", args.client_ca or "")
             except OSError as e:
                 print(f"error: --cert/--key: {e}", file=sys.stderr)
                 return 2
@@ -260,8 +264,8 @@ def backend_main(args: argparse.Namespace) -> int:
     needs = [("grpc", "grpcio and protobuf: pip install 'edgewire[grpc]'")] if args.listen or not args.amqp else []
     if args.amqp:
         needs.append(("aio_pika", "aio-pika: pip install 'edgewire[amqp]'"))
-    if bool(args.cert) != bool(args.key):
-        print("error: --cert and --key go together", file=sys.stderr)
+    if bool(args.cert) != bool(args.key) or (args.client_ca and not args.cert):
+        print("error: --cert and --key go together (and --client-ca needs them)", file=sys.stderr)
         return 2
     for mod, what in needs:
         try:

@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "default 127.0.0.1:50051 unless --amqp is given")
     b.add_argument("--cert", help="gRPC: serve TLS with this PEM certificate (with --key)")
     b.add_argument("--key", help="gRPC: the certificate's PEM private key")
+    b.add_argument("--client-ca", help="gRPC: require client certificates signed by this PEM CA (with --cert)")
     b.add_argument("--amqp", metavar="URL", help="consume from RabbitMQ at this amqp:// or amqps:// URL")
     b.add_argument("--exchange", default="edgewire", help="AMQP: the sink's exchange (declared topic, durable)")
     b.add_argument("--queue", default="edgewire-backend", help="AMQP: the durable queue to declare and consume")

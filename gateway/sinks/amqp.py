@@ -28,8 +28,10 @@ array of readings that share a routing key):
 Births, deaths and command results are not forwarded. Credentials: in the url
 (the minimal form above), or `username` with `password_file` or
 `password_env`; never logged (errors are reported with the password and the
-url's credentials removed). docs/backends.md shows consumers, docs/config.md
-every key."""
+url's credentials removed). TLS: an `amqps://` url verifies RabbitMQ's
+certificate against `ca_file` (default: the system's CAs) and the host name,
+and presents `cert_file`/`key_file` when given (gateway/sinks/tls.py).
+docs/backends.md shows consumers, docs/config.md every key."""
 from __future__ import annotations
 
 import asyncio
@@ -47,13 +49,14 @@ from edgewire.gateway.errors import ConfigError
 from edgewire.gateway.hub import Event, events_of
 from edgewire.gateway.journal import Entry
 from edgewire.gateway.sinks import JournalReader, JournalSink
+from edgewire.gateway.sinks.tls import TLS_KEYS, client_context, validate_tls
 
 __all__ = ["Sink", "message_id", "routing_key", "validate"]
 
 log = logging.getLogger("edgewire.gateway.sinks.amqp")
 
 _KNOWN = ("url", "exchange", "username", "password_file", "password_env", "content_type", "readings_per_message",
-          "connect_timeout", "confirm_timeout", "heartbeat", "command_queue", "command_prefetch")
+          "connect_timeout", "confirm_timeout", "heartbeat", "command_queue", "command_prefetch", *TLS_KEYS)
 _NAME_OK = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
 CONTENT_TYPES = {"json": "application/json", "msgpack": "application/msgpack"}
 
@@ -130,6 +133,10 @@ def validate(options: dict[str, Any]) -> dict[str, Any]:
     out["command_prefetch"] = prefetch
     if not isinstance(out["heartbeat"], int):
         raise ConfigError("sinks", "heartbeat", out["heartbeat"], "expected whole seconds 0-3600 (0: off)")
+    out.update(validate_tls(options))
+    for key in TLS_KEYS:
+        if out[key] and parts.scheme != "amqps":
+            raise ConfigError("sinks", key, out[key], "TLS options need an amqps:// url")
     return out
 
 
@@ -177,6 +184,8 @@ class Sink(JournalSink):
         self.connect_timeout: float = table["connect_timeout"]
         self.confirm_timeout: float = table["confirm_timeout"]
         self.heartbeat: int = table["heartbeat"]
+        self.tls_options = {k: table.get(k, "") for k in TLS_KEYS}
+        self._ssl: Any = None   # ssl.SSLContext for amqps, built at start
         self.published_messages = 0
         self.connects = 0
         self._secrets: list[str] = []
@@ -209,6 +218,8 @@ class Sink(JournalSink):
             self._password = pw
         if self._password:
             self._secrets.append(self._password)
+        if p.scheme == "amqps":
+            self._ssl = client_context(self.tls_options)
         if self.command_queue:
             if self.gateway is None:
                 raise RuntimeError("an amqp sink with a command_queue needs the gateway (build_sink(..., gateway=))")
@@ -256,7 +267,7 @@ class Sink(JournalSink):
         unclosed Connection from its __del__, outside any event loop, which leaves a coroutine never awaited."""
         import aio_pika
 
-        conn = aio_pika.Connection(self._amqp_url(role))
+        conn = aio_pika.Connection(self._amqp_url(role), ssl_context=self._ssl)
         try:
             await conn.connect(timeout=self.connect_timeout)
         except BaseException:

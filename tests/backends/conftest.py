@@ -181,7 +181,7 @@ class Backend:
     RabbitMQ consumer (`amqp` given: exchange, queue); its output goes to a file beside the store."""
 
     def __init__(self, store: Path, port: int | None = None, *, amqp: tuple[str, str] | None = None,
-                 tls: tuple[Path, Path] | None = None) -> None:
+                 tls: tuple[Path, ...] | None = None) -> None:
         self.store = store
         self.port = port
         self.amqp = amqp
@@ -196,7 +196,9 @@ class Backend:
             cmd += ["--listen", f"127.0.0.1:{self.port}"]
             ready.append("listening on")
         if self.tls is not None:
-            cmd += ["--cert", str(self.tls[0]), "--key", str(self.tls[1])]
+            cmd += ["--cert", str(self.tls[0]), "--key", str(self.tls[1])]   # (cert, key[, client CA])
+            if len(self.tls) > 2:
+                cmd += ["--client-ca", str(self.tls[2])]
         if self.amqp is not None:
             cmd += ["--amqp", AMQP_URL, "--exchange", self.amqp[0], "--queue", self.amqp[1]]
             ready.append("consuming")

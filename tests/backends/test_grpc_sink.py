@@ -1,7 +1,8 @@
 """The grpc sink and the reference backend (`edgewire backend`) over real
 HTTP/2: every reading an independent MQTT subscriber saw is stored once; the
-backend killed mid-stream and restarted loses nothing; a backend that is away
-shows as lag; the generated code matches protos/."""
+backend killed mid-stream and restarted loses nothing; a backend that never
+acknowledges shows as lag without slowing live clients or the other sink;
+the generated code matches protos/."""
 from __future__ import annotations
 
 import asyncio
@@ -11,13 +12,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from edgewire.gateway.config import GatewayConfig, SiteConfig
 from edgewire.gateway.errors import ConfigError
 from edgewire.gateway.service import Gateway
-from tests.backends.conftest import Backend
-from tests.gateway.conftest import ROOT, Publisher, gateway_config, wait_for
+from edgewire.sim.proxy import ProxyProcess
+from tests.backends.conftest import AMQP_URL, Backend, PikaQueue
+from tests.gateway.conftest import ROOT, Publisher, gateway_config, read_readings, wait_for
 from tests.gateway.test_journal_crash import Recorder
 from tests.support.broker import Mosquitto, free_port
 
@@ -113,6 +116,51 @@ async def test_backend_killed_and_restarted_mid_stream_loses_nothing(tmp_path: P
         rec.close()
     assert stored(backend) == readings_of(rec)
     assert len(readings_of(rec)) == seq * 2 >= 240 + outage_s * 20
+
+
+async def test_a_backend_that_never_acks_lags_visibly_without_slowing_live_clients(
+        tmp_path: Path, broker: Mosquitto, publisher: Publisher, exchange_name: str, pika_queue: PikaQueue) -> None:
+    """The gRPC backend behind the fault proxy, which from some point on lets nothing through (the
+    backend is connected but never acknowledges): the grpc sink's lag grows and shows, while SSE
+    clients and the amqp sink (straight to RabbitMQ) get every reading meanwhile."""
+    backend = Backend(tmp_path / "store.db", free_port())
+    backend.start()
+    proxy = ProxyProcess(("127.0.0.1", backend.port))
+    # ack_timeout 1 s instead of 30 so that the test sees the sink give up and retry
+    cfg = gateway_config(broker).replace(sinks=(
+        {"type": "grpc", "target": f"127.0.0.1:{proxy.port}", "ack_timeout": 1.0, "connect_timeout": 1.0,
+         "retry_min": 0.05, "retry_max": 0.3},
+        {"type": "amqp", "name": "rabbit", "url": AMQP_URL, "exchange": exchange_name}))
+    try:
+        async with Gateway(cfg) as gw, aiohttp.ClientSession() as http:
+            assert gw.mqtt is not None
+            await gw.mqtt.wait_connected(5)
+            sink = gw.sinks["grpc"]
+            await asyncio.to_thread(publisher.telemetry, "dev-stuck", 1, 1, [["t", 1, 0]])
+            await wait_for(lambda: sink.cursor == 1 and len(backend.rows()) == 1, timeout=30, what="the first reading")
+            proxy.rule(None, {"partition": "drop"})   # connected, and from now on nothing passes: no Acks
+            async with http.get(gw.http_url + "/api/v1/stream?device=dev-stuck") as sse:
+                for seq in range(2, 42):
+                    await asyncio.to_thread(publisher.telemetry, "dev-stuck", 1, seq, [["t", seq, 0]])
+                live = await read_readings(sse, 40)   # live clients get everything meanwhile
+            assert [e["seq"] for e in live] == list(range(2, 42))
+            await wait_for(lambda: gw.sinks["rabbit"].cursor == 41 and pika_queue.count() >= 41, timeout=30,
+                           what="the other sink")
+
+            async def lagging() -> Any:
+                async with http.get(gw.http_url + "/api/v1/sinks") as r:
+                    s = {x["name"]: x for x in (await r.json())["sinks"]}["grpc"]
+                return s if s["failures"] >= 1 and s["lag_seconds"] > 0 else None
+
+            s = await wait_for(lagging, timeout=60, what="the lag to show")
+            assert s["lag"] == 40 and s["cursor"] == 1 and s["state"] == "retrying" and "Ack" in s["last_error"]
+            proxy.rule(None, {"partition": None})
+            await wait_for(lambda: sink.cursor == 41, timeout=60, what="the sink to catch up")
+        backend.stop()
+    finally:
+        backend.stop()
+        proxy.close()
+    assert sorted(r[2] for r in backend.rows()) == list(range(1, 42))
 
 
 def test_grpc_config_is_validated_before_any_io() -> None:

@@ -192,6 +192,7 @@ class Sink(JournalSink):
         self._password: str | None = None
         self._conn: Any = None
         self._exchange: Any = None
+        self._raw: Any = None   # the aiormq channel under the aio-pika one (publishing)
         self.command_queue: str = table["command_queue"]
         self.command_prefetch: int = table["command_prefetch"]
         self.commands = {"received": 0, "answered": 0, "refused": 0, "no_reply_to": 0, "consumer_connects": 0}
@@ -260,6 +261,7 @@ class Sink(JournalSink):
         self.connects += 1
         log.info("sink %s: connected to %s, exchange %s", self.name, _redact_url(self.url), self.exchange_name)
         self._conn, self._exchange = conn, exchange
+        self._raw = await channel.get_underlay_channel()
         return exchange
 
     async def _open_connection(self, role: str) -> Any:
@@ -287,41 +289,43 @@ class Sink(JournalSink):
         if isinstance(closed, asyncio.Future) and not closed.done():
             closed.set_result(True)
 
-    def messages(self, entries: list[Entry]) -> list[tuple[str, Any]]:
-        """(routing key, aio_pika.Message) for the readings of entries, in order."""
-        import aio_pika
+    def messages(self, entries: list[Entry]) -> list[tuple[str, bytes, Any]]:
+        """(routing key, body, aiormq Basic.Properties) for the readings of entries, in order."""
+        from aiormq import spec
+
+        Basic = spec.Basic
 
         ctype = CONTENT_TYPES[self.content_type]
-        persistent = aio_pika.DeliveryMode.PERSISTENT
-        out: list[tuple[str, Any]] = []
+        out: list[tuple[str, bytes, Any]] = []
         groups: dict[str, list[tuple[Event, str]]] = {}
+        site, single, as_json = self.site, self.readings_per_message == 1, self.content_type == "json"
         for entry in entries:
             seen: dict[str, int] = {}
             for e in events_of(entry):
                 k = seen.get(e.stream, 0)
                 seen[e.stream] = k + 1
                 mid = message_id(e, k)
-                if self.readings_per_message == 1:
-                    body = e.json.encode() if self.content_type == "json" else msgpack.packb(_as_dict(e))
-                    out.append((routing_key(self.site, e), aio_pika.Message(
-                        body, content_type=ctype, delivery_mode=persistent, message_id=mid, app_id="edgewire",
-                        type="reading", headers={"device": e.device, "stream": e.stream, "site": self.site,
-                                                 "boot": e.boot, "seq": e.seq, "gateway_id": e.id})))
+                if single:
+                    body = e.json.encode() if as_json else msgpack.packb(_as_dict(e))
+                    out.append((f"{site}.{e.device}.{e.stream}", body, Basic.Properties(
+                        content_type=ctype, delivery_mode=2, message_id=mid, app_id="edgewire",
+                        message_type="reading", headers={"device": e.device, "stream": e.stream, "site": site,
+                                                         "boot": e.boot, "seq": e.seq, "gateway_id": e.id})))
                 else:
-                    groups.setdefault(routing_key(self.site, e), []).append((e, mid))
+                    groups.setdefault(routing_key(site, e), []).append((e, mid))
         for rk, items in groups.items():
             for i in range(0, len(items), self.readings_per_message):
                 chunk = items[i:i + self.readings_per_message]
                 first = chunk[0][0]
-                if self.content_type == "json":
+                if as_json:
                     body = ("[" + ",".join(e.json for e, _ in chunk) + "]").encode()
                 else:
                     body = msgpack.packb([_as_dict(e) for e, _ in chunk])
-                out.append((rk, aio_pika.Message(
-                    body, content_type=ctype, delivery_mode=persistent, message_id=f"{chunk[0][1]}+{len(chunk)}",
-                    app_id="edgewire", type="readings",
-                    headers={"device": first.device, "stream": first.stream, "site": self.site,
-                             "boot": first.boot, "seq": first.seq, "gateway_id": first.id, "count": len(chunk)})))
+                out.append((rk, body, Basic.Properties(
+                    content_type=ctype, delivery_mode=2, message_id=f"{chunk[0][1]}+{len(chunk)}",
+                    app_id="edgewire", message_type="readings",
+                    headers={"device": first.device, "stream": first.stream, "site": site, "boot": first.boot,
+                             "seq": first.seq, "gateway_id": first.id, "count": len(chunk)})))
         return out
 
     async def deliver(self, entries: list[Entry]) -> None:
@@ -329,14 +333,20 @@ class Sink(JournalSink):
         if not msgs:
             return
         try:
-            exchange = self._exchange or await asyncio.wait_for(self._connect(), self.connect_timeout * 3)
-            # publish the whole batch, then wait for every confirm (RabbitMQ confirms in batches)
-            await asyncio.wait_for(asyncio.gather(*(exchange.publish(m, rk, mandatory=False) for rk, m in msgs)),
-                                   self.confirm_timeout)
+            if self._exchange is None:
+                await asyncio.wait_for(self._connect(), self.connect_timeout * 3)
+            ch, name = self._raw, self.exchange_name
+            # Publish the whole batch, then wait for every confirm (RabbitMQ confirms in batches). aiormq
+            # directly, with wait=False: each publish is queued for the connection's writer without waiting
+            # for its own socket drain (aio-pika's Exchange.publish waits for each, one loop round trip per
+            # message, with the channel's lock held); the confirms are what the cursor waits for.
+            await asyncio.wait_for(asyncio.gather(*(ch.basic_publish(body, exchange=name, routing_key=rk,
+                                                                     properties=props, wait=False)
+                                                    for rk, body, props in msgs)), self.confirm_timeout)
         except asyncio.CancelledError:
             raise
         except Exception as e:
-            conn, self._conn, self._exchange = self._conn, None, None
+            conn, self._conn, self._exchange, self._raw = self._conn, None, None, None
             await self._drop(conn)
             what = "no confirm within confirm_timeout" if isinstance(e, asyncio.TimeoutError) else str(e)
             raise AmqpDeliveryError(self._clean(f"{type(e).__name__}: {what}")) from None
@@ -352,7 +362,7 @@ class Sink(JournalSink):
             except (asyncio.CancelledError, Exception):
                 pass
         self._cmd_task = None
-        conn, self._conn, self._exchange = self._conn, None, None
+        conn, self._conn, self._exchange, self._raw = self._conn, None, None, None
         await self._drop(conn)
 
     # commands from backends: the RabbitMQ RPC pattern

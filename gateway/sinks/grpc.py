@@ -23,8 +23,7 @@ import logging
 from typing import Any
 
 from edgewire.gateway.errors import ConfigError
-from edgewire.gateway.grpcapi.convert import reading_message
-from edgewire.gateway.hub import events_of
+from edgewire.gateway.grpcapi.convert import batch_of
 from edgewire.gateway.journal import Entry
 from edgewire.gateway.sinks import JournalReader, JournalSink
 from edgewire.gateway.sinks.tls import TLS_KEYS, read_pem, validate_tls
@@ -83,6 +82,7 @@ class Sink(JournalSink):
         self._creds: Any = None
         self._channel: Any = None
         self._call: Any = None
+        self._ready: tuple[list[Entry], Any] | None = None   # the next batch, built while the last one waited
 
     async def open(self) -> None:
         import grpc
@@ -122,14 +122,21 @@ class Sink(JournalSink):
             except (Exception, asyncio.TimeoutError):
                 pass
 
-    async def deliver(self, entries: list[Entry]) -> None:
-        from edgewire.gateway.grpcapi import forward_pb2 as pb
+    def batch_message(self, entries: list[Entry]) -> Any:
+        """The Batch for entries (None when they hold no reading); built ahead by prepare() when it can."""
+        ready, self._ready = self._ready, None
+        if ready is not None and ready[0] is entries:
+            return ready[1]
+        return batch_of(entries, self.site)
 
-        readings = [reading_message(e) for entry in entries for e in events_of(entry)]
-        if not readings:
+    def prepare(self, entries: list[Entry]) -> None:
+        self._ready = (entries, batch_of(entries, self.site))
+
+    async def deliver(self, entries: list[Entry]) -> None:
+        batch = self.batch_message(entries)
+        if batch is None:
             return
-        last = entries[-1].id + entries[-1].n - 1
-        batch = pb.Batch(site=self.site, first_id=entries[0].id, last_id=last, readings=readings)
+        last = batch.last_id
         try:
             call = await self._stream()
             await asyncio.wait_for(call.write(batch), self.ack_timeout)

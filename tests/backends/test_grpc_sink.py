@@ -163,6 +163,25 @@ async def test_a_backend_that_never_acks_lags_visibly_without_slowing_live_clien
     assert sorted(r[2] for r in backend.rows()) == list(range(1, 42))
 
 
+def test_batches_hold_what_the_events_hold() -> None:
+    """batch_of (the sink's fast path) builds exactly the Readings reading_message makes of each
+    event, for every kind of value, skipping entries that are not telemetry."""
+    from edgewire.gateway.grpcapi import forward_pb2 as fpb
+    from edgewire.gateway.grpcapi.convert import batch_of, reading_message
+    from edgewire.gateway.hub import events_of
+    from edgewire.gateway.journal import KIND_TELEMETRY, Entry
+
+    entries = [Entry(5, 5, KIND_TELEMETRY, "d", 2, 3, 1, [["a", 1.5, 10, None], ["b", 7, 11, None],
+                                                          ["c", True, 12, None], ["d", "x", 13, "oops"],
+                                                          ["e", None, 14, "no sensor"]]),
+               Entry(10, 1, KIND_TELEMETRY + 1, "d", 2, 4, 1, []),
+               Entry(11, 2, KIND_TELEMETRY, "e", 1, 1, 1, [["f", 2 ** 70, 1, None], ["g", -2 ** 63, 2, None]])]
+    want = fpb.Batch(site="s", first_id=5, last_id=12,
+                     readings=[reading_message(e) for en in entries for e in events_of(en)])
+    assert batch_of(entries, "s") == want and len(want.readings) == 7
+    assert batch_of([entries[1]], "s") is None
+
+
 def test_grpc_config_is_validated_before_any_io() -> None:
     good = {"type": "grpc", "target": "127.0.0.1:50051"}
     for change, key in [({"target": "nohost"}, "target"), ({"target": "h:0"}, "target"), ({"target": 5}, "target"),

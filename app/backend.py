@@ -37,6 +37,7 @@ import sqlite3
 import sys
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
+from urllib.parse import urlsplit
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS readings(
@@ -191,7 +192,11 @@ class AmqpConsumer:
             except asyncio.CancelledError:
                 raise
             except Exception as e:
-                print(f"amqp: {type(e).__name__}: {e}; retrying in {delay:.1f} s", file=sys.stderr, flush=True)
+                what = f"{type(e).__name__}: {e}"
+                password = urlsplit(self.url).password
+                if password:   # never print the password (some errors quote the URL)
+                    what = what.replace(password, "***")
+                print(f"amqp: {what}; retrying in {delay:.1f} s", file=sys.stderr, flush=True)
             finally:
                 if conn is not None:
                     try:

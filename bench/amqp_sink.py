@@ -22,8 +22,9 @@ its connection is part of its time, and so it is of the baselines'.
 Both publish to a fresh durable topic exchange with one durable queue bound
 (`#`), so every message is routed and written by RabbitMQ; the queue is
 purged between phases and deleted at the end. Goal (issue #8): sink >= 0.9x
-the aio-pika baseline; the ratio to aiormq is reported beside it. Phases
-alternate per repeat; the report gives each repeat's ratios and the medians.
+the aio-pika baseline; the ratio to aiormq is reported beside it. Each
+repeat starts with a different phase (the queue is purged before each); the
+report gives each repeat's ratios and the medians.
 
     .venv/bin/python bench/amqp_sink.py                       # 20,000 readings, 3 repeats
     .venv/bin/python bench/amqp_sink.py --readings 2000 --repeat 1 --json
@@ -135,14 +136,18 @@ async def run(readings: int, repeat: int, batch_entries: int) -> dict[str, Any]:
                          journal)
             batch_readings = batch_entries * READINGS_PER_MESSAGE
             for r in range(repeat):
-                await q.purge()
-                b = await baseline(exchange, proto.messages(entries), batch_readings)
-                await q.purge()
-                m = await baseline_aiormq(exchange, proto.messages(entries), batch_readings)
-                await q.purge()
-                s = await sink_phase(journal, exchange, f"bench-{r}", batch_entries)
+                phases = {"aio-pika": lambda: baseline(exchange, proto.messages(entries), batch_readings),
+                          "aiormq": lambda: baseline_aiormq(exchange, proto.messages(entries), batch_readings),
+                          "sink": lambda r=r: sink_phase(journal, exchange, f"bench-{r}", batch_entries)}
+                order = list(phases)[r % 3:] + list(phases)[:r % 3]   # each phase first in turn
+                took: dict[str, float] = {}
+                for name in order:
+                    await q.purge()
+                    await asyncio.sleep(1.0)   # let RabbitMQ settle the purge before the next phase is timed
+                    took[name] = await phases[name]()
+                b, m, s = took["aio-pika"], took["aiormq"], took["sink"]
                 results.append({"baseline_per_s": n / b, "aiormq_per_s": n / m, "sink_per_s": n / s,
-                                "ratio": b / s, "ratio_aiormq": m / s})
+                                "ratio": b / s, "ratio_aiormq": m / s, "order": order})
         finally:
             await journal.close()
     await q.delete(if_unused=False, if_empty=False)

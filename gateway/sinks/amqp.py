@@ -193,6 +193,7 @@ class Sink(JournalSink):
         self._conn: Any = None
         self._exchange: Any = None
         self._raw: Any = None   # the aiormq channel under the aio-pika one (publishing)
+        self._ready: tuple[list[Entry], list[tuple[str, bytes, Any]]] | None = None
         self.command_queue: str = table["command_queue"]
         self.command_prefetch: int = table["command_prefetch"]
         self.commands = {"received": 0, "answered": 0, "refused": 0, "no_reply_to": 0, "consumer_connects": 0}
@@ -328,8 +329,12 @@ class Sink(JournalSink):
                              "seq": first.seq, "gateway_id": first.id, "count": len(chunk)})))
         return out
 
+    def prepare(self, entries: list[Entry]) -> None:
+        self._ready = (entries, self.messages(entries))   # built while the previous batch waits for confirms
+
     async def deliver(self, entries: list[Entry]) -> None:
-        msgs = self.messages(entries)
+        ready, self._ready = self._ready, None
+        msgs = ready[1] if ready is not None and ready[0] is entries else self.messages(entries)
         if not msgs:
             return
         try:

@@ -9,7 +9,10 @@ device's own send delay. The first `--warmup` seconds are left out.
 Reported per rate: p50, p99, max (ms), the readings per second the consumer
 actually got, and the ratio of p50/p99 to the same path without the gateway
 (the baseline: devices -> mosquitto -> a paho subscriber in this process, the
-broker's own relay latency, measured in the same run).
+broker's own relay latency, measured in the same run). Beside it, RabbitMQ's
+own share: a bare aio-pika publisher sending persistent messages with
+confirms at the same rate (in 10 ms ticks, confirms awaited in the
+background) to the same kind of exchange and pika consumer.
 
     .venv/bin/python bench/backend_latency.py                    # 1,000 and 10,000 readings/s, 10 s each
     .venv/bin/python bench/backend_latency.py --rates 1000 --seconds 5 --json
@@ -88,14 +91,22 @@ class PikaConsumer(threading.Thread):
         ch.queue_bind(self.queue, self.exchange, routing_key="#")
         ch.basic_qos(prefetch_count=2000)
 
+        unacked = [0]   # the newest delivery tag not acked yet
+
         def got(ch: Any, method: Any, props: Any, body: bytes) -> None:
             self.lat.add(json.loads(body)["ts"])
-            ch.basic_ack(method.delivery_tag)
+            unacked[0] = method.delivery_tag
+            if method.delivery_tag % 200 == 0:   # ack in groups (multiple): one ack per message caps pika
+                ch.basic_ack(method.delivery_tag, multiple=True)
+                unacked[0] = 0
 
         ch.basic_consume(self.queue, got)
         self.ready.set()
         while not self.stop_flag.is_set():
-            conn.process_data_events(time_limit=0.2)
+            conn.process_data_events(time_limit=0.05)
+            if unacked[0]:
+                ch.basic_ack(unacked[0], multiple=True)
+                unacked[0] = 0
         ch.queue_delete(self.queue)
         ch.exchange_delete(self.exchange)
         conn.close()
@@ -138,10 +149,24 @@ def run_fleet(broker: Mosquitto, rate: int, seconds: float, qos: int) -> dict[st
     return {"devices": devices, "sent_per_s": round(rep.totals.get("readings", 0) / max(rep.seconds, 1e-9))}
 
 
+def gateway_figures(port: int) -> dict[str, Any]:
+    """Where the gateway's time went: its journal's commit times and the sink's counters."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/stats", timeout=10) as r:
+        st = json.load(r)
+    j, sink = st["journal"], st["sinks"][0]
+    return {"journal_commit_ms_avg": j.get("commit_ms_avg"), "journal_commit_ms_max": j.get("commit_ms_max"),
+            "journal_append_to_commit_ms_p99": j.get("append_to_commit_ms_p99"),
+            "sink_failures": sink.get("failures"), "sink_published_messages": sink.get("published_messages"),
+            "sink_delivered_entries": sink.get("delivered_entries")}
+
+
 def phase(workdir: Path, rate: int, seconds: float, warmup: float, qos: int, via_gateway: bool) -> dict[str, Any]:
     broker = Mosquitto(workdir).start()
     lat = Latencies(time.time() + warmup + 3)
     gw = consumer = sub = None
+    port = 0
     try:
         if via_gateway:
             exchange = "ew-lat-" + uuid.uuid4().hex[:8]
@@ -162,7 +187,7 @@ def phase(workdir: Path, rate: int, seconds: float, warmup: float, qos: int, via
         lat.warmup_until = time.time() + warmup + 3   # fleet start-up included
         sent = run_fleet(broker, rate, seconds + warmup, qos)
         time.sleep(2.0)   # let the tail arrive (readings still in flight are late, not missing)
-        return {**lat.summary(), **sent}
+        return {**lat.summary(), **sent, **(gateway_figures(port) if via_gateway else {})}
     finally:
         if consumer is not None:
             consumer.stop_flag.set()
@@ -176,6 +201,51 @@ def phase(workdir: Path, rate: int, seconds: float, warmup: float, qos: int, via
             except subprocess.TimeoutExpired:
                 gw.kill()
         broker.stop()
+
+
+def rabbit_phase(rate: int, seconds: float, warmup: float) -> dict[str, Any]:
+    """RabbitMQ's own latency at `rate`: publisher (aio-pika, confirms) -> exchange -> pika consumer."""
+    import asyncio
+
+    import aio_pika
+
+    exchange = "ew-lat-" + uuid.uuid4().hex[:8]
+    lat = Latencies(time.time() + warmup)
+    consumer = PikaConsumer(exchange, lat)
+    consumer.start()
+    if not consumer.ready.wait(30):
+        raise RuntimeError("the pika consumer did not start")
+
+    async def publish() -> None:
+        conn = await aio_pika.connect(AMQP_URL)
+        try:
+            ch = await conn.channel(publisher_confirms=True)
+            ex = await ch.declare_exchange(exchange, aio_pika.ExchangeType.TOPIC, durable=True)
+            pending: set[asyncio.Future[Any]] = set()
+            per_tick = max(1, round(rate / 100))
+            t0 = time.monotonic()
+            tick = 0
+            while time.monotonic() - t0 < seconds + warmup:
+                now = int(time.time() * 1000)
+                for _ in range(per_tick):
+                    f = asyncio.ensure_future(ex.publish(aio_pika.Message(
+                        json.dumps({"ts": now}).encode(), delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                        content_type="application/json"), "lat.dev.t", mandatory=False))
+                    pending.add(f)
+                    f.add_done_callback(pending.discard)
+                tick += 1
+                await asyncio.sleep(max(0.0, t0 + tick * 0.01 - time.monotonic()))   # pacing
+            await asyncio.gather(*pending)
+        finally:
+            await conn.close()
+
+    try:
+        asyncio.run(publish())
+        time.sleep(2.0)
+        return lat.summary()
+    finally:
+        consumer.stop_flag.set()
+        consumer.join(30)
 
 
 def main() -> None:
@@ -194,7 +264,8 @@ def main() -> None:
             gw = phase(Path(tmp) / "g", rate, args.seconds, args.warmup, args.qos, True) \
                 if (Path(tmp) / "g").mkdir() is None else {}
         ratio = {k: round(gw[k] / base[k], 2) if base.get(k) else None for k in ("p50_ms", "p99_ms")}
-        out["rates"][rate] = {"baseline": base, "gateway": gw, "ratio": ratio}
+        rabbit = rabbit_phase(rate, args.seconds, args.warmup)
+        out["rates"][rate] = {"baseline": base, "gateway": gw, "ratio": ratio, "rabbitmq_alone": rabbit}
     if args.json:
         print(json.dumps(out))
         return
@@ -206,6 +277,13 @@ def main() -> None:
               f"max {g.get('max_ms')} ms at {g.get('per_s')}/s; baseline p50 {b.get('p50_ms')} ms "
               f"p99 {b.get('p99_ms')} ms at {b.get('per_s')}/s; ratio p50 {r['ratio']['p50_ms']} "
               f"p99 {r['ratio']['p99_ms']}")
+        print(f"         journal commit avg {g.get('journal_commit_ms_avg')} ms max {g.get('journal_commit_ms_max')} "
+              f"ms, append->commit p99 {g.get('journal_append_to_commit_ms_p99')} ms; sink "
+              f"{g.get('sink_delivered_entries')} entries in {g.get('sink_published_messages')} messages, "
+              f"{g.get('sink_failures')} failures")
+        q = r["rabbitmq_alone"]
+        print(f"         RabbitMQ alone (aio-pika publisher -> pika, persistent, confirms): p50 {q.get('p50_ms')} ms "
+              f"p99 {q.get('p99_ms')} ms max {q.get('max_ms')} ms at {q.get('per_s')}/s")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@
     edgewire sim --devices N --rate R --qos Q [--broker URL] --duration S
     edgewire demo [--port 8080]
     edgewire journal check|repair|export PATH | --config FILE
-    edgewire backend --listen HOST:PORT --store FILE
+    edgewire backend --listen HOST:PORT | --amqp URL --store FILE
     edgewire device provision|revoke|list [ID] --config FILE
     edgewire certs init DIR [--name HOST]...
 
@@ -51,8 +51,17 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("--out", metavar="FILE", help="export: write here instead of standard output")
     j.add_argument("--after", type=int, default=0, help="export: only entries with ids after this one")
 
-    b = sub.add_parser("backend", help="the reference gRPC backend: stores a gateway's grpc sink stream in SQLite")
-    b.add_argument("--listen", default="127.0.0.1:50051", help="HOST:PORT to serve on (port 0: any free one)")
+    b = sub.add_parser("backend", help="the reference backend: stores what a gateway's grpc or amqp sink forwards "
+                                       "in SQLite, once each")
+    b.add_argument("--listen", help="gRPC: HOST:PORT to serve on (port 0: any free one); "
+                                    "default 127.0.0.1:50051 unless --amqp is given")
+    b.add_argument("--cert", help="gRPC: serve TLS with this PEM certificate (with --key)")
+    b.add_argument("--key", help="gRPC: the certificate's PEM private key")
+    b.add_argument("--client-ca", help="gRPC: require client certificates signed by this PEM CA (with --cert)")
+    b.add_argument("--amqp", metavar="URL", help="consume from RabbitMQ at this amqp:// or amqps:// URL")
+    b.add_argument("--exchange", default="edgewire", help="AMQP: the sink's exchange (declared topic, durable)")
+    b.add_argument("--queue", default="edgewire-backend", help="AMQP: the durable queue to declare and consume")
+    b.add_argument("--binding", default="#", help="AMQP: routing-key pattern binding the queue (e.g. 'barn.#')")
     b.add_argument("--store", default="edgewire-backend.db", help="SQLite file for the readings")
     add_mqtt_security_parsers(sub)
     return p

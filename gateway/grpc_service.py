@@ -2,7 +2,8 @@
 edgewire.v1.Gateway) for backends that pull readings or send commands:
 Subscribe (the SSE stream's filters and resume by journal id, also across a
 restart), ListDevices, GetDevice, SendCommand (the REST route's outcomes,
-as gRPC status codes). Served on [grpc] listen; off when that is empty.
+as gRPC status codes), ListSinks (GET /api/v1/sinks: each sink's state,
+cursor, lag and counters). Served on [grpc] listen; off when that is empty.
 Needs the `grpc` extra (grpcio, protobuf)."""
 from __future__ import annotations
 
@@ -34,6 +35,21 @@ def _device(d: Any, detail: dict[str, Any]) -> Any:
                      details_json=json.dumps(detail, default=str))
 
 
+def _sink(st: dict[str, Any]) -> Any:
+    """A sink's stats() (what GET /api/v1/sinks lists) as a Sink message."""
+    from edgewire.gateway.grpcapi import gateway_pb2 as pb
+
+    out = pb.Sink(stats_json=json.dumps(st, default=str))
+    for f in ("name", "type", "state", "last_error"):
+        setattr(out, f, str(st.get(f) or ""))
+    for f in ("cursor", "lag", "delivered_entries", "delivered_readings", "failures", "lost_to_retention"):
+        setattr(out, f, int(st.get(f) or 0))
+    out.lag_seconds = float(st.get("lag_seconds") or 0.0)
+    if st.get("last_delivery") is not None:
+        out.last_delivery = float(st["last_delivery"])
+    return out
+
+
 class GrpcService:
     def __init__(self, gateway: Any, listen: str, cert_file: str = "", key_file: str = "") -> None:
         self.gw = gateway
@@ -42,7 +58,7 @@ class GrpcService:
         self.key_file = key_file
         self.port = 0
         self.server: Any = None
-        self.calls = {"Subscribe": 0, "ListDevices": 0, "GetDevice": 0, "SendCommand": 0}
+        self.calls = {"Subscribe": 0, "ListDevices": 0, "GetDevice": 0, "SendCommand": 0, "ListSinks": 0}
 
     async def start(self) -> None:
         import grpc
@@ -120,6 +136,10 @@ class GrpcService:
                 return pb.CommandResult(device=body["device"], command=body["command"], id=body["id"], ok=body["ok"],
                                         value_json=json.dumps(body["value"]), error=body["error"] or "",
                                         elapsed=body["elapsed"])
+
+            async def ListSinks(self, request: Any, context: Any) -> Any:  # noqa: N802
+                svc.calls["ListSinks"] += 1
+                return pb.ListSinksResponse(sinks=[_sink(s.stats()) for s in gw.sinks.values()])
 
         self.server = grpc.aio.server()
         pbg.add_GatewayServicer_to_server(Servicer(), self.server)

@@ -22,6 +22,11 @@ TCP order is kept: a chunk never overtakes the one before it. The proxy runs a
 selector loop in its own process (edgewire.sim.scenario starts it), controlled
 over a multiprocessing Connection:
     ("outage", bool)  ("rule", ids | None, {field: value | None})  ("stats",)
+
+`ProxyProcess` runs one from a test (or any script) and waits for each change
+to take effect. Connections that are not MQTT (AMQP, gRPC) get the rules for
+all (`ids` None): `outage` cuts a backend, `partition` "drop" swallows its
+answers (a backend that never confirms) until lifted.
 """
 from __future__ import annotations
 
@@ -317,3 +322,52 @@ class FaultProxy:
 def proxy_main(conn: Any, upstream: tuple[str, int], seed: int) -> None:
     """Entry point of the proxy's process."""
     report_crash(conn, lambda: FaultProxy(upstream, seed=seed).run(conn))
+
+
+class ProxyProcess:
+    """A FaultProxy in its own process, driven synchronously: each call returns once the proxy
+    applied it (the stats request behind it is answered in order)."""
+
+    def __init__(self, upstream: tuple[str, int], seed: int = 1) -> None:
+        import multiprocessing
+
+        mine, theirs = multiprocessing.Pipe()
+        self._proc = multiprocessing.get_context("spawn").Process(
+            target=proxy_main, args=(theirs, upstream, seed), name="edgewire-proxy", daemon=True)
+        self._proc.start()
+        theirs.close()
+        self._ctl = mine
+        msg = self._ctl.recv() if self._ctl.poll(60) else ("crash", "the fault proxy did not start within 60 s")
+        if msg[0] != "port":
+            self.close()
+            raise RuntimeError(f"the fault proxy failed: {msg[1]}")
+        self.port: int = int(msg[1])
+
+    def stats(self) -> dict[str, Any]:
+        self._ctl.send(("stats",))
+        if not self._ctl.poll(30):
+            raise RuntimeError("the fault proxy does not answer")
+        msg = self._ctl.recv()
+        if msg[0] != "stats":
+            raise RuntimeError(f"the fault proxy failed: {msg[1]}")
+        return dict(msg[1])
+
+    def outage(self, on: bool) -> None:
+        self._ctl.send(("outage", on))
+        self.stats()
+
+    def rule(self, ids: list[str] | None, changes: dict[str, Any]) -> None:
+        self._ctl.send(("rule", ids, changes))
+        self.stats()
+
+    def close(self) -> None:
+        try:
+            self._ctl.send(("quit",))
+            self._ctl.poll(10)
+        except (OSError, EOFError):
+            pass
+        self._proc.join(10)
+        if self._proc.is_alive():
+            self._proc.kill()
+            self._proc.join()
+        self._ctl.close()

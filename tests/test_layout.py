@@ -23,9 +23,9 @@ MAY_IMPORT = {"app": {"app", "gateway", "sim", "sdk"}, "gateway": {"gateway", "s
 # pyproject.toml run-time dependencies); the test extra is not among them.
 RUNTIME_IMPORTS = {"msgpack", "aiohttp", "amqtt"}
 # Optional extras: a module may import its extra's packages (pyproject.toml), no other module may.
-OPTIONAL_IMPORTS = {"gateway/sinks/amqp.py": {"aio_pika"}, "gateway/sinks/grpc.py": {"grpc"},
+OPTIONAL_IMPORTS = {"gateway/sinks/amqp.py": {"aio_pika", "aiormq"}, "gateway/sinks/grpc.py": {"grpc"},
                     "gateway/grpcapi/forward_pb2.py": {"google"}, "gateway/grpcapi/forward_pb2_grpc.py": {"grpc"},
-                    "app/backend.py": {"grpc"}, "gateway/grpc_service.py": {"grpc"},
+                    "app/backend.py": {"grpc", "aio_pika"}, "gateway/grpc_service.py": {"grpc"},
                     "gateway/grpcapi/gateway_pb2.py": {"google"}, "gateway/grpcapi/gateway_pb2_grpc.py": {"grpc"},
                     "gateway/certs.py": {"cryptography"}}  # `edgewire certs init` only: the tls extra (D21)
 # The one module only pytest loads (the simulator's pytest11 plugin): it may import pytest.

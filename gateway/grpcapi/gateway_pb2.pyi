@@ -108,3 +108,43 @@ class CommandResult(_message.Message):
     error: str
     elapsed: float
     def __init__(self, device: _Optional[str] = ..., command: _Optional[str] = ..., id: _Optional[str] = ..., ok: _Optional[bool] = ..., value_json: _Optional[str] = ..., error: _Optional[str] = ..., elapsed: _Optional[float] = ...) -> None: ...
+
+class ListSinksRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListSinksResponse(_message.Message):
+    __slots__ = ("sinks",)
+    SINKS_FIELD_NUMBER: _ClassVar[int]
+    sinks: _containers.RepeatedCompositeFieldContainer[Sink]
+    def __init__(self, sinks: _Optional[_Iterable[_Union[Sink, _Mapping]]] = ...) -> None: ...
+
+class Sink(_message.Message):
+    __slots__ = ("name", "type", "state", "cursor", "lag", "lag_seconds", "delivered_entries", "delivered_readings", "failures", "lost_to_retention", "last_error", "last_delivery", "stats_json")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    CURSOR_FIELD_NUMBER: _ClassVar[int]
+    LAG_FIELD_NUMBER: _ClassVar[int]
+    LAG_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    DELIVERED_ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    DELIVERED_READINGS_FIELD_NUMBER: _ClassVar[int]
+    FAILURES_FIELD_NUMBER: _ClassVar[int]
+    LOST_TO_RETENTION_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    LAST_DELIVERY_FIELD_NUMBER: _ClassVar[int]
+    STATS_JSON_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    type: str
+    state: str
+    cursor: int
+    lag: int
+    lag_seconds: float
+    delivered_entries: int
+    delivered_readings: int
+    failures: int
+    lost_to_retention: int
+    last_error: str
+    last_delivery: float
+    stats_json: str
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., state: _Optional[str] = ..., cursor: _Optional[int] = ..., lag: _Optional[int] = ..., lag_seconds: _Optional[float] = ..., delivered_entries: _Optional[int] = ..., delivered_readings: _Optional[int] = ..., failures: _Optional[int] = ..., lost_to_retention: _Optional[int] = ..., last_error: _Optional[str] = ..., last_delivery: _Optional[float] = ..., stats_json: _Optional[str] = ...) -> None: ...

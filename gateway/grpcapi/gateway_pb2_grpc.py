@@ -54,6 +54,11 @@ class GatewayStub:
                 request_serializer=edgewire_dot_v1_dot_gateway__pb2.CommandRequest.SerializeToString,
                 response_deserializer=edgewire_dot_v1_dot_gateway__pb2.CommandResult.FromString,
                 _registered_method=True)
+        self.ListSinks = channel.unary_unary(
+                '/edgewire.v1.Gateway/ListSinks',
+                request_serializer=edgewire_dot_v1_dot_gateway__pb2.ListSinksRequest.SerializeToString,
+                response_deserializer=edgewire_dot_v1_dot_gateway__pb2.ListSinksResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServicer:
@@ -92,6 +97,14 @@ class GatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListSinks(self, request, context):
+        """Each sink's state, cursor, lag and counters: the same source as
+        GET /api/v1/sinks (docs/backends.md, "Watching a sink").
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -114,6 +127,11 @@ def add_GatewayServicer_to_server(servicer, server):
                     servicer.SendCommand,
                     request_deserializer=edgewire_dot_v1_dot_gateway__pb2.CommandRequest.FromString,
                     response_serializer=edgewire_dot_v1_dot_gateway__pb2.CommandResult.SerializeToString,
+            ),
+            'ListSinks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSinks,
+                    request_deserializer=edgewire_dot_v1_dot_gateway__pb2.ListSinksRequest.FromString,
+                    response_serializer=edgewire_dot_v1_dot_gateway__pb2.ListSinksResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -224,6 +242,33 @@ class Gateway:
             '/edgewire.v1.Gateway/SendCommand',
             edgewire_dot_v1_dot_gateway__pb2.CommandRequest.SerializeToString,
             edgewire_dot_v1_dot_gateway__pb2.CommandResult.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSinks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgewire.v1.Gateway/ListSinks',
+            edgewire_dot_v1_dot_gateway__pb2.ListSinksRequest.SerializeToString,
+            edgewire_dot_v1_dot_gateway__pb2.ListSinksResponse.FromString,
             options,
             channel_credentials,
             insecure,

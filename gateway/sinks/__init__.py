@@ -134,6 +134,9 @@ class JournalSink:
         self.gateway: Any = None  # set by build_sink
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        # The next batch is read from the journal (in its reader thread) while this one is delivered,
+        # so the backend's round trip and the read overlap: (after, task) of that read-ahead.
+        self._ahead: tuple[int, asyncio.Task[tuple[list[Entry], int]]] | None = None
 
     # subclasses
     async def open(self) -> None:
@@ -145,6 +148,17 @@ class JournalSink:
 
     async def close(self) -> None:
         """Release the backend."""
+
+    def prepare(self, entries: list[Entry]) -> None:
+        """Called with the next batch as soon as it is read ahead, while the previous one is still
+        being delivered: a sink may build its messages here (the event loop is otherwise waiting
+        for the backend) and find them again in deliver()."""
+
+    async def _read_ahead(self, after: int) -> tuple[list[Entry], int]:
+        entries, upto = await self.journal.read(after, self.batch)
+        if entries:
+            self.prepare(entries)
+        return entries, upto
 
     # lifecycle
     async def start(self) -> None:
@@ -165,7 +179,16 @@ class JournalSink:
         self._wake.set()
 
     async def _run(self) -> None:
+        try:
+            await self._loop()
+        finally:
+            ahead, self._ahead = self._ahead, None
+            if ahead is not None:
+                await cancel_and_wait(ahead[1])
+
+    async def _loop(self) -> None:
         attempt = 0
+        loop = asyncio.get_running_loop()
         while True:
             j = self.journal
             if self.cursor >= j.last_id:
@@ -180,8 +203,16 @@ class JournalSink:
                 log.warning("sink %s: %d ids were removed by retention before the backend confirmed them",
                             self.name, lost)
                 self.cursor = first - 1
-            entries, upto = await j.read(self.cursor, self.batch)
+            ahead, self._ahead = self._ahead, None
+            if ahead is not None and ahead[0] == self.cursor:
+                entries, upto = await ahead[1]
+            else:
+                if ahead is not None:
+                    await cancel_and_wait(ahead[1])
+                entries, upto = await j.read(self.cursor, self.batch)
             if entries:
+                if upto < j.last_id:
+                    self._ahead = (upto, loop.create_task(self._read_ahead(upto)))
                 self.pending_since = entries[0].received
                 try:
                     await self.deliver(entries)

@@ -28,8 +28,10 @@ array of readings that share a routing key):
 Births, deaths and command results are not forwarded. Credentials: in the url
 (the minimal form above), or `username` with `password_file` or
 `password_env`; never logged (errors are reported with the password and the
-url's credentials removed). docs/backends.md shows consumers, docs/config.md
-every key."""
+url's credentials removed). TLS: an `amqps://` url verifies RabbitMQ's
+certificate against `ca_file` (default: the system's CAs) and the host name,
+and presents `cert_file`/`key_file` when given (gateway/sinks/tls.py).
+docs/backends.md shows consumers, docs/config.md every key."""
 from __future__ import annotations
 
 import asyncio
@@ -47,13 +49,14 @@ from edgewire.gateway.errors import ConfigError
 from edgewire.gateway.hub import Event, events_of
 from edgewire.gateway.journal import Entry
 from edgewire.gateway.sinks import JournalReader, JournalSink
+from edgewire.gateway.sinks.tls import TLS_KEYS, client_context, validate_tls
 
 __all__ = ["Sink", "message_id", "routing_key", "validate"]
 
 log = logging.getLogger("edgewire.gateway.sinks.amqp")
 
 _KNOWN = ("url", "exchange", "username", "password_file", "password_env", "content_type", "readings_per_message",
-          "connect_timeout", "confirm_timeout", "heartbeat", "command_queue", "command_prefetch")
+          "connect_timeout", "confirm_timeout", "heartbeat", "command_queue", "command_prefetch", *TLS_KEYS)
 _NAME_OK = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
 CONTENT_TYPES = {"json": "application/json", "msgpack": "application/msgpack"}
 
@@ -130,6 +133,10 @@ def validate(options: dict[str, Any]) -> dict[str, Any]:
     out["command_prefetch"] = prefetch
     if not isinstance(out["heartbeat"], int):
         raise ConfigError("sinks", "heartbeat", out["heartbeat"], "expected whole seconds 0-3600 (0: off)")
+    out.update(validate_tls(options))
+    for key in TLS_KEYS:
+        if out[key] and parts.scheme != "amqps":
+            raise ConfigError("sinks", key, out[key], "TLS options need an amqps:// url")
     return out
 
 
@@ -177,12 +184,16 @@ class Sink(JournalSink):
         self.connect_timeout: float = table["connect_timeout"]
         self.confirm_timeout: float = table["confirm_timeout"]
         self.heartbeat: int = table["heartbeat"]
+        self.tls_options = {k: table.get(k, "") for k in TLS_KEYS}
+        self._ssl: Any = None   # ssl.SSLContext for amqps, built at start
         self.published_messages = 0
         self.connects = 0
         self._secrets: list[str] = []
         self._password: str | None = None
         self._conn: Any = None
         self._exchange: Any = None
+        self._raw: Any = None   # the aiormq channel under the aio-pika one (publishing)
+        self._ready: tuple[list[Entry], list[tuple[str, bytes, Any]]] | None = None
         self.command_queue: str = table["command_queue"]
         self.command_prefetch: int = table["command_prefetch"]
         self.commands = {"received": 0, "answered": 0, "refused": 0, "no_reply_to": 0, "consumer_connects": 0}
@@ -209,6 +220,8 @@ class Sink(JournalSink):
             self._password = pw
         if self._password:
             self._secrets.append(self._password)
+        if p.scheme == "amqps":
+            self._ssl = client_context(self.tls_options)
         if self.command_queue:
             if self.gateway is None:
                 raise RuntimeError("an amqp sink with a command_queue needs the gateway (build_sink(..., gateway=))")
@@ -249,6 +262,7 @@ class Sink(JournalSink):
         self.connects += 1
         log.info("sink %s: connected to %s, exchange %s", self.name, _redact_url(self.url), self.exchange_name)
         self._conn, self._exchange = conn, exchange
+        self._raw = await channel.get_underlay_channel()
         return exchange
 
     async def _open_connection(self, role: str) -> Any:
@@ -256,7 +270,7 @@ class Sink(JournalSink):
         unclosed Connection from its __del__, outside any event loop, which leaves a coroutine never awaited."""
         import aio_pika
 
-        conn = aio_pika.Connection(self._amqp_url(role))
+        conn = aio_pika.Connection(self._amqp_url(role), ssl_context=self._ssl)
         try:
             await conn.connect(timeout=self.connect_timeout)
         except BaseException:
@@ -276,56 +290,68 @@ class Sink(JournalSink):
         if isinstance(closed, asyncio.Future) and not closed.done():
             closed.set_result(True)
 
-    def messages(self, entries: list[Entry]) -> list[tuple[str, Any]]:
-        """(routing key, aio_pika.Message) for the readings of entries, in order."""
-        import aio_pika
+    def messages(self, entries: list[Entry]) -> list[tuple[str, bytes, Any]]:
+        """(routing key, body, aiormq Basic.Properties) for the readings of entries, in order."""
+        from aiormq import spec
+
+        Basic = spec.Basic
 
         ctype = CONTENT_TYPES[self.content_type]
-        persistent = aio_pika.DeliveryMode.PERSISTENT
-        out: list[tuple[str, Any]] = []
+        out: list[tuple[str, bytes, Any]] = []
         groups: dict[str, list[tuple[Event, str]]] = {}
+        site, single, as_json = self.site, self.readings_per_message == 1, self.content_type == "json"
         for entry in entries:
             seen: dict[str, int] = {}
             for e in events_of(entry):
                 k = seen.get(e.stream, 0)
                 seen[e.stream] = k + 1
                 mid = message_id(e, k)
-                if self.readings_per_message == 1:
-                    body = e.json.encode() if self.content_type == "json" else msgpack.packb(_as_dict(e))
-                    out.append((routing_key(self.site, e), aio_pika.Message(
-                        body, content_type=ctype, delivery_mode=persistent, message_id=mid, app_id="edgewire",
-                        type="reading", headers={"device": e.device, "stream": e.stream, "site": self.site,
-                                                 "boot": e.boot, "seq": e.seq, "gateway_id": e.id})))
+                if single:
+                    body = e.json.encode() if as_json else msgpack.packb(_as_dict(e))
+                    out.append((f"{site}.{e.device}.{e.stream}", body, Basic.Properties(
+                        content_type=ctype, delivery_mode=2, message_id=mid, app_id="edgewire",
+                        message_type="reading", headers={"device": e.device, "stream": e.stream, "site": site,
+                                                         "boot": e.boot, "seq": e.seq, "gateway_id": e.id})))
                 else:
-                    groups.setdefault(routing_key(self.site, e), []).append((e, mid))
+                    groups.setdefault(routing_key(site, e), []).append((e, mid))
         for rk, items in groups.items():
             for i in range(0, len(items), self.readings_per_message):
                 chunk = items[i:i + self.readings_per_message]
                 first = chunk[0][0]
-                if self.content_type == "json":
+                if as_json:
                     body = ("[" + ",".join(e.json for e, _ in chunk) + "]").encode()
                 else:
                     body = msgpack.packb([_as_dict(e) for e, _ in chunk])
-                out.append((rk, aio_pika.Message(
-                    body, content_type=ctype, delivery_mode=persistent, message_id=f"{chunk[0][1]}+{len(chunk)}",
-                    app_id="edgewire", type="readings",
-                    headers={"device": first.device, "stream": first.stream, "site": self.site,
-                             "boot": first.boot, "seq": first.seq, "gateway_id": first.id, "count": len(chunk)})))
+                out.append((rk, body, Basic.Properties(
+                    content_type=ctype, delivery_mode=2, message_id=f"{chunk[0][1]}+{len(chunk)}",
+                    app_id="edgewire", message_type="readings",
+                    headers={"device": first.device, "stream": first.stream, "site": site, "boot": first.boot,
+                             "seq": first.seq, "gateway_id": first.id, "count": len(chunk)})))
         return out
 
+    def prepare(self, entries: list[Entry]) -> None:
+        self._ready = (entries, self.messages(entries))   # built while the previous batch waits for confirms
+
     async def deliver(self, entries: list[Entry]) -> None:
-        msgs = self.messages(entries)
+        ready, self._ready = self._ready, None
+        msgs = ready[1] if ready is not None and ready[0] is entries else self.messages(entries)
         if not msgs:
             return
         try:
-            exchange = self._exchange or await asyncio.wait_for(self._connect(), self.connect_timeout * 3)
-            # publish the whole batch, then wait for every confirm (RabbitMQ confirms in batches)
-            await asyncio.wait_for(asyncio.gather(*(exchange.publish(m, rk, mandatory=False) for rk, m in msgs)),
-                                   self.confirm_timeout)
+            if self._exchange is None:
+                await asyncio.wait_for(self._connect(), self.connect_timeout * 3)
+            ch, name = self._raw, self.exchange_name
+            # Publish the whole batch, then wait for every confirm (RabbitMQ confirms in batches). aiormq
+            # directly, with wait=False: each publish is queued for the connection's writer without waiting
+            # for its own socket drain (aio-pika's Exchange.publish waits for each, one loop round trip per
+            # message, with the channel's lock held); the confirms are what the cursor waits for.
+            await asyncio.wait_for(asyncio.gather(*(ch.basic_publish(body, exchange=name, routing_key=rk,
+                                                                     properties=props, wait=False)
+                                                    for rk, body, props in msgs)), self.confirm_timeout)
         except asyncio.CancelledError:
             raise
         except Exception as e:
-            conn, self._conn, self._exchange = self._conn, None, None
+            conn, self._conn, self._exchange, self._raw = self._conn, None, None, None
             await self._drop(conn)
             what = "no confirm within confirm_timeout" if isinstance(e, asyncio.TimeoutError) else str(e)
             raise AmqpDeliveryError(self._clean(f"{type(e).__name__}: {what}")) from None
@@ -341,7 +367,7 @@ class Sink(JournalSink):
             except (asyncio.CancelledError, Exception):
                 pass
         self._cmd_task = None
-        conn, self._conn, self._exchange = self._conn, None, None
+        conn, self._conn, self._exchange, self._raw = self._conn, None, None, None
         await self._drop(conn)
 
     # commands from backends: the RabbitMQ RPC pattern

@@ -11,25 +11,28 @@ One batch in flight: a slow backend slows this sink (its lag grows, visible
 in /api/v1/sinks), never the gateway's memory, the live clients or the other
 sinks. After a reconnect the sink sends again from its cursor, so a backend
 drops repeats by (device, boot, seq, stream). The reference backend is
-`edgewire backend --listen ADDR --store FILE` (app/backend.py)."""
+`edgewire backend --listen ADDR --store FILE` (app/backend.py).
+
+TLS: `ca_file` (or `tls = true` for the system's CAs) verifies the backend's
+certificate for the target's host (or `server_name`); `cert_file`/`key_file`
+present a client certificate (gateway/sinks/tls.py)."""
 from __future__ import annotations
 
 import asyncio
 import logging
-from pathlib import Path
 from typing import Any
 
 from edgewire.gateway.errors import ConfigError
-from edgewire.gateway.grpcapi.convert import reading_message
-from edgewire.gateway.hub import events_of
+from edgewire.gateway.grpcapi.convert import batch_of
 from edgewire.gateway.journal import Entry
 from edgewire.gateway.sinks import JournalReader, JournalSink
+from edgewire.gateway.sinks.tls import TLS_KEYS, read_pem, validate_tls
 
 __all__ = ["Sink", "validate"]
 
 log = logging.getLogger("edgewire.gateway.sinks.grpc")
 
-_KNOWN = ("target", "ca_file", "connect_timeout", "ack_timeout")
+_KNOWN = ("target", "tls", "server_name", "connect_timeout", "ack_timeout", *TLS_KEYS)
 
 
 def validate(options: dict[str, Any]) -> dict[str, Any]:
@@ -46,10 +49,16 @@ def validate(options: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(target, str) or not host or not port.isdigit() or not 0 < int(port) < 65536 \
             or len(target) > 1024:
         raise ConfigError("sinks", "target", target, "expected host:port of the backend, e.g. 127.0.0.1:50051")
-    ca = options.get("ca_file", "")
-    if not isinstance(ca, str) or len(ca) > 4096:
-        raise ConfigError("sinks", "ca_file", ca, "expected the path of a PEM CA bundle (empty: plaintext)")
-    out: dict[str, Any] = {"target": target, "ca_file": ca}
+    out: dict[str, Any] = {"target": target, **validate_tls(options)}
+    tls = options.get("tls", bool(out["ca_file"] or out["cert_file"]))
+    if not isinstance(tls, bool):
+        raise ConfigError("sinks", "tls", tls, "expected true or false")
+    if not tls and (out["ca_file"] or out["cert_file"]):
+        raise ConfigError("sinks", "tls", tls, "ca_file/cert_file are TLS options: leave tls on")
+    name = options.get("server_name", "")
+    if not isinstance(name, str) or len(name) > 253 or (name and not tls):
+        raise ConfigError("sinks", "server_name", name, "expected a host name to verify (with TLS)")
+    out["tls"], out["server_name"] = tls, name
     for key, default, lo, hi in (("connect_timeout", 10.0, 0.1, 300), ("ack_timeout", 30.0, 0.1, 3600)):
         v = options.get(key, default)
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not lo <= v <= hi:
@@ -62,7 +71,9 @@ class Sink(JournalSink):
     def __init__(self, table: dict[str, Any], journal: JournalReader) -> None:
         super().__init__(table, journal)
         self.target: str = table["target"]
-        self.ca_file: str = table["ca_file"]
+        self.tls: bool = table["tls"]
+        self.tls_options = {k: table[k] for k in TLS_KEYS}
+        self.server_name: str = table["server_name"]
         self.connect_timeout: float = table["connect_timeout"]
         self.ack_timeout: float = table["ack_timeout"]
         self.site: str = table.get("site", "edgewire")
@@ -71,15 +82,14 @@ class Sink(JournalSink):
         self._creds: Any = None
         self._channel: Any = None
         self._call: Any = None
+        self._ready: tuple[list[Entry], Any] | None = None   # the next batch, built while the last one waited
 
     async def open(self) -> None:
         import grpc
 
-        if self.ca_file:
-            try:
-                self._creds = grpc.ssl_channel_credentials(Path(self.ca_file).read_bytes())
-            except OSError as e:
-                raise ConfigError("sinks", "ca_file", self.ca_file, f"cannot be read: {e.strerror}") from None
+        if self.tls:
+            pem = {k: read_pem(k, v) if v else None for k, v in self.tls_options.items()}
+            self._creds = grpc.ssl_channel_credentials(pem["ca_file"], pem["key_file"], pem["cert_file"])
 
     async def _stream(self) -> Any:
         import grpc
@@ -88,7 +98,8 @@ class Sink(JournalSink):
 
         if self._call is not None:
             return self._call
-        ch = (grpc.aio.secure_channel(self.target, self._creds) if self._creds is not None
+        options = [("grpc.ssl_target_name_override", self.server_name)] if self.server_name else None
+        ch = (grpc.aio.secure_channel(self.target, self._creds, options) if self._creds is not None
               else grpc.aio.insecure_channel(self.target))
         try:
             await asyncio.wait_for(ch.channel_ready(), self.connect_timeout)
@@ -111,14 +122,21 @@ class Sink(JournalSink):
             except (Exception, asyncio.TimeoutError):
                 pass
 
-    async def deliver(self, entries: list[Entry]) -> None:
-        from edgewire.gateway.grpcapi import forward_pb2 as pb
+    def batch_message(self, entries: list[Entry]) -> Any:
+        """The Batch for entries (None when they hold no reading); built ahead by prepare() when it can."""
+        ready, self._ready = self._ready, None
+        if ready is not None and ready[0] is entries:
+            return ready[1]
+        return batch_of(entries, self.site)
 
-        readings = [reading_message(e) for entry in entries for e in events_of(entry)]
-        if not readings:
+    def prepare(self, entries: list[Entry]) -> None:
+        self._ready = (entries, batch_of(entries, self.site))
+
+    async def deliver(self, entries: list[Entry]) -> None:
+        batch = self.batch_message(entries)
+        if batch is None:
             return
-        last = entries[-1].id + entries[-1].n - 1
-        batch = pb.Batch(site=self.site, first_id=entries[0].id, last_id=last, readings=readings)
+        last = batch.last_id
         try:
             call = await self._stream()
             await asyncio.wait_for(call.write(batch), self.ack_timeout)

@@ -4,10 +4,17 @@ library than the sink's aio-pika) on a queue bound to a per-test exchange,
 and a fault-injecting TCP proxy between the gateway and RabbitMQ."""
 from __future__ import annotations
 
+import json
 import os
+import signal
 import socket
+import sqlite3
+import subprocess
+import sys
 import threading
+import time
 import uuid
+from pathlib import Path
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -15,7 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pika
 import pytest
 
-from tests.support.tcpproxy import TcpProxy
+from edgewire.sim.proxy import ProxyProcess
 
 AMQP_URL = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 
@@ -124,10 +131,10 @@ def pika_queue(exchange_name: str) -> Iterator[PikaQueue]:
 
 
 @pytest.fixture
-def amqp_proxy() -> Iterator[TcpProxy]:
-    """A fault-injecting TCP proxy in front of RabbitMQ (tests/support/tcpproxy.py)."""
+def amqp_proxy() -> Iterator[ProxyProcess]:
+    """The project's fault-injecting TCP proxy (edgewire.sim.proxy) in front of RabbitMQ."""
     require_rabbitmq()
-    p = TcpProxy(amqp_address())
+    p = ProxyProcess(amqp_address())
     try:
         yield p
     finally:
@@ -167,3 +174,83 @@ class DrainedDevice:
         if self.proc.stdout is not None:
             self.proc.stdout.close()
         return "".join(self.lines)
+
+
+class Backend:
+    """`edgewire backend` as a user runs it: gRPC on 127.0.0.1:`port` (`port` given), and/or a
+    RabbitMQ consumer (`amqp` given: exchange, queue); its output goes to a file beside the store."""
+
+    def __init__(self, store: Path, port: int | None = None, *, amqp: tuple[str, str] | None = None,
+                 tls: tuple[Path, ...] | None = None) -> None:
+        self.store = store
+        self.port = port
+        self.amqp = amqp
+        self.tls = tls
+        self.out = store.with_suffix(f".{uuid.uuid4().hex[:6]}.out")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        cmd = [str(Path(sys.executable).parent / "edgewire"), "backend", "--store", str(self.store)]
+        ready = []
+        if self.port is not None:
+            cmd += ["--listen", f"127.0.0.1:{self.port}"]
+            ready.append("listening on")
+        if self.tls is not None:
+            cmd += ["--cert", str(self.tls[0]), "--key", str(self.tls[1])]   # (cert, key[, client CA])
+            if len(self.tls) > 2:
+                cmd += ["--client-ca", str(self.tls[2])]
+        if self.amqp is not None:
+            cmd += ["--amqp", AMQP_URL, "--exchange", self.amqp[0], "--queue", self.amqp[1]]
+            ready.append("consuming")
+        with open(self.out, "ab") as out:
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while not all(r in self.output() for r in ready):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"edgewire backend did not start: {self.output()[-2000:]}")
+            time.sleep(0.02)
+
+    def output(self) -> str:
+        return self.out.read_text(errors="replace") if self.out.exists() else ""
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> str:
+        """SIGTERM; -> its output (the last line says what it stored)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.output()
+
+    def rows(self) -> list[tuple[Any, ...]]:
+        if not self.store.exists():
+            return []
+        db = sqlite3.connect(f"file:{self.store}?mode=ro", uri=True, timeout=10)
+        try:
+            return db.execute("SELECT device, boot, seq, stream, value, site FROM readings").fetchall()
+        except sqlite3.OperationalError:
+            return []
+        finally:
+            db.close()
+
+    def readings(self) -> set[tuple[str, int, int, str, Any]]:
+        return {(d, bt, s, st, json.loads(v)) for d, bt, s, st, v, _ in self.rows()}
+
+
+def delete_amqp(exchange: str, queues: list[str]) -> None:
+    """Delete a test's queues and exchange (they are durable: they outlive the test otherwise)."""
+    conn = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+    try:
+        ch = conn.channel()
+        for q in queues:
+            ch.queue_delete(q)
+        ch.exchange_delete(exchange)
+    finally:
+        conn.close()

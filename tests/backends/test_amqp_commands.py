@@ -21,7 +21,7 @@ from tests.backends.conftest import AMQP_URL, DrainedDevice, via
 from tests.gateway.conftest import Publisher, gateway_config, wait_for
 from tests.gateway.test_micropython_device import DEVICE
 from tests.support.broker import Mosquitto
-from tests.support.tcpproxy import TcpProxy
+from edgewire.sim.proxy import ProxyProcess
 
 
 class RpcClient:
@@ -116,7 +116,7 @@ async def test_commands_over_amqp_rpc_reach_a_micropython_device(
 
 
 async def test_the_command_consumer_comes_back_after_rabbitmq_was_cut_off(
-        broker: Mosquitto, exchange_name: str, amqp_proxy: TcpProxy) -> None:
+        broker: Mosquitto, exchange_name: str, amqp_proxy: ProxyProcess) -> None:
     cq = exchange_name + ".commands"
     # short backoff so that the test does not wait out the default 0.5-30 s retries
     cfg = gateway_config(broker).replace(sinks=(

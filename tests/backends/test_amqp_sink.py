@@ -1,32 +1,35 @@
 """The amqp sink against the real RabbitMQ: what an independent pika consumer
 gets is what devices published (counted by an independent MQTT subscriber),
 in the SSE stream's shape, with ids to de-duplicate by; nothing missing
-after RabbitMQ is cut off mid-stream, after the gateway is SIGKILLed, and a
-backend that never confirms shows as lag without slowing live clients or
-the other sink."""
+after RabbitMQ is cut off mid-stream (the gateway SIGKILLed:
+test_backends_crash.py), and a backend that never confirms shows as lag
+without slowing live clients or the other sink."""
 from __future__ import annotations
 
 import asyncio
 import json
 import os
-import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import grpc
 import msgpack
 import pytest
 
-from edgewire.gateway.config import GatewayConfig, SiteConfig, parse_config
+from edgewire.gateway.config import GatewayConfig, GrpcConfig, SiteConfig, parse_config
+from edgewire.gateway.grpcapi import gateway_pb2 as pb
+from edgewire.gateway.grpcapi import gateway_pb2_grpc as pbg
 from edgewire.gateway.errors import ConfigError
 from edgewire.gateway.service import Gateway
+from edgewire.sim.proxy import ProxyProcess
 from tests.backends.conftest import AMQP_URL, PikaQueue, via
-from tests.support.tcpproxy import TcpProxy
 from tests.gateway.conftest import Publisher, gateway_config, read_readings, wait_for
-from tests.gateway.test_journal_crash import BROKER_CONF, Recorder
-from tests.support.broker import Mosquitto, free_port, wait_port
+from tests.gateway.test_journal_crash import Recorder
+from tests.support.broker import Mosquitto
 
 
 def amqp_sink(exchange: str, url: str = AMQP_URL, **extra: Any) -> dict[str, Any]:
@@ -108,13 +111,31 @@ async def test_msgpack_and_batched_messages(broker: Mosquitto, publisher: Publis
     assert sorted(got) == sorted([("t", s, s) for s in range(1, 31)] + [("h", s, s * 2) for s in range(1, 31)])
 
 
+async def publish_through(publisher: Publisher, device: str, first: int, seconds: float, at_least: int) -> int:
+    """Publish one reading per message from seq `first` on, for `seconds` (about 20 a second) and at
+    least `at_least` messages; -> the last seq."""
+    end = time.monotonic() + seconds
+    seq = first - 1
+    while seq < first - 1 + at_least or time.monotonic() < end:
+        seq += 1
+        await asyncio.to_thread(publisher.telemetry, device, 1, seq, [["t", seq, 0]])
+        if seconds:
+            await asyncio.sleep(0.05)   # pacing: a steady stream through the outage, not a wait
+    return seq
+
+
+@pytest.mark.parametrize("outage_s", [0, pytest.param(30, marks=pytest.mark.slow)])
+@pytest.mark.timeout(300)
 async def test_rabbitmq_cut_off_mid_stream_loses_nothing(broker: Mosquitto, publisher: Publisher,
                                                          exchange_name: str, pika_queue: PikaQueue,
-                                                         amqp_proxy: TcpProxy) -> None:
+                                                         amqp_proxy: ProxyProcess, outage_s: int) -> None:
+    """RabbitMQ unreachable (the proxy resets every connection and refuses new ones) while devices
+    go on publishing: for as long as it takes the sink to fail and back off, and for the issue's 30 s
+    under the default backoff (0.5-30 s); then restored: every reading reaches the queue."""
     rec = Recorder(broker.port)
-    # short backoff so that the test does not wait out the default 0.5-30 s retries
-    cfg = gateway_config(broker).replace(sinks=(amqp_sink(exchange_name, via(amqp_proxy.port), batch=20,
-                                                          retry_min=0.05, retry_max=0.5, connect_timeout=2.0),))
+    # the quick case: short backoff so that the test does not wait out the default 0.5-30 s retries
+    quick = {} if outage_s else {"retry_min": 0.05, "retry_max": 0.5, "connect_timeout": 2.0}
+    cfg = gateway_config(broker).replace(sinks=(amqp_sink(exchange_name, via(amqp_proxy.port), batch=20, **quick),))
     try:
         async with Gateway(cfg) as gw:
             assert gw.mqtt is not None
@@ -124,27 +145,27 @@ async def test_rabbitmq_cut_off_mid_stream_loses_nothing(broker: Mosquitto, publ
                 await asyncio.to_thread(publisher.telemetry, "dev-cut", 1, seq, [["t", seq, 0]])
             await wait_for(lambda: pika_queue.count() >= 20, timeout=30, what="the first readings at the consumer")
             amqp_proxy.outage(True)   # RabbitMQ unreachable: connections reset, new ones refused
-            for seq in range(51, 151):
-                await asyncio.to_thread(publisher.telemetry, "dev-cut", 1, seq, [["t", seq, 0]])
+            last = await publish_through(publisher, "dev-cut", 51, outage_s, 100)
             await wait_for(lambda: sink.failures >= 3 and sink.state == "retrying", timeout=60,
                            what="the sink to fail and back off")
-            assert sink.stats()["lag"] > 0 and sink.last_error
+            assert sink.stats()["lag"] > 0 and sink.last_error and sink.lag_seconds() >= outage_s * 0.9
             amqp_proxy.outage(False)
-            await wait_for(lambda: sink.cursor == gw.journal.last_id == 150, timeout=60, what="the sink to catch up")
-            await wait_for(lambda: len(pika_queue.unique()) >= 150, timeout=30, what="150 readings at the consumer")
+            await wait_for(lambda: sink.cursor == gw.journal.last_id == last, timeout=120,
+                           what="the sink to catch up")
+            await wait_for(lambda: len(pika_queue.unique()) >= last, timeout=30, what="every reading at the consumer")
             assert sink.connects >= 2 and sink.state == "running"
     finally:
         rec.close()
     assert readings_at(pika_queue) == readings_of(rec)
-    assert len(readings_of(rec)) == 150
+    assert len(readings_of(rec)) == last >= 150 + outage_s * 10
 
 
 async def test_a_backend_that_never_confirms_lags_visibly_without_slowing_live_clients(
         tmp_path: Path, broker: Mosquitto, publisher: Publisher, exchange_name: str, pika_queue: PikaQueue,
-        amqp_proxy: TcpProxy) -> None:
+        amqp_proxy: ProxyProcess) -> None:
     archive = tmp_path / "archive.jsonl"
     # confirm_timeout 1 s instead of 30 so that the test sees the sink give up and retry
-    cfg = gateway_config(broker).replace(sinks=(
+    cfg = gateway_config(broker, grpc=GrpcConfig(listen="127.0.0.1:0")).replace(sinks=(
         amqp_sink(exchange_name, via(amqp_proxy.port), confirm_timeout=1.0, connect_timeout=1.0,
                   retry_min=0.05, retry_max=0.3),
         {"type": "jsonl", "name": "archive", "path": str(archive)}))
@@ -154,7 +175,7 @@ async def test_a_backend_that_never_confirms_lags_visibly_without_slowing_live_c
         sink = gw.sinks["rabbit"]
         await asyncio.to_thread(publisher.telemetry, "dev-slow", 1, 1, [["t", 1, 0]])
         await wait_for(lambda: sink.cursor == 1 and pika_queue.count() == 1, timeout=30, what="the first reading")
-        amqp_proxy.swallow(True)   # connected, and from now on nothing comes back: no confirms
+        amqp_proxy.rule(None, {"partition": "drop"})   # connected, and from now on nothing passes: no confirms
         async with http.get(gw.http_url + "/api/v1/stream?device=dev-slow") as sse:
             for seq in range(2, 42):
                 await asyncio.to_thread(publisher.telemetry, "dev-slow", 1, seq, [["t", seq, 0]])
@@ -170,84 +191,21 @@ async def test_a_backend_that_never_confirms_lags_visibly_without_slowing_live_c
         s = await wait_for(lagging, timeout=60, what="the lag to show")
         assert s["lag"] == 40 and s["cursor"] == 1 and s["state"] == "retrying"
         assert "confirm" in s["last_error"] or "Error" in s["last_error"]
-        amqp_proxy.swallow(False)
+        # the gateway's gRPC service shows the same (ListSinks: the same source as GET /api/v1/sinks)
+        assert gw.grpc is not None
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{gw.grpc.port}") as ch:
+            listed = {x.name: x for x in (await pbg.GatewayStub(ch).ListSinks(pb.ListSinksRequest())).sinks}
+        g = listed["rabbit"]
+        assert (g.type, g.state, g.cursor, g.lag) == ("amqp", "retrying", 1, 40)
+        assert g.lag_seconds > 0 and g.failures >= 1 and g.last_error and g.HasField("last_delivery")
+        assert json.loads(g.stats_json)["exchange"] == exchange_name and "guest" not in g.stats_json
+        a = listed["archive"]
+        assert (a.type, a.state, a.cursor, a.lag, a.delivered_readings) == ("jsonl", "running", 41, 0, 41)
+        amqp_proxy.rule(None, {"partition": None})
         await wait_for(lambda: sink.cursor == 41, timeout=60, what="the sink to catch up")
     await wait_for(lambda: len(pika_queue.unique()) >= 41, timeout=30, what="41 readings at the consumer")
     assert len(pika_queue.unique()) == 41
     assert [json.loads(x)["seq"] for x in archive.read_text().splitlines()] == list(range(1, 42))
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(300)
-@pytest.mark.parametrize("qos", [1, 2])
-async def test_gateway_sigkilled_mid_run_loses_nothing(tmp_path: Path, qos: int, exchange_name: str,
-                                                       pika_queue: PikaQueue) -> None:
-    # While the gateway is down mosquitto queues its session's messages; its default
-    # max_queued_messages (1000) is less than the publisher sends meanwhile, and it would drop
-    # the rest. Sites size it for their gateway's restart (docs/gateway.md, "Broker settings").
-    broker = Mosquitto(tmp_path, extra_conf=BROKER_CONF).start()
-    publisher = Publisher(broker.port)
-    rec = Recorder(broker.port)
-    port = free_port()
-    conf = tmp_path / "gateway.toml"
-    conf.write_text(f'[gateway]\nsite = "kill"\n'
-                    f'[mqtt]\nurl = "{broker.url}"\nclient_id = "gw-kill"\nkeepalive = 5\n'
-                    f'reconnect_min = 0.05\nreconnect_max = 0.5\n'
-                    f'[http]\nhost = "127.0.0.1"\nport = {port}\n'
-                    f'[journal]\npath = "{tmp_path / "journal.db"}"\n'
-                    f'[[sinks]]\ntype = "amqp"\nurl = "{AMQP_URL}"\nexchange = "{exchange_name}"\n'
-                    f'retry_min = 0.05\nretry_max = 0.5\nbatch = 50\n')
-    exe = str(Path(sys.executable).parent / "edgewire")
-    log = open(tmp_path / "gateway.log", "ab")
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def start() -> None:
-        procs.append(subprocess.Popen([exe, "gateway", "--config", str(conf)], stdout=log, stderr=log))
-        wait_port(port, timeout=30)
-
-    total = 2000   # messages of 5 readings: 10,000 readings
-
-    def publish_all() -> None:
-        for seq in range(1, total + 1):
-            publisher.telemetry(f"k-{seq % 4}", 1, seq, [[f"s{i}", seq * 10 + i, 0] for i in range(5)], qos=qos)
-
-    try:
-        start()
-        async with aiohttp.ClientSession() as http:
-            async def mqtt_up() -> bool:
-                try:
-                    async with http.get(f"http://127.0.0.1:{port}/healthz") as r:
-                        return bool((await r.json())["mqtt"]["connected"])
-                except aiohttp.ClientError:
-                    return False
-
-            await wait_for(mqtt_up, timeout=30, what="the gateway's MQTT session")
-            pub = asyncio.create_task(asyncio.to_thread(publish_all))
-            await wait_for(lambda: pika_queue.count() >= total * 5 // 3, timeout=60, what="a third at the consumer")
-            procs[-1].send_signal(signal.SIGKILL)   # no goodbye, sink cursor where it was
-            procs[-1].wait(10)
-            at_kill = pika_queue.count()
-            start()
-            await pub
-            await wait_for(lambda: len(readings_of(rec)) == total * 5, timeout=60, what="the MQTT subscriber")
-            await wait_for(lambda: len(pika_queue.unique()) >= total * 5, timeout=120,
-                           what="every reading at the consumer")
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(15)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
-        log.close()
-        rec.close()
-        publisher.close()
-        broker.stop()
-    assert readings_at(pika_queue) == readings_of(rec)
-    assert len(procs) == 2 and procs[0].returncode == -signal.SIGKILL
-    assert at_kill < total * 5   # killed mid-run
 
 
 def test_the_minimal_config_of_the_issue_is_complete() -> None:

@@ -94,3 +94,14 @@ def test_the_amqp_benchmark_runs(exchange_name: str) -> None:
     assert got["readings"] == 400 and len(got["repeats"]) == 1
     r = got["repeats"][0]
     assert r["baseline_per_s"] > 0 and r["sink_per_s"] > 0 and r["ratio"] > 0
+
+
+def test_the_grpc_benchmark_runs() -> None:
+    """bench/grpc_sink.py measures both phases against a server in its own process (figures: docs/benchmarks.md)."""
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "grpc_sink.py"), "--readings", "2000", "--repeat", "1",
+                          "--store", "--json"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    assert got["readings"] == 2000 and got["store"] is True and len(got["repeats"]) == 1
+    r = got["repeats"][0]
+    assert r["baseline_per_s"] > 0 and r["sink_per_s"] > 0 and r["ratio"] > 0

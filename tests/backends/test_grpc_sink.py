@@ -1,65 +1,28 @@
 """The grpc sink and the reference backend (`edgewire backend`) over real
 HTTP/2: every reading an independent MQTT subscriber saw is stored once; the
-backend killed mid-stream and restarted loses nothing; a backend that is away
-shows as lag; the generated code matches protos/."""
+backend killed mid-stream and restarted loses nothing; a backend that never
+acknowledges shows as lag without slowing live clients or the other sink;
+the generated code matches protos/."""
 from __future__ import annotations
 
 import asyncio
 import filecmp
-import json
-import signal
-import sqlite3
-import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from edgewire.gateway.config import GatewayConfig, SiteConfig
 from edgewire.gateway.errors import ConfigError
 from edgewire.gateway.service import Gateway
-from tests.gateway.conftest import ROOT, Publisher, gateway_config, wait_for, wait_line
+from edgewire.sim.proxy import ProxyProcess
+from tests.backends.conftest import AMQP_URL, Backend, PikaQueue
+from tests.gateway.conftest import ROOT, Publisher, gateway_config, read_readings, wait_for
 from tests.gateway.test_journal_crash import Recorder
 from tests.support.broker import Mosquitto, free_port
-
-
-class Backend:
-    """`edgewire backend --listen 127.0.0.1:PORT --store FILE` as a user runs it."""
-
-    def __init__(self, store: Path, port: int) -> None:
-        self.store = store
-        self.port = port
-        self.proc: subprocess.Popen[str] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen([str(Path(sys.executable).parent / "edgewire"), "backend", "--listen",
-                                      f"127.0.0.1:{self.port}", "--store", str(self.store)],
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        wait_line(self.proc, "listening on", timeout=60)
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.communicate(timeout=10)
-
-    def stop(self) -> str:
-        if self.proc is None or self.proc.poll() is not None:
-            return ""
-        self.proc.send_signal(signal.SIGTERM)
-        out, _ = self.proc.communicate(timeout=30)
-        return out
-
-    def rows(self) -> list[tuple[Any, ...]]:
-        if not self.store.exists():
-            return []
-        db = sqlite3.connect(f"file:{self.store}?mode=ro", uri=True)
-        try:
-            return db.execute("SELECT device, boot, seq, stream, value, site FROM readings").fetchall()
-        except sqlite3.OperationalError:
-            return []
-        finally:
-            db.close()
 
 
 def readings_of(rec: Recorder) -> set[tuple[str, int, int, str, Any]]:
@@ -68,7 +31,7 @@ def readings_of(rec: Recorder) -> set[tuple[str, int, int, str, Any]]:
 
 
 def stored(b: Backend) -> set[tuple[str, int, int, str, Any]]:
-    return {(d, bt, s, st, json.loads(v)) for d, bt, s, st, v, _ in b.rows()}
+    return b.readings()
 
 
 def test_generated_code_matches_the_protos(tmp_path: Path) -> None:
@@ -111,14 +74,18 @@ async def test_every_reading_reaches_the_reference_backend_once(tmp_path: Path, 
     assert "stored 150 readings" in out and "dropped 0 repeats" in out
 
 
+@pytest.mark.parametrize("outage_s", [0, pytest.param(30, marks=pytest.mark.slow)])
+@pytest.mark.timeout(300)
 async def test_backend_killed_and_restarted_mid_stream_loses_nothing(tmp_path: Path, broker: Mosquitto,
-                                                                     publisher: Publisher) -> None:
+                                                                     publisher: Publisher, outage_s: int) -> None:
+    """The backend SIGKILLed while devices go on publishing; restarted as soon as the sink has
+    failed, or after the issue's 30 s (under the default backoff, 0.5-30 s): nothing missing."""
     backend = Backend(tmp_path / "store.db", free_port())
     rec = Recorder(broker.port)
-    # short backoff so that the test does not wait out the default 0.5-30 s retries
+    # the quick case: short backoff so that the test does not wait out the default 0.5-30 s retries
+    quick = {} if outage_s else {"retry_min": 0.05, "retry_max": 0.5, "connect_timeout": 1.0}
     cfg = gateway_config(broker).replace(sinks=({"type": "grpc", "target": f"127.0.0.1:{backend.port}",
-                                                 "batch": 10, "retry_min": 0.05, "retry_max": 0.5,
-                                                 "connect_timeout": 1.0},))
+                                                 "batch": 10, **quick},))
     try:
         backend.start()
         async with Gateway(cfg) as gw:
@@ -129,20 +96,90 @@ async def test_backend_killed_and_restarted_mid_stream_loses_nothing(tmp_path: P
                 await asyncio.to_thread(publisher.telemetry, "dev-k", 1, seq, [["t", seq, 0], ["h", seq, 0]])
             await wait_for(lambda: len(backend.rows()) >= 20, timeout=30, what="the first readings stored")
             backend.kill()
-            for seq in range(41, 121):
+            end = time.monotonic() + outage_s
+            seq = 40
+            while seq < 120 or time.monotonic() < end:
+                seq += 1
                 await asyncio.to_thread(publisher.telemetry, "dev-k", 1, seq, [["t", seq, 0], ["h", seq, 0]])
+                if outage_s:
+                    await asyncio.sleep(0.05)   # pacing: a steady stream through the outage, not a wait
             await wait_for(lambda: sink.failures >= 2 and sink.state == "retrying", timeout=60,
                            what="the sink to fail and back off")
-            assert sink.stats()["lag"] > 0 and sink.stats()["lag_seconds"] > 0
+            assert sink.stats()["lag"] > 0 and sink.stats()["lag_seconds"] >= outage_s * 0.9
             backend.start()
-            await wait_for(lambda: sink.cursor == gw.journal.last_id == 240, timeout=60, what="the sink to catch up")
+            await wait_for(lambda: sink.cursor == gw.journal.last_id == seq * 2, timeout=120,
+                           what="the sink to catch up")
             assert sink.connects >= 2
         backend.stop()
     finally:
         backend.stop()
         rec.close()
     assert stored(backend) == readings_of(rec)
-    assert len(readings_of(rec)) == 240
+    assert len(readings_of(rec)) == seq * 2 >= 240 + outage_s * 20
+
+
+async def test_a_backend_that_never_acks_lags_visibly_without_slowing_live_clients(
+        tmp_path: Path, broker: Mosquitto, publisher: Publisher, exchange_name: str, pika_queue: PikaQueue) -> None:
+    """The gRPC backend behind the fault proxy, which from some point on lets nothing through (the
+    backend is connected but never acknowledges): the grpc sink's lag grows and shows, while SSE
+    clients and the amqp sink (straight to RabbitMQ) get every reading meanwhile."""
+    backend = Backend(tmp_path / "store.db", free_port())
+    backend.start()
+    proxy = ProxyProcess(("127.0.0.1", backend.port))
+    # ack_timeout 1 s instead of 30 so that the test sees the sink give up and retry
+    cfg = gateway_config(broker).replace(sinks=(
+        {"type": "grpc", "target": f"127.0.0.1:{proxy.port}", "ack_timeout": 1.0, "connect_timeout": 1.0,
+         "retry_min": 0.05, "retry_max": 0.3},
+        {"type": "amqp", "name": "rabbit", "url": AMQP_URL, "exchange": exchange_name}))
+    try:
+        async with Gateway(cfg) as gw, aiohttp.ClientSession() as http:
+            assert gw.mqtt is not None
+            await gw.mqtt.wait_connected(5)
+            sink = gw.sinks["grpc"]
+            await asyncio.to_thread(publisher.telemetry, "dev-stuck", 1, 1, [["t", 1, 0]])
+            await wait_for(lambda: sink.cursor == 1 and len(backend.rows()) == 1, timeout=30, what="the first reading")
+            proxy.rule(None, {"partition": "drop"})   # connected, and from now on nothing passes: no Acks
+            async with http.get(gw.http_url + "/api/v1/stream?device=dev-stuck") as sse:
+                for seq in range(2, 42):
+                    await asyncio.to_thread(publisher.telemetry, "dev-stuck", 1, seq, [["t", seq, 0]])
+                live = await read_readings(sse, 40)   # live clients get everything meanwhile
+            assert [e["seq"] for e in live] == list(range(2, 42))
+            await wait_for(lambda: gw.sinks["rabbit"].cursor == 41 and pika_queue.count() >= 41, timeout=30,
+                           what="the other sink")
+
+            async def lagging() -> Any:
+                async with http.get(gw.http_url + "/api/v1/sinks") as r:
+                    s = {x["name"]: x for x in (await r.json())["sinks"]}["grpc"]
+                return s if s["failures"] >= 1 and s["lag_seconds"] > 0 else None
+
+            s = await wait_for(lagging, timeout=60, what="the lag to show")
+            assert s["lag"] == 40 and s["cursor"] == 1 and s["state"] == "retrying" and "Ack" in s["last_error"]
+            proxy.rule(None, {"partition": None})
+            await wait_for(lambda: sink.cursor == 41, timeout=60, what="the sink to catch up")
+        backend.stop()
+    finally:
+        backend.stop()
+        proxy.close()
+    assert sorted(r[2] for r in backend.rows()) == list(range(1, 42))
+
+
+def test_batches_hold_what_the_events_hold() -> None:
+    """batch_of (the sink's fast path) builds exactly the Readings reading_message makes of each
+    event, for every kind of value, skipping entries that are not telemetry."""
+    from edgewire.gateway.grpcapi import forward_pb2 as fpb
+    from edgewire.gateway.grpcapi.convert import batch_of, reading_message
+    from edgewire.gateway.hub import events_of
+    from edgewire.gateway.journal import KIND_TELEMETRY, Entry
+
+    entries = [Entry(5, 5, KIND_TELEMETRY, "d", 2, 3, 1, [["a", 1.5, 10, None], ["b", 7, 11, None],
+                                                          ["c", True, 12, None], ["d", "x", 13, "oops"],
+                                                          ["e", None, 14, "no sensor"]]),
+               Entry(10, 1, KIND_TELEMETRY + 1, "d", 2, 4, 1, []),
+               Entry(11, 2, KIND_TELEMETRY, "e", 1, 1, 1, [["f", 2 ** 70, 1, None], ["g", -2 ** 63, 2, None]])]
+    want = fpb.Batch(site="s", first_id=5, last_id=12,
+                     readings=[reading_message(e) for en in entries for e in events_of(en)])
+    assert batch_of(entries, "s") == want and len(want.readings) == 7
+    assert batch_of([entries[1]], "s") is None
 
 
 def test_grpc_config_is_validated_before_any_io() -> None:

@@ -370,7 +370,7 @@ class Hub:
         ring, ids = self._ring, self._ring_ids
         ring.extend(events)
         ids.extend([e.id for e in events])
-        if len(ring) > 2 * self.ring_size:
+        if len(ring) > self.ring_size + (self.ring_size >> 2):  # trimmed at 1.25x: less memory, rare enough
             cut = len(ring) - self.ring_size
             self._ring_floor = ids[cut - 1] + 1
             del ring[:cut]

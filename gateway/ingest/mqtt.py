@@ -138,6 +138,11 @@ class MqttIngest:
         telemetry = self.decoder.telemetry
         pending: list[Telemetry] = []
         add = pending.append
+        # The journal's backlog is near its limit: QoS 0 telemetry is dropped here,
+        # counted (the broker would drop it uncounted once reading stops); what
+        # needs an ack is always taken, and reading stops at the limit (run()).
+        shedding = core.shedding
+        shed = 0
         for m in batch:
             try:
                 device, kind = topic(m.topic)
@@ -147,6 +152,9 @@ class MqttIngest:
                     if m.retain:  # the broker's stored copy, replayed at every subscribe: not a new reading
                         raise ProtocolError("retained", "retained telemetry ignored (publish telemetry "
                                                         "without the retain flag)")
+                    if shedding and not m.qos:
+                        shed += 1
+                        continue
                     add(telemetry(m.payload, device))
                 elif kind == "status" or kind == "result":
                     if pending:  # keep the journal in arrival order
@@ -162,3 +170,6 @@ class MqttIngest:
                 core.refuse(e.kind, f"{m.topic[:120].decode('utf-8', 'replace')}: {e}")
         if pending:
             core.accept_telemetry(pending, now_ms)
+        if shed:
+            core.shed(shed, f"{shed} QoS 0 telemetry message(s) dropped: the journal's backlog is full "
+                            "(the disk is slower than ingest; QoS 1/2 are held back at the broker instead)")

@@ -32,9 +32,13 @@ from edgewire.gateway.registry import Registry, RegistryFull
 
 log = logging.getLogger("edgewire.gateway.core")
 
-__all__ = ["Ack", "Core"]
+__all__ = ["Ack", "Core", "MESSAGE_COST"]
 
 Ack = Callable[[], None]
+
+# What one telemetry message of one reading costs the backlog beyond its
+# payload's size (Journal.cost: the row and the event that wait for the commit).
+MESSAGE_COST = ROW_COST + ID_COST
 
 # The reading bodies of journal rows, packed on the event loop only: one
 # reused Packer costs a third of msgpack.packb per call (which builds a Packer
@@ -67,12 +71,16 @@ class Core:
     def refuse(self, kind: str, detail: str) -> None:
         self.refusals.count(kind, detail)
 
-    @property
-    def shedding(self) -> bool:
-        """The journal's backlog is near its limit: adapters drop what may be
-        dropped (QoS 0 telemetry; never anything they must acknowledge) and
-        count it with `shed()`, before the backlog stops their reading."""
-        return self.journal.behind
+    def room(self) -> int:
+        """Bytes the journal's backlog may still take before its limit, this
+        batch's rows included. At 0 or less, adapters drop what may be dropped
+        (QoS 0 telemetry; never anything they must acknowledge) and count it
+        with `shed()`; reading stops only at 1.25x the limit (`ready()`).
+        Adapters estimate a message as `len(payload) + MESSAGE_COST`."""
+        j = self.journal
+        if j.pending_rows >= j.max_pending:
+            return 0
+        return j.max_pending_bytes - j.pending_bytes - self._cost
 
     def shed(self, n: int, detail: str) -> None:
         """Count n messages dropped because the journal's backlog is full."""

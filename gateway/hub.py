@@ -56,9 +56,10 @@ def _json_value(v: Any) -> str:
 
 class Event:
     """One reading as the hub carries it. `subject` is "<device>/<stream>", what
-    filters match. `json` is built once and shared by every client."""
+    filters match (made when a filter asks: a client on '#' never needs it).
+    `json` is built once and shared by every client."""
 
-    __slots__ = ("id", "device", "stream", "value", "error", "ts", "boot", "seq", "subject", "_json")
+    __slots__ = ("id", "device", "stream", "value", "error", "ts", "boot", "seq", "_json")
 
     def __init__(self, device: str, stream: str, value: Any, error: str | None, ts: int, boot: int,
                  seq: int) -> None:
@@ -70,8 +71,11 @@ class Event:
         self.ts = ts
         self.boot = boot
         self.seq = seq
-        self.subject = device + "/" + stream
         self._json: str | None = None
+
+    @property
+    def subject(self) -> str:
+        return self.device + "/" + self.stream
 
     @property
     def json(self) -> str:

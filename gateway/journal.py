@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import fcntl
+import itertools
 import logging
 import os
 import sqlite3
@@ -100,6 +101,19 @@ ROW_COST = 200
 ID_COST = 250
 
 _INSERT = "INSERT OR IGNORE INTO journal(id, n, kind, device, boot, seq, received, body) VALUES (?,?,?,?,?,?,?,?)"
+
+# Rows per INSERT statement (D17): one statement with many VALUES rows is one
+# sqlite3_step, so the writer thread releases and retakes the GIL once per
+# statement instead of once per row (executemany), and a busy event loop no
+# longer starves it. The largest chunk is capped by SQLite's variable limit.
+_CHUNKS = (256, 64, 16, 4, 1)
+
+
+def _insert_sql(k: int) -> str:
+    return _INSERT.split(" VALUES ")[0] + " VALUES " + ",".join(["(?,?,?,?,?,?,?,?)"] * k)
+
+
+_INSERTS = {k: _insert_sql(k) for k in _CHUNKS}
 
 
 class JournalError(GatewayError):
@@ -174,7 +188,7 @@ class Journal:
     """See the module docstring. Nothing is opened until open()."""
 
     def __init__(self, path: str | Path, *, synchronous: str = "full", max_bytes: int = 512 * 1024 * 1024,
-                 max_age: float = 30 * 86400.0, max_pending: int = 50_000, max_pending_bytes: int = 4 << 20,
+                 max_age: float = 30 * 86400.0, max_pending: int = 50_000, max_pending_bytes: int = 1 << 20,
                  retention_interval: float = 1.0) -> None:
         if synchronous not in _SYNC:
             raise ValueError(f"synchronous {synchronous!r}: expected full, normal or off")
@@ -332,13 +346,6 @@ class Journal:
         """The memory rows hold until committed, as the backlog counts it."""
         return sum(len(r.body) + ROW_COST + ID_COST * r.n for r in rows)
 
-    @property
-    def behind(self) -> bool:
-        """The backlog is past three quarters of a limit: the time to shed
-        what may be dropped (QoS 0 telemetry) before reading stops."""
-        return (self.pending_bytes * 4 >= self.max_pending_bytes * 3
-                or self.pending_rows * 4 >= self.max_pending * 3)
-
     def append(self, rows: list[Row], *, devices: Iterable[tuple[str, bytes | None]] = (),
                meta: Iterable[tuple[str, bytes]] = (), cursors: Iterable[tuple[str, int]] = (),
                then: Callable[[set[int]], None] | None = None, cost: int | None = None) -> None:
@@ -359,14 +366,14 @@ class Journal:
             self._cv.notify()
         if self.pending_bytes > self.pending_bytes_max:
             self.pending_bytes_max = self.pending_bytes
-        if (self.pending_rows >= self.max_pending or self.pending_bytes >= self.max_pending_bytes) \
+        if (self.pending_rows * 4 >= self.max_pending * 5 or self.pending_bytes * 4 >= self.max_pending_bytes * 5) \
                 and self._space is not None:
             self._space.clear()
 
     async def wait_space(self) -> None:
-        """Wait while the backlog is at max_pending rows or max_pending_bytes,
-        until it is down to half (ingest calls this between batches: the
-        transport then applies back-pressure)."""
+        """Wait while the backlog is past 1.25x max_pending rows or
+        max_pending_bytes, until it is down to half (ingest calls this between
+        batches: the transport then applies back-pressure)."""
         if self._space is not None and not self._space.is_set():
             self.space_waits += 1
             await self._space.wait()
@@ -454,7 +461,7 @@ class Journal:
         try:
             if rows:
                 before = conn.total_changes
-                conn.executemany(_INSERT, rows)
+                _insert(conn, rows)
                 if conn.total_changes - before != len(rows):
                     # Some were refused by the unique key: find which (rare).
                     ids = [r.id for r in rows]
@@ -655,6 +662,20 @@ class Journal:
             "removed_by_age": self.removed_by_age, "removed_by_size": self.removed_by_size,
             "write_errors": self.write_errors, "last_error": self.last_error,
         }
+
+
+def _insert(conn: sqlite3.Connection, rows: list[Row]) -> None:
+    """INSERT OR IGNORE the rows, in order, many per statement (_CHUNKS)."""
+    limit = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // 8
+    i, n = 0, len(rows)
+    flat = itertools.chain.from_iterable
+    for k in _CHUNKS:
+        if k > limit:
+            continue
+        sql = _INSERTS[k]
+        while n - i >= k:
+            conn.execute(sql, list(flat(rows[i:i + k])))
+            i += k
 
 
 def _post(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: Any) -> None:

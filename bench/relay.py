@@ -846,19 +846,34 @@ def run_all(args: argparse.Namespace) -> tuple[list[Repeat], str]:
             for qos in args.qos:
                 load = Load(args.seconds, args.devices, args.max_messages, qos)
                 rep = Repeat(qos, {}, {})
-                for sub in args.subscribers:
-                    rep.baseline[sub] = phase_baseline(work, load, sub, extra)
-                    progress(f"repeat {i + 1} QoS {qos} baseline {sub}: {rep.baseline[sub].rate:,.0f} msg/s")
-                for client in args.clients:
-                    label = f"gateway/{client}" + jl
-                    rep.gateways[label] = g = phase_gateway(work, load, client, journal, extra, label)
-                    progress(f"repeat {i + 1} QoS {qos} {label}: {g.rate:,.0f} msg/s {g.note}")
+                # Baselines and gateways alternate which goes first from one repeat to the
+                # next, so that a machine getting busier (or quieter) during a run does not
+                # favour one side of the ratio; the median of the repeats is reported.
+                gateway_first = i % 2 == 1
+
+                def baselines(rep: Repeat = rep, load: Load = load, i: int = i, qos: int = qos) -> None:
+                    for sub in args.subscribers:
+                        rep.baseline[sub] = phase_baseline(work, load, sub, extra)
+                        progress(f"repeat {i + 1} QoS {qos} baseline {sub}: {rep.baseline[sub].rate:,.0f} msg/s")
+
+                def gateways(rep: Repeat = rep, load: Load = load, i: int = i, qos: int = qos) -> None:
+                    for client in args.clients:
+                        label = f"gateway/{client}" + jl
+                        rep.gateways[label] = g = phase_gateway(work, load, client, journal, extra, label)
+                        progress(f"repeat {i + 1} QoS {qos} {label}: {g.rate:,.0f} msg/s {g.note}")
+
+                for step in ((gateways, baselines) if gateway_first else (baselines, gateways)):
+                    step()
                 if tuned and qos == 1:
-                    t = rep.tuned["mosquitto → raw"] = phase_baseline(work, load, "raw", tuned)
-                    progress(f"repeat {i + 1} QoS {qos} example broker config, baseline raw: {t.rate:,.0f} msg/s")
                     label = "gateway/ours" + jl
-                    t = rep.tuned[label] = phase_gateway(work, load, "ours", journal, tuned, label)
-                    progress(f"repeat {i + 1} QoS {qos} example broker config, {label}: {t.rate:,.0f} msg/s")
+                    for which in (("gateway", "raw") if gateway_first else ("raw", "gateway")):
+                        if which == "raw":
+                            t = rep.tuned["mosquitto → raw"] = phase_baseline(work, load, "raw", tuned)
+                            progress(f"repeat {i + 1} QoS {qos} example broker config, baseline raw: "
+                                     f"{t.rate:,.0f} msg/s")
+                        else:
+                            t = rep.tuned[label] = phase_gateway(work, load, "ours", journal, tuned, label)
+                            progress(f"repeat {i + 1} QoS {qos} example broker config, {label}: {t.rate:,.0f} msg/s")
                 if embedded:
                     small = Load(args.seconds, args.devices, min(args.max_messages, args.embedded_messages), qos)
                     e = rep.embedded["embedded amqtt → raw"] = phase_baseline(work, small, "raw", broker="embedded")

@@ -188,7 +188,7 @@ class HubConfig:
     has a queue of `client_queue` events (a client that lets it overflow reads
     from the journal until it has caught up)."""
 
-    ring: int = 10000
+    ring: int = 5000
     client_queue: int = 10000
     max_clients: int = 256
 

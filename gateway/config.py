@@ -189,7 +189,7 @@ class HubConfig:
     from the journal until it has caught up)."""
 
     ring: int = 5000
-    client_queue: int = 10000
+    client_queue: int = 2000
     max_clients: int = 256
 
     def __post_init__(self) -> None:

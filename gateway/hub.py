@@ -340,7 +340,7 @@ class Hub:
     events stay in memory so that most resumes and slow clients never touch
     SQLite."""
 
-    def __init__(self, *, source: EventSource, last_id: int = 0, ring: int = 5000, client_queue: int = 10000,
+    def __init__(self, *, source: EventSource, last_id: int = 0, ring: int = 5000, client_queue: int = 2000,
                  max_clients: int = 256, page: int = 2000) -> None:
         self.source = source
         self.last_id = last_id          # every event up to here is committed and was offered

@@ -9,7 +9,11 @@ Two loads per setting, each for `--seconds`:
   paced      10,000 readings/s in batches of 100 every 10 ms (a busy site):
              p50/p99/max of append -> commit callback, in ms
 
-    .venv/bin/python bench/journal_bench.py [--seconds 3] [--json]
+    .venv/bin/python bench/journal_bench.py [--seconds 3] [--json] [--dir DIR]
+
+On a Raspberry Pi, measure on the card or disk that will hold the journal
+(not /tmp, which may be in RAM): `--dir /var/lib/edgewire` (any folder on
+that file system; the files are removed afterwards).
 
 Run by bench/relay.py (make bench) when the gateway has a journal.
 """
@@ -98,7 +102,8 @@ async def _paced(jm: Any, path: Path, synchronous: str, seconds: float) -> dict[
 def _bare(jm: Any, path: Path, synchronous: str, seconds: float) -> dict[str, Any]:
     """bare sqlite3: the journal's schema and connection settings, one
     transaction per BARE_BATCH rows (as large as the journal's group commits
-    get when saturated), in this thread: the fastest plain way to the same rows."""
+    get when saturated), in this thread: the fastest plain way to the same rows
+    (many rows per INSERT statement where the journal does so, else executemany)."""
     conn = jm._connect(str(path), synchronous, check=False)  # noqa: SLF001  (same pragmas as the journal)
     conn.executescript(jm._SCHEMA)  # noqa: SLF001
     n = 0
@@ -107,7 +112,11 @@ def _bare(jm: Any, path: Path, synchronous: str, seconds: float) -> dict[str, An
         while time.perf_counter() - t0 < seconds:
             rows = _rows(jm, n + 1, BARE_BATCH, n, int(time.time() * 1000))
             conn.execute("BEGIN")
-            conn.executemany(jm._INSERT, rows)  # noqa: SLF001
+            insert = getattr(jm, "_insert", None)
+            if insert is not None:
+                insert(conn, rows)
+            else:
+                conn.executemany(jm._INSERT, rows)  # noqa: SLF001
             conn.execute("COMMIT")
             n += BARE_BATCH
         elapsed = time.perf_counter() - t0
@@ -116,11 +125,11 @@ def _bare(jm: Any, path: Path, synchronous: str, seconds: float) -> dict[str, An
     return {"readings_per_s": n / elapsed, "committed": n}
 
 
-def run(seconds: float = 3.0) -> dict[str, Any]:
+def run(seconds: float = 3.0, where: str | None = None) -> dict[str, Any]:
     from edgewire.gateway import journal as jm
 
     out: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory(prefix="edgewire-journal-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="edgewire-journal-bench-", dir=where) as tmp:
         d = Path(tmp)
         for sync in ("full", "normal"):
             bare = _bare(jm, d / f"bare-{sync}.db", sync, seconds)
@@ -147,11 +156,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--dir", default=None, help="measure in this folder (its file system), e.g. on a Pi's SD card")
     args = ap.parse_args(argv)
     if not 0 < args.seconds <= 30:
         ap.error("--seconds must be in (0, 30]")
     try:
-        res = run(args.seconds)
+        res = run(args.seconds, args.dir)
     except sqlite3.Error as e:
         print(f"bench/journal_bench.py: {e}", file=sys.stderr)
         return 1

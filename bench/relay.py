@@ -75,6 +75,7 @@ GOAL_RSS_MB = 60.0
 SUBSCRIBERS = ("mosquitto_sub", "raw", "gmqtt")
 DEPLOY_CONF = ROOT / "deploy" / "mosquitto.conf"  # the example broker config a site uses
 TELEMETRY_FILTER = f"{wire.ROOT}/+/telemetry"
+GATEWAY_EXTRA: list[str] = []  # --gateway-set SECTION.KEY=VALUE, appended to every gateway's TOML
 
 
 # ---------------------------------------------------------------- processes
@@ -397,6 +398,7 @@ class PhaseResult:
     note: str = ""
     loss: dict[str, int] | None = None
     gateway_counters: dict[str, int] | None = None
+    gateway_memory: dict[str, int] | None = None  # what the gateway held at the end (journal backlog peak, ring)
 
 
 def _run_publisher_process(port: int, load: Load) -> tuple[dict[str, Any], float]:
@@ -500,14 +502,31 @@ def gateway_toml(mq_port: int, http_port: int, workdir: Path, journal: str, embe
     or "normal"), the journal file always in `workdir` (never the default path
     in the current folder, which would carry ids and de-duplication over from
     another run), or "" for a gateway without a journal."""
+    extra = _settings_toml(GATEWAY_EXTRA)
     if embedded:  # no [mqtt] url: the gateway starts its embedded broker, here on a known free port
-        out = f'[embedded_broker]\nhost = "127.0.0.1"\nport = {mq_port}\nallow_fallback = false\n\n'
+        out = (f'[embedded_broker]\nhost = "127.0.0.1"\nport = {mq_port}\nallow_fallback = false\n'
+               f'{extra.pop("embedded_broker", "")}\n')
     else:
-        out = f'[mqtt]\nurl = "mqtt://127.0.0.1:{mq_port}"\nclient_id = "bench-gateway"\n\n'
-    out += (f'[http]\nhost = "127.0.0.1"\nport = {http_port}\ndashboard = false\n\n'
-           '[log]\nlevel = "warning"\n')
+        out = f'[mqtt]\nurl = "mqtt://127.0.0.1:{mq_port}"\nclient_id = "bench-gateway"\n{extra.pop("mqtt", "")}\n'
+    out += (f'[http]\nhost = "127.0.0.1"\nport = {http_port}\ndashboard = false\n{extra.pop("http", "")}\n'
+            f'[log]\nlevel = "warning"\n{extra.pop("log", "")}')
     if journal:
         out += f'\n[journal]\npath = "{workdir / f"journal-{http_port}.db"}"\nsynchronous = "{journal}"\n'
+        out += extra.pop("journal", "")
+    for section, lines in extra.items():
+        out += f"\n[{section}]\n{lines}"
+    return out
+
+
+def _settings_toml(settings: list[str]) -> dict[str, str]:
+    """['hub.ring=2000', ...] -> {'hub': 'ring = 2000\\n'} (values as TOML literals)."""
+    out: dict[str, str] = {}
+    for item in settings:
+        key, _, value = item.partition("=")
+        section, _, name = key.strip().partition(".")
+        if not section or not name or not value:
+            raise BenchError(f"--gateway-set {item!r}: expected SECTION.KEY=VALUE, e.g. hub.ring=2000")
+        out[section] = out.get(section, "") + f"{name} = {value.strip()}\n"
     return out
 
 
@@ -625,6 +644,10 @@ def phase_gateway(workdir: Path, load: Load, client: str = "ours", journal: str 
         res.loss = account_loss(int(stats["first_seq"]), int(stats["last_seq"]), names, final.get("seqs", {}),
                                 sum(registry_gaps(base, d) for d in names), int(hub.get("dropped_total", 0)))
         res.gateway_counters = loss_counters(gstats)
+        if isinstance(gstats, dict):
+            j = gstats.get("journal", {})
+            res.gateway_memory = {"journal_backlog_bytes_max": int(j.get("backlog_bytes_max", 0)),
+                                  "hub_ring": int(hub.get("ring", 0))}
         if final.get("gaps"):
             res.note = f"the WebSocket client was sent {final['gaps']} gap events"
         return res
@@ -823,19 +846,34 @@ def run_all(args: argparse.Namespace) -> tuple[list[Repeat], str]:
             for qos in args.qos:
                 load = Load(args.seconds, args.devices, args.max_messages, qos)
                 rep = Repeat(qos, {}, {})
-                for sub in args.subscribers:
-                    rep.baseline[sub] = phase_baseline(work, load, sub, extra)
-                    progress(f"repeat {i + 1} QoS {qos} baseline {sub}: {rep.baseline[sub].rate:,.0f} msg/s")
-                for client in args.clients:
-                    label = f"gateway/{client}" + jl
-                    rep.gateways[label] = g = phase_gateway(work, load, client, journal, extra, label)
-                    progress(f"repeat {i + 1} QoS {qos} {label}: {g.rate:,.0f} msg/s {g.note}")
+                # Baselines and gateways alternate which goes first from one repeat to the
+                # next, so that a machine getting busier (or quieter) during a run does not
+                # favour one side of the ratio; the median of the repeats is reported.
+                gateway_first = i % 2 == 1
+
+                def baselines(rep: Repeat = rep, load: Load = load, i: int = i, qos: int = qos) -> None:
+                    for sub in args.subscribers:
+                        rep.baseline[sub] = phase_baseline(work, load, sub, extra)
+                        progress(f"repeat {i + 1} QoS {qos} baseline {sub}: {rep.baseline[sub].rate:,.0f} msg/s")
+
+                def gateways(rep: Repeat = rep, load: Load = load, i: int = i, qos: int = qos) -> None:
+                    for client in args.clients:
+                        label = f"gateway/{client}" + jl
+                        rep.gateways[label] = g = phase_gateway(work, load, client, journal, extra, label)
+                        progress(f"repeat {i + 1} QoS {qos} {label}: {g.rate:,.0f} msg/s {g.note}")
+
+                for step in ((gateways, baselines) if gateway_first else (baselines, gateways)):
+                    step()
                 if tuned and qos == 1:
-                    t = rep.tuned["mosquitto → raw"] = phase_baseline(work, load, "raw", tuned)
-                    progress(f"repeat {i + 1} QoS {qos} example broker config, baseline raw: {t.rate:,.0f} msg/s")
                     label = "gateway/ours" + jl
-                    t = rep.tuned[label] = phase_gateway(work, load, "ours", journal, tuned, label)
-                    progress(f"repeat {i + 1} QoS {qos} example broker config, {label}: {t.rate:,.0f} msg/s")
+                    for which in (("gateway", "raw") if gateway_first else ("raw", "gateway")):
+                        if which == "raw":
+                            t = rep.tuned["mosquitto → raw"] = phase_baseline(work, load, "raw", tuned)
+                            progress(f"repeat {i + 1} QoS {qos} example broker config, baseline raw: "
+                                     f"{t.rate:,.0f} msg/s")
+                        else:
+                            t = rep.tuned[label] = phase_gateway(work, load, "ours", journal, tuned, label)
+                            progress(f"repeat {i + 1} QoS {qos} example broker config, {label}: {t.rate:,.0f} msg/s")
                 if embedded:
                     small = Load(args.seconds, args.devices, min(args.max_messages, args.embedded_messages), qos)
                     e = rep.embedded["embedded amqtt → raw"] = phase_baseline(work, small, "raw", broker="embedded")
@@ -877,6 +915,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="take mosquitto's limit settings from this file (default: mosquitto's defaults)")
     ap.add_argument("--no-journal-bench", dest="journal_bench", action="store_false",
                     help="skip the journal-alone measurement (bench/journal_bench.py)")
+    ap.add_argument("--gateway-set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="a setting for every gateway's config, e.g. journal.max_pending_bytes=8388608 (repeatable)")
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
     pp = sub.add_parser("publish", help="(internal) the raw publisher process")
     pp.add_argument("--port", type=int, required=True)
@@ -924,6 +964,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--embedded-messages must be at least --devices")
     if args.broker_conf is not None and not args.broker_conf.is_file():
         ap.error(f"--broker-conf {args.broker_conf}: no such file")
+    GATEWAY_EXTRA[:] = args.gateway_set
     repeats, load_before = run_all(args)
     jres: dict[str, Any] | None = None
     if args.journal_bench and journal_supported():

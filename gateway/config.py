@@ -204,8 +204,8 @@ class HubConfig:
     has a queue of `client_queue` events (a client that lets it overflow reads
     from the journal until it has caught up)."""
 
-    ring: int = 10000
-    client_queue: int = 10000
+    ring: int = 5000
+    client_queue: int = 2000
     max_clients: int = 256
 
     def __post_init__(self) -> None:
@@ -229,6 +229,7 @@ class JournalConfig:
     max_bytes: int = 512 * 1024 * 1024
     max_age: float = 30 * 86400.0
     max_pending: int = 50_000
+    max_pending_bytes: int = 1 << 20
     retention_interval: float = 1.0
 
     def __post_init__(self) -> None:
@@ -244,6 +245,7 @@ class JournalConfig:
             raise ConfigError(s, "max_bytes", self.max_bytes, "expected 0 (no limit) or at least 1048576 (1 MiB)")
         _num(s, "max_age", self.max_age, 0, 100 * 365 * 86400.0)
         _int(s, "max_pending", self.max_pending, 100, 10_000_000, " entries")
+        _int(s, "max_pending_bytes", self.max_pending_bytes, 1 << 18, 1 << 34, " bytes")
         _num(s, "retention_interval", self.retention_interval, 0.05, 3600)
 
 

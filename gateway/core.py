@@ -24,22 +24,28 @@ import msgpack
 from edgewire.gateway.commands import Commands
 from edgewire.gateway.decode import Result, Status, Telemetry
 from edgewire.gateway.hub import Event, Hub
-from edgewire.gateway.journal import (KIND_BIRTH, KIND_DEATH, KIND_RESULT, KIND_TELEMETRY, Journal, Row, pack)
+from edgewire.gateway.journal import (ID_COST, KIND_BIRTH, KIND_DEATH, KIND_RESULT, KIND_TELEMETRY, ROW_COST, Journal,
+                                      Row, pack)
 from edgewire.gateway.journal_state import device_state, registry_state
 from edgewire.gateway.refusals import Refusals
 from edgewire.gateway.registry import Registry, RegistryFull
 
 log = logging.getLogger("edgewire.gateway.core")
 
-__all__ = ["Ack", "Core"]
+__all__ = ["Ack", "Core", "MESSAGE_COST"]
 
 Ack = Callable[[], None]
+
+# What one telemetry message of one reading costs the backlog beyond its
+# payload's size (Journal.cost: the row and the event that wait for the commit).
+MESSAGE_COST = ROW_COST + ID_COST
 
 # The reading bodies of journal rows, packed on the event loop only: one
 # reused Packer costs a third of msgpack.packb per call (which builds a Packer
 # each time). Same bytes as journal.pack (use_bin_type=True); not thread-safe,
 # so never call it from the journal's writer thread.
 _pack_body = msgpack.Packer(use_bin_type=True).pack
+_tuple_new = tuple.__new__  # Row(...) without the namedtuple's Python-level __new__: hot path
 
 
 class Core:
@@ -53,65 +59,106 @@ class Core:
         self.messages = 0
         self.readings = 0
         self.duplicates_journal = 0   # refused by the journal's unique key
+        self.dropped_backlog = 0      # QoS 0 telemetry shed while the journal's backlog was full
         self.last_adapter: dict[str, str] = {}   # device -> the ingest adapter it last came through
         self._rows: list[Row] = []
         self._events: list[Event] = []
         self._results: list[Result] = []
         self._counted: list[Row] = []  # telemetry rows of this batch (for duplicates the journal refuses)
         self._dirty: set[str] = set()
+        self._cost = 0                # memory the rows of this batch hold until committed (Journal.cost)
 
     def refuse(self, kind: str, detail: str) -> None:
         self.refusals.count(kind, detail)
 
+    def room(self) -> int:
+        """Bytes the journal's backlog may still take before its limit, this
+        batch's rows included. At 0 or less, adapters drop what may be dropped
+        (QoS 0 telemetry; never anything they must acknowledge) and count it
+        with `shed()`; reading stops only at 1.25x the limit (`ready()`).
+        Adapters estimate a message as `len(payload) + MESSAGE_COST`."""
+        j = self.journal
+        if j.pending_rows >= j.max_pending:
+            return 0
+        return j.max_pending_bytes - j.pending_bytes - self._cost
+
+    def shed(self, n: int, detail: str) -> None:
+        """Count n messages dropped because the journal's backlog is full."""
+        self.dropped_backlog += n
+        self.refusals.count("backlog", detail, n)
+
     # ------------------------------------------------------------------ accept
     def accept_telemetry(self, batch: Sequence[Telemetry], received_ms: int, *, adapter: str = "mqtt") -> None:
-        """Account and deduplicate telemetry messages; their readings become events."""
+        """Account and deduplicate telemetry messages; their readings become events.
+
+        The per-message hot path: ids are taken from the journal once for the
+        whole batch, rows are built without the namedtuple constructor, and
+        each device keeps the last value of at most `max_streams` streams (more are
+        counted in values_dropped), updated inline."""
         registry = self.registry
         reg_telemetry = registry.telemetry
-        remember = registry.remember
+        max_streams = registry.max_streams
         devices = registry.devices
-        reserve = self.journal.reserve
+        journal = self.journal
+        first = i = journal.next_id
         rows = self._rows
+        add_row = rows.append
+        add_counted = self._counted.append
         add = self._events.append
         dirty = self._dirty
+        last_adapter = self.last_adapter
+        new = _tuple_new
+        cost = 0
         accepted = 0
         readings = 0
-        for t in batch:
-            device = t["device"]
-            try:
-                if not reg_telemetry(t, received_ms):
-                    dirty.add(device)
-                    continue  # duplicate: counted by the registry, never forwarded
-            except RegistryFull as e:
-                self.refuse("capacity", str(e))
-                continue
-            dirty.add(device)
-            if self.last_adapter.get(device) != adapter:
-                self.last_adapter[device] = adapter
-            accepted += 1
-            boot = t["boot"]
-            seq = t["seq"]
-            tm = t["time"]
-            base = (received_ms if tm is None else tm) - t["uptime"]
-            dev = devices[device]
-            rs = t["readings"]
-            n = len(rs)
-            i = reserve(n or 1)
-            body = []
-            for stream, value, up, error in rs:
-                ts = base + up
-                ev = Event(device, stream, value, error, ts, boot, seq)
-                ev.id = i
-                i += 1
-                add(ev)
-                body.append((stream, value, ts, error))
-                remember(dev, stream, value, ts, error)
-            row = Row(i - n if n else i, n or 1, KIND_TELEMETRY, device, boot, seq, received_ms, _pack_body(body))
-            rows.append(row)
-            self._counted.append(row)  # the row, not the decoded message: less held while the commit is pending
-            readings += n
-        self.messages += accepted
-        self.readings += readings
+        try:
+            for t in batch:
+                device = t["device"]
+                try:
+                    if not reg_telemetry(t, received_ms):
+                        dirty.add(device)
+                        continue  # duplicate: counted by the registry, never forwarded
+                except RegistryFull as e:
+                    self.refuse("capacity", str(e))
+                    continue
+                dirty.add(device)
+                if last_adapter.get(device) != adapter:
+                    last_adapter[device] = adapter
+                accepted += 1
+                boot = t["boot"]
+                seq = t["seq"]
+                tm = t["time"]
+                base = (received_ms if tm is None else tm) - t["uptime"]
+                dev = devices[device]
+                values = dev.values
+                rs = t["readings"]
+                n = len(rs) or 1
+                row_id = i
+                body = []
+                for stream, value, up, error in rs:
+                    ts = base + up
+                    ev = Event(device, stream, value, error, ts, boot, seq)
+                    ev.id = i
+                    i += 1
+                    add(ev)
+                    body.append((stream, value, ts, error))
+                    if stream in values or len(values) < max_streams:
+                        values[stream] = (value, ts, error)
+                    else:
+                        dev.values_dropped += 1
+                i = row_id + n
+                packed = _pack_body(body)
+                cost += len(packed)
+                row = new(Row, (row_id, n, KIND_TELEMETRY, device, boot, seq, received_ms, packed))
+                add_row(row)
+                add_counted(row)  # the row, not the decoded message: less held while the commit is pending
+                readings += len(rs)
+        finally:
+            if i > first:
+                journal.reserve(i - first)   # the ids used above, in one step
+            self._cost += cost + (ROW_COST + ID_COST) * accepted + ID_COST * (readings - accepted)
+            self.messages += accepted
+            self.readings += readings
 
     def accept_status(self, status: Status, received_ms: int, *, adapter: str = "mqtt",
                       retained: bool = False) -> None:
@@ -130,20 +177,24 @@ class Core:
             if status.online:
                 self.last_adapter[status.device] = adapter
         kind = KIND_BIRTH if status.online else KIND_DEATH
-        self._rows.append(Row(self.journal.reserve(1), 1, kind, status.device, None, None, received_ms,
-                              pack({**status._asdict(), "outcome": outcome})))
+        self._add_row(Row(self.journal.reserve(1), 1, kind, status.device, None, None, received_ms,
+                          pack({**status._asdict(), "outcome": outcome})))
 
     def accept_result(self, result: Result, received_ms: int = 0) -> None:
-        self._rows.append(Row(self.journal.reserve(1), 1, KIND_RESULT, result.device, None, None, received_ms,
-                              pack(result._asdict())))
+        self._add_row(Row(self.journal.reserve(1), 1, KIND_RESULT, result.device, None, None, received_ms,
+                          pack(result._asdict())))
         self._results.append(result)
+
+    def _add_row(self, row: Row) -> None:
+        self._rows.append(row)
+        self._cost += Journal.cost((row,))
 
     # ------------------------------------------------------------------ commit
     def commit(self, ack: Ack | None = None) -> None:
         """Queue what was accepted since the last commit for the journal; after
         its COMMIT, publish, resolve results, then call `ack` (see module doc)."""
-        rows, events, results, counted = self._rows, self._events, self._results, self._counted
-        self._rows, self._events, self._results, self._counted = [], [], [], []
+        rows, events, results, counted, cost = self._rows, self._events, self._results, self._counted, self._cost
+        self._rows, self._events, self._results, self._counted, self._cost = [], [], [], [], 0
         devices = self.registry.devices
         evicted = self.registry.evicted_ids
         if evicted:
@@ -169,7 +220,7 @@ class Core:
 
         # the registry's counters change only with a device's: written when something was
         meta = [("registry", registry_state(self.registry))] if rows or states else []
-        self.journal.append(rows, devices=states, meta=meta, then=durable)
+        self.journal.append(rows, devices=states, meta=meta, then=durable, cost=cost)
 
     def _refused(self, refused: set[int], events: list[Event], counted: list[Row]) -> list[Event]:
         """Messages the journal already held: take them back out of the counts."""
@@ -197,4 +248,4 @@ class Core:
 
     def stats(self) -> dict[str, int]:
         return {"messages": self.messages, "readings": self.readings,
-                "duplicates_journal": self.duplicates_journal}
+                "duplicates_journal": self.duplicates_journal, "dropped_backlog": self.dropped_backlog}

@@ -21,6 +21,8 @@ from edgewire.wire import ProtocolError
 __all__ = ["Decoder", "ProtocolError", "Telemetry", "Status", "Result"]
 
 _CACHE_MAX = 65536
+_unpackb = msgpack.unpackb
+_decode_env = rx.decode_telemetry_env
 
 
 class Telemetry(TypedDict):
@@ -105,8 +107,8 @@ class Decoder:
     def telemetry(self, payload: bytes, device: str) -> Telemetry:
         if len(payload) <= wire.MAX_PAYLOAD:
             try:
-                env = msgpack.unpackb(payload)
-                return cast(Telemetry, rx.decode_telemetry_env(env, device, self._stream_ok, self._id_ok))
+                env = _unpackb(payload)
+                return _decode_env(env, device, self._stream_ok, self._id_ok)  # type: ignore[no-any-return]
             except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError,
                     RecursionError):
                 pass  # fall through to the reference decoder for the exact error

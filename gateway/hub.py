@@ -56,9 +56,10 @@ def _json_value(v: Any) -> str:
 
 class Event:
     """One reading as the hub carries it. `subject` is "<device>/<stream>", what
-    filters match. `json` is built once and shared by every client."""
+    filters match (made when a filter asks: a client on '#' never needs it).
+    `json` is built once and shared by every client."""
 
-    __slots__ = ("id", "device", "stream", "value", "error", "ts", "boot", "seq", "subject", "_json")
+    __slots__ = ("id", "device", "stream", "value", "error", "ts", "boot", "seq", "_json")
 
     def __init__(self, device: str, stream: str, value: Any, error: str | None, ts: int, boot: int,
                  seq: int) -> None:
@@ -70,8 +71,11 @@ class Event:
         self.ts = ts
         self.boot = boot
         self.seq = seq
-        self.subject = device + "/" + stream
         self._json: str | None = None
+
+    @property
+    def subject(self) -> str:
+        return self.device + "/" + self.stream
 
     @property
     def json(self) -> str:
@@ -336,7 +340,7 @@ class Hub:
     events stay in memory so that most resumes and slow clients never touch
     SQLite."""
 
-    def __init__(self, *, source: EventSource, last_id: int = 0, ring: int = 10000, client_queue: int = 10000,
+    def __init__(self, *, source: EventSource, last_id: int = 0, ring: int = 5000, client_queue: int = 2000,
                  max_clients: int = 256, page: int = 2000) -> None:
         self.source = source
         self.last_id = last_id          # every event up to here is committed and was offered
@@ -370,7 +374,7 @@ class Hub:
         ring, ids = self._ring, self._ring_ids
         ring.extend(events)
         ids.extend([e.id for e in events])
-        if len(ring) > 2 * self.ring_size:
+        if len(ring) > self.ring_size + (self.ring_size >> 2):  # trimmed at 1.25x: less memory, rare enough
             cut = len(ring) - self.ring_size
             self._ring_floor = ids[cut - 1] + 1
             del ring[:cut]

@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import fcntl
+import itertools
 import logging
 import os
 import sqlite3
@@ -79,7 +80,6 @@ CREATE TABLE IF NOT EXISTS journal(
     body BLOB NOT NULL          -- msgpack: telemetry [[stream, value, ts, error], ...]; else the message's fields
 );
 CREATE UNIQUE INDEX IF NOT EXISTS journal_message ON journal(device, boot, seq) WHERE kind = 0;
-CREATE INDEX IF NOT EXISTS journal_received ON journal(received);
 CREATE TABLE IF NOT EXISTS devices(id TEXT PRIMARY KEY, state BLOB NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS cursors(name TEXT PRIMARY KEY, id INTEGER NOT NULL, updated INTEGER NOT NULL)
     WITHOUT ROWID;
@@ -87,7 +87,33 @@ CREATE TABLE IF NOT EXISTS cursors(name TEXT PRIMARY KEY, id INTEGER NOT NULL, u
 
 _SCHEMA = SCHEMA  # the old name (bench/journal_bench.py uses it)
 
+# Journals written before D17 had an index on `received` for retention by age;
+# every row paid a third b-tree insert for it. Age retention now walks the id
+# order (ids are handed out in arrival order), so the index is dropped at open.
+_MIGRATE = "DROP INDEX IF EXISTS journal_received"
+
+# Memory an entry holds while it waits for its commit, beyond its body: the
+# Row, and per id (reading) the hub Event that waits with it (object, subject
+# string, value). Measured with tracemalloc on the bench's 100-byte telemetry
+# (bench/loopcost.py --memory); the backlog limit [journal] max_pending_bytes
+# counts body + ROW_COST + IDS_COST per id.
+ROW_COST = 200
+ID_COST = 250
+
 _INSERT = "INSERT OR IGNORE INTO journal(id, n, kind, device, boot, seq, received, body) VALUES (?,?,?,?,?,?,?,?)"
+
+# Rows per INSERT statement (D17): one statement with many VALUES rows is one
+# sqlite3_step, so the writer thread releases and retakes the GIL once per
+# statement instead of once per row (executemany), and a busy event loop no
+# longer starves it. The largest chunk is capped by SQLite's variable limit.
+_CHUNKS = (256, 64, 16, 4, 1)
+
+
+def _insert_sql(k: int) -> str:
+    return _INSERT.split(" VALUES ")[0] + " VALUES " + ",".join(["(?,?,?,?,?,?,?,?)"] * k)
+
+
+_INSERTS = {k: _insert_sql(k) for k in _CHUNKS}
 
 
 class JournalError(GatewayError):
@@ -143,6 +169,7 @@ class _Append:
     cursors: list[tuple[str, int]]
     then: Callable[[set[int]], None] | None
     queued_at: float
+    cost: int   # bytes it holds in memory until committed (see ROW_COST)
 
 
 _SYNC = {"full": "FULL", "normal": "NORMAL", "off": "OFF"}
@@ -161,7 +188,8 @@ class Journal:
     """See the module docstring. Nothing is opened until open()."""
 
     def __init__(self, path: str | Path, *, synchronous: str = "full", max_bytes: int = 512 * 1024 * 1024,
-                 max_age: float = 30 * 86400.0, max_pending: int = 50_000, retention_interval: float = 1.0) -> None:
+                 max_age: float = 30 * 86400.0, max_pending: int = 50_000, max_pending_bytes: int = 1 << 20,
+                 retention_interval: float = 1.0) -> None:
         if synchronous not in _SYNC:
             raise ValueError(f"synchronous {synchronous!r}: expected full, normal or off")
         self.path = str(path)
@@ -169,6 +197,7 @@ class Journal:
         self.max_bytes = max_bytes
         self.max_age = max_age
         self.max_pending = max_pending
+        self.max_pending_bytes = max_pending_bytes
         self.retention_interval = retention_interval
         # ids: reserved on the loop, committed by the writer
         self.next_id = 1
@@ -195,7 +224,9 @@ class Journal:
         self.failing = False         # the last write failed (cleared by the next commit)
         self.last_error = ""
         self.pending_rows = 0        # rows appended, not committed yet
-        self.space_waits = 0         # times ingest waited for the writer (max_pending reached)
+        self.pending_bytes = 0       # the memory they hold (estimated: bodies + ROW_COST + ID_COST per id)
+        self.pending_bytes_max = 0   # the most it held
+        self.space_waits = 0         # times ingest waited for the writer (a backlog limit reached)
         self._pending: list[_Append] = []
         self._cv = threading.Condition()
         self._closing = False
@@ -259,6 +290,7 @@ class Journal:
     def _load(self, conn: sqlite3.Connection) -> None:
         try:
             conn.executescript(SCHEMA)
+            conn.execute(_MIGRATE)
             version = conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
             if version is None:
                 conn.execute("INSERT INTO meta(key, value) VALUES ('schema', ?)", (SCHEMA_VERSION,))
@@ -309,26 +341,39 @@ class Journal:
         """Rows appended and not committed yet."""
         return self.pending_rows
 
+    @staticmethod
+    def cost(rows: Iterable[Row]) -> int:
+        """The memory rows hold until committed, as the backlog counts it."""
+        return sum(len(r.body) + ROW_COST + ID_COST * r.n for r in rows)
+
     def append(self, rows: list[Row], *, devices: Iterable[tuple[str, bytes | None]] = (),
                meta: Iterable[tuple[str, bytes]] = (), cursors: Iterable[tuple[str, int]] = (),
-               then: Callable[[set[int]], None] | None = None) -> None:
+               then: Callable[[set[int]], None] | None = None, cost: int | None = None) -> None:
         """Queue rows (ids from reserve(), in order) and registry state for the
         next commit. `then(refused)` runs on the loop after COMMIT, with the ids
         of the rows the unique key refused (duplicates); entries commit in
-        append order. Never blocks: see wait_space() for back-pressure."""
+        append order. `cost`: the caller's Journal.cost(rows), when it has it.
+        Never blocks: see wait_space() for back-pressure."""
         if self._thread is None:
             raise JournalError("journal is not open")
-        item = _Append(rows, list(devices), list(meta), list(cursors), then, time.perf_counter())
+        if cost is None:
+            cost = self.cost(rows)
+        item = _Append(rows, list(devices), list(meta), list(cursors), then, time.perf_counter(), cost)
         with self._cv:
             self._pending.append(item)
             self.pending_rows += len(rows)
+            self.pending_bytes += cost
             self._cv.notify()
-        if self.pending_rows >= self.max_pending and self._space is not None:
+        if self.pending_bytes > self.pending_bytes_max:
+            self.pending_bytes_max = self.pending_bytes
+        if (self.pending_rows * 4 >= self.max_pending * 5 or self.pending_bytes * 4 >= self.max_pending_bytes * 5) \
+                and self._space is not None:
             self._space.clear()
 
     async def wait_space(self) -> None:
-        """Wait while more than max_pending rows wait for the writer (ingest
-        calls this between batches: the transport then applies back-pressure)."""
+        """Wait while the backlog is past 1.25x max_pending rows or
+        max_pending_bytes, until it is down to half (ingest calls this between
+        batches: the transport then applies back-pressure)."""
         if self._space is not None and not self._space.is_set():
             self.space_waits += 1
             await self._space.wait()
@@ -416,7 +461,7 @@ class Journal:
         try:
             if rows:
                 before = conn.total_changes
-                conn.executemany(_INSERT, rows)
+                _insert(conn, rows)
                 if conn.total_changes - before != len(rows):
                     # Some were refused by the unique key: find which (rare).
                     ids = [r.id for r in rows]
@@ -460,21 +505,31 @@ class Journal:
         self.commits += 1
         self.commit_seconds += seconds
         self.commit_max = max(self.commit_max, seconds)
-        n = 0
+        n = cost = 0
         for it in items:
-            n += len(it.rows)
-            for r in it.rows:
-                if r.id not in refused:
-                    self.appended += 1
-                    self.appended_ids += r.n
-                end = r.id + r.n - 1
+            rows = it.rows
+            n += len(rows)
+            cost += it.cost
+            if rows:
+                if refused:
+                    for r in rows:
+                        if r.id not in refused:
+                            self.appended += 1
+                            self.appended_ids += r.n
+                else:
+                    self.appended += len(rows)
+                    self.appended_ids += sum([r.n for r in rows])
+                last = rows[-1]  # rows are in id order
+                end = last.id + last.n - 1
                 if end > self.last_id:
                     self.last_id = end
             self.latencies.append(now - it.queued_at)
         self.duplicates += len(refused)
         with self._cv:
             self.pending_rows -= n
-        if self._space is not None and self.pending_rows < self.max_pending // 2:
+            self.pending_bytes -= cost
+        if self._space is not None and self.pending_rows < self.max_pending // 2 \
+                and self.pending_bytes < self.max_pending_bytes // 2:
             self._space.set()
         for it in items:
             if it.then is not None:
@@ -490,9 +545,14 @@ class Journal:
     def _retain(self, conn: sqlite3.Connection) -> None:
         removed: dict[str, list[int]] = {"age": [0, 0], "size": [0, 0]}   # why -> [entries, ids]
         if self.max_age > 0:
+            # the oldest entries, in id (= arrival) order, as far as they are older than max_age
             cutoff = int((time.time() - self.max_age) * 1000)
-            self._delete(conn, "SELECT id, n FROM journal WHERE received < ? ORDER BY id LIMIT 5000",
-                         (cutoff,), removed["age"])
+            old = []
+            for i, n, received in conn.execute("SELECT id, n, received FROM journal ORDER BY id LIMIT 5000"):
+                if received >= cutoff:
+                    break
+                old.append((i, n))
+            self._delete_rows(conn, old, removed["age"])
         size = _size(conn)
         rounds = 0
         while self.max_bytes and size > self.max_bytes and rounds < 20:
@@ -514,7 +574,10 @@ class Journal:
             _post(self._loop, self._retained, first, removed, size)
 
     def _delete(self, conn: sqlite3.Connection, select: str, args: tuple[Any, ...], into: list[int]) -> int:
-        rows = conn.execute(select, args).fetchall()
+        return self._delete_rows(conn, conn.execute(select, args).fetchall(), into)
+
+    def _delete_rows(self, conn: sqlite3.Connection, rows: list[tuple[int, int]], into: list[int]) -> int:
+        """Delete the journal up to the last of `rows` (the oldest entries, in id order)."""
         if not rows:
             return 0
         top = rows[-1][0]
@@ -591,12 +654,28 @@ class Journal:
             "commit_ms_avg": round(1000 * self.commit_seconds / self.commits, 3) if self.commits else 0.0,
             "commit_ms_max": round(1000 * self.commit_max, 3),
             "append_to_commit_ms_p99": round(1000 * p99, 3),
-            "backlog": self.pending_rows, "space_waits": self.space_waits, "size_bytes": self.size_bytes,
+            "backlog": self.pending_rows, "backlog_bytes": self.pending_bytes,
+            "backlog_bytes_max": self.pending_bytes_max, "max_pending_bytes": self.max_pending_bytes,
+            "space_waits": self.space_waits, "size_bytes": self.size_bytes,
             "max_bytes": self.max_bytes, "max_age": self.max_age,
             "removed_entries": self.removed_entries, "removed_ids": self.removed_ids,
             "removed_by_age": self.removed_by_age, "removed_by_size": self.removed_by_size,
             "write_errors": self.write_errors, "last_error": self.last_error,
         }
+
+
+def _insert(conn: sqlite3.Connection, rows: list[Row]) -> None:
+    """INSERT OR IGNORE the rows, in order, many per statement (_CHUNKS)."""
+    limit = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // 8
+    i, n = 0, len(rows)
+    flat = itertools.chain.from_iterable
+    for k in _CHUNKS:
+        if k > limit:
+            continue
+        sql = _INSERTS[k]
+        while n - i >= k:
+            conn.execute(sql, list(flat(rows[i:i + k])))
+            i += k
 
 
 def _post(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: Any) -> None:

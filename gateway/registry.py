@@ -304,13 +304,6 @@ class Registry:
         dev.readings += len(t["readings"])
         return True
 
-    def remember(self, device: Device, stream: str, value: Any, ts: int, error: str | None) -> None:
-        values = device.values
-        if stream in values or len(values) < self.max_streams:
-            values[stream] = (value, ts, error)
-        else:
-            device.values_dropped += 1
-
     def status(self, s: Status, now_ms: int, *, retained: bool = False) -> str:
         """Apply a birth or death: returns 'online', 'offline' or 'stale' (a death
         naming a session that is not the current one, ignored). A `retained`

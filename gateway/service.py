@@ -52,7 +52,8 @@ class Gateway:
                                  window=cfg.registry.dedup_window, boots_kept=cfg.registry.boots_kept)
         j = cfg.journal
         self.journal = Journal(j.path, synchronous=j.synchronous, max_bytes=j.max_bytes, max_age=j.max_age,
-                               max_pending=j.max_pending, retention_interval=j.retention_interval)
+                               max_pending=j.max_pending, max_pending_bytes=j.max_pending_bytes,
+                               retention_interval=j.retention_interval)
         self.hub = Hub(source=self.journal, ring=cfg.hub.ring, client_queue=cfg.hub.client_queue,
                        max_clients=cfg.hub.max_clients)
         self.commands = Commands(publisher=self, timeout=cfg.commands.timeout,

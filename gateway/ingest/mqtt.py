@@ -12,7 +12,7 @@ from typing import Any
 from edgewire import wire
 from edgewire.gateway.certs import client_context
 from edgewire.gateway.config import GatewayConfig, read_password
-from edgewire.gateway.core import Core
+from edgewire.gateway.core import MESSAGE_COST, Core
 from edgewire.gateway.decode import Decoder, ProtocolError, Telemetry
 from edgewire.gateway.errors import MqttNotConnected
 from edgewire.gateway.mqtt import Message, MqttClient
@@ -140,6 +140,13 @@ class MqttIngest:
         telemetry = self.decoder.telemetry
         pending: list[Telemetry] = []
         add = pending.append
+        # The journal's backlog is at its limit: QoS 0 telemetry is dropped here,
+        # counted, and reading goes on, so that QoS 1/2 messages behind it still
+        # come in (a paused socket makes the broker drop QoS 0 uncounted and, past
+        # its queue limit, QoS 1 too). What needs an ack is always taken; reading
+        # stops at 1.25x the limit (run(), core.ready()).
+        room = core.room()
+        shed = 0
         for m in batch:
             try:
                 device, kind = topic(m.topic)
@@ -149,7 +156,12 @@ class MqttIngest:
                     if m.retain:  # the broker's stored copy, replayed at every subscribe: not a new reading
                         raise ProtocolError("retained", "retained telemetry ignored (publish telemetry "
                                                         "without the retain flag)")
-                    add(telemetry(m.payload, device))
+                    payload = m.payload
+                    room -= len(payload) + MESSAGE_COST
+                    if room < 0 and not m.qos:
+                        shed += 1
+                        continue
+                    add(telemetry(payload, device))
                 elif kind == "status" or kind == "result":
                     if pending:  # keep the journal in arrival order
                         core.accept_telemetry(pending, now_ms)
@@ -164,3 +176,6 @@ class MqttIngest:
                 core.refuse(e.kind, f"{m.topic[:120].decode('utf-8', 'replace')}: {e}")
         if pending:
             core.accept_telemetry(pending, now_ms)
+        if shed:
+            core.shed(shed, f"{shed} QoS 0 telemetry message(s) dropped: the journal's backlog is full "
+                            "(the disk is slower than ingest; QoS 1/2 are held back at the broker instead)")

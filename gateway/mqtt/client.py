@@ -450,7 +450,7 @@ class MqttClient:
             self.stats.acks_moot += len(acks)
             return
         self.stats.acks_sent += len(acks)
-        conn.write(b"".join(P.ack(t, pid) for t, pid in acks))
+        conn.write(P.ack_list(acks))
 
     # ------------------------------------------------------------ outbound
     def _pid(self) -> int:

@@ -140,15 +140,23 @@ def subscribe(pid: int, filters: list[tuple[str, int]]) -> bytes:
     return bytes((SUBSCRIBE << 4 | 0x02,)) + _remaining(len(body)) + body
 
 
+_ACK = struct.Struct(">BBH").pack
+
+
 def ack(ptype: int, pid: int) -> bytes:
     """PUBACK, PUBREC, PUBREL or PUBCOMP for one packet id."""
-    return bytes(((ptype << 4) | (0x02 if ptype == PUBREL else 0), 2, pid >> 8, pid & 0xFF))
+    return _ACK((ptype << 4) | (0x02 if ptype == PUBREL else 0), 2, pid)
 
 
 def acks(ptype: int, pids: list[int]) -> bytes:
     """Many acks of one type in one buffer (one transport write)."""
     first = (ptype << 4) | (0x02 if ptype == PUBREL else 0)
-    return b"".join(bytes((first, 2, p >> 8, p & 0xFF)) for p in pids)
+    return b"".join([_ACK(first, 2, p) for p in pids])
+
+
+def ack_list(items: list[tuple[int, int]]) -> bytes:
+    """Acks of a read, (type, packet id) each, in order, in one buffer."""
+    return b"".join([_ACK((t << 4) | (0x02 if t == PUBREL else 0), 2, pid) for t, pid in items])
 
 
 PINGREQ_BYTES = bytes((PINGREQ << 4, 0))

@@ -5,6 +5,7 @@
     edgewire demo [--port 8080]
     edgewire journal check|repair|export PATH | --config FILE
     edgewire backend --listen HOST:PORT --store FILE
+    edgewire token create|list|revoke --file PATH | --config FILE
 
 Each job's module is imported only when that job runs. This module lives in
 edgewire.app, above the gateway and the simulator, so that neither of those
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edgewire", description="Edgewire: sensor data from devices to people and services.")
-    sub = p.add_subparsers(dest="job", required=True, metavar="{gateway,sim,demo,journal,backend}")
+    sub = p.add_subparsers(dest="job", required=True, metavar="{gateway,sim,demo,journal,backend,token}")
 
     g = sub.add_parser("gateway", help="run the gateway service")
     mode = g.add_mutually_exclusive_group()
@@ -52,7 +53,20 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("backend", help="the reference gRPC backend: stores a gateway's grpc sink stream in SQLite")
     b.add_argument("--listen", default="127.0.0.1:50051", help="HOST:PORT to serve on (port 0: any free one)")
     b.add_argument("--store", default="edgewire-backend.db", help="SQLite file for the readings")
+    add_token_parser(sub)
     return p
+
+
+def add_token_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    t = sub.add_parser("token", help="create, list or revoke the HTTP API's bearer tokens (docs/api.md)")
+    t.add_argument("action", choices=("create", "list", "revoke"))
+    t.add_argument("which", nargs="?", help="revoke: the token's id or name")
+    where = t.add_mutually_exclusive_group()
+    where.add_argument("--file", metavar="PATH", help="the token file")
+    where.add_argument("--config", metavar="FILE", help="take the file from this configuration's [http] token_file")
+    t.add_argument("--name", help="create: a name for the token (who or what uses it)")
+    t.add_argument("--scope", choices=("read", "command", "admin"), default="read",
+                   help="create: read (default), command (read + commands) or admin (command + reload)")
 
 
 def start_embedded_broker_for_sim() -> "EmbeddedBroker":
@@ -76,6 +90,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from edgewire.gateway.journal_tools import journal_main
 
         return journal_main(args)
+    if args.job == "token":
+        from edgewire.gateway.auth import token_main
+
+        return token_main(args)
     if args.job == "backend":
         from edgewire.app.backend import backend_main
 

@@ -82,7 +82,8 @@ class Gateway:
     def http_url(self) -> str:
         host = self._config.http.host
         host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-        return f"http://{host}:{self.http_port}"
+        scheme = "https" if self._config.http.cert_file else "http"
+        return f"{scheme}://{host}:{self.http_port}"
 
     @property
     def mqtt(self) -> MqttClient | None:
@@ -172,6 +173,11 @@ class Gateway:
         await self.journal.close()
         self._closed.set()
 
+    def reload(self) -> None:
+        """SIGHUP: read the HTTP token file again (a bad file keeps the old tokens, logged)."""
+        if self._http is not None:
+            self._http.reload()
+
     def close(self) -> None:
         """Ask wait_closed() to return (signal handlers call this)."""
         self._closed.set()
@@ -239,8 +245,7 @@ def gateway_main(args: argparse.Namespace) -> int:
         print(f"ConfigError: {e}", file=sys.stderr)
         return 2
     if args.check:
-        print(f"{path}: ok")
-        return 0
+        return _check(path, config)
     level = (args.log_level or config.log.level).upper()
     if level.lower() not in ("debug", "info", "warning", "error"):
         print(f"ConfigError: --log-level {args.log_level!r}: expected debug, info, warning or error", file=sys.stderr)
@@ -259,6 +264,21 @@ def gateway_main(args: argparse.Namespace) -> int:
     except OSError as e:
         log.error("cannot start: %s", e)
         return 1
+    return 0
+
+
+def _check(path: str, config: GatewayConfig) -> int:
+    """--check: the configuration, then the files, permissions and ports it names (gateway/preflight.py)."""
+    from edgewire.gateway.preflight import preflight
+
+    problems = preflight(config)
+    for p in problems:
+        print(p, file=sys.stderr)
+    errors = sum(p.level == "error" for p in problems)
+    if errors:
+        print(f"{path}: {errors} error(s); the gateway would not start, or not safely", file=sys.stderr)
+        return 2
+    print(f"{path}: ok" + (f" ({len(problems)} warning(s))" if problems else ""))
     return 0
 
 
@@ -299,6 +319,7 @@ async def _run(config: GatewayConfig) -> None:
     async with Gateway(config) as gw:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, gw.close)
+        loop.add_signal_handler(signal.SIGHUP, gw.reload)
         print(f"edgewire gateway: dashboard {gw.http_url}/  MQTT {gw.mqtt_url}", flush=True)
         await gw.wait_closed()
         log.info("shutting down")

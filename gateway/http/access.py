@@ -63,6 +63,7 @@ class Access:
         self.tls = bool(cfg.cert_file)
         self.refused = {"unauthorized": 0, "forbidden": 0, "cross_origin": 0, "bad_host": 0, "rate_limited": 0}
         self.reloads = 0
+        self.reload_failures = 0
 
     # ------------------------------------------------------------ the token file
     def reload(self) -> bool:
@@ -73,6 +74,7 @@ class Access:
         try:
             self.store = TokenStore.load(self.cfg.token_file)
         except TokenFileError as e:
+            self.reload_failures += 1
             log.error("token file not reloaded, the previous %d tokens stay in force: %s",
                       len(self.store.records), e)
             return False
@@ -273,6 +275,7 @@ class Access:
 
     def stats(self) -> dict[str, Any]:
         return {"enabled": self.enabled, "tokens": len(self.store.records), "reloads": self.reloads,
+                "reload_failures": self.reload_failures,
                 "failures": self.limiter.failures, "refused": dict(self.refused)}
 
 

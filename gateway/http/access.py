@@ -23,6 +23,7 @@ In order, for each request:
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
@@ -64,6 +65,9 @@ class Access:
         self.refused = {"unauthorized": 0, "forbidden": 0, "cross_origin": 0, "bad_host": 0, "rate_limited": 0}
         self.reloads = 0
         self.reload_failures = 0
+        # token id -> closers of the live streams (SSE, WebSocket) it opened: a revoked token's end at the reload
+        self._streams: dict[str, dict[int, Callable[[], None]]] = {}
+        self._next_stream = 0
 
     # ------------------------------------------------------------ the token file
     def reload(self) -> bool:
@@ -80,7 +84,29 @@ class Access:
             return False
         self.reloads += 1
         log.info("token file %s reloaded: %d tokens", self.cfg.token_file, len(self.store.records))
+        for token_id in [t for t in self._streams if t not in self.store.records]:
+            closers = self._streams.pop(token_id)
+            log.info("token %s was revoked: closing its %d live streams", token_id, len(closers))
+            for close in closers.values():
+                close()
         return True
+
+    def track(self, who: Principal, close: Callable[[], None]) -> Callable[[], None]:
+        """Remember a live stream opened with `who`'s token, to be closed if a
+        reload revokes the token; returns the function that forgets it."""
+        if who.via == "none":
+            return lambda: None
+        self._next_stream += 1
+        key = self._next_stream
+        self._streams.setdefault(who.id, {})[key] = close
+
+        def forget() -> None:
+            mine = self._streams.get(who.id)
+            if mine is not None:
+                mine.pop(key, None)
+                if not mine:
+                    del self._streams[who.id]
+        return forget
 
     def current(self, who: Principal) -> Principal | None:
         return who if not self.enabled else self.store.current(who)
@@ -238,7 +264,11 @@ class Access:
             token = header[7:].strip()
         else:
             try:
-                body = loads(await request.read())
+                async with asyncio.timeout(self.cfg.request_timeout):  # a body that trickles in
+                    raw = await request.read()
+                body = loads(raw)
+            except TimeoutError:
+                return error(408, "request_timeout", f"the body did not arrive within {self.cfg.request_timeout:g} s")
             except BadJson as e:
                 return error(400, "bad_request", f"{e}: send {{\"token\": \"ew_...\"}}")
             if not isinstance(body, dict) or not isinstance(body.get("token"), str):

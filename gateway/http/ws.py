@@ -53,6 +53,11 @@ class _Session:
         self.commands: set[asyncio.Task[None]] = set()
         self.overflowed = False
         self.transport: asyncio.BaseTransport | None = None
+        self.closing: asyncio.Task[bool] | None = None
+
+    def revoked(self) -> None:
+        """The token was revoked (a reload): close with 1008, policy."""
+        self.closing = asyncio.get_running_loop().create_task(self.ws.close(code=1008, message=b"token revoked"))
 
     def reply(self, obj: dict[str, Any]) -> None:
         if len(self.control) >= MAX_CONTROL:
@@ -200,6 +205,8 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
         await ws.close(code=1013, message=str(e).encode()[:120])
         return ws
     session = _Session(gw, ws, sub, request[PRINCIPAL], request.app[ACCESS])
+    # a reload that revokes the token closes the connection (1008, policy)
+    forget = session.access.track(session.who, session.revoked)
     session.transport = request.transport
     session.reply({"type": "hello", "last_id": hub.last_id})
     sender = asyncio.get_running_loop().create_task(session.sender(), name="ws-sender")
@@ -214,6 +221,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     except ConnectionError:
         pass
     finally:
+        forget()
         hub.close(sub)
         for t in list(session.commands):
             t.cancel()

@@ -2,7 +2,8 @@
 (issue #11 item 1): without a token 401, a `read` token cannot command (403),
 a `command` token can, `admin` alone reloads; a wrong token is counted,
 rate-limited per address and logged without its secret; a revoked token stops
-working at the reload (SIGHUP), also on a WebSocket that is already open.
+working at the reload (SIGHUP), and the SSE streams and WebSockets it opened
+are closed then.
 The commands go to a simulated device running the real device SDK."""
 from __future__ import annotations
 
@@ -106,7 +107,14 @@ async def test_sse_stream_needs_a_token(broker: Mosquitto, tokens: Tokens) -> No
         async with http.get(url, headers=tokens.header("read")) as r:
             assert r.status == 200 and r.headers["Content-Type"] == "text/event-stream"
             got = await read_readings(r, 2, timeout=20)
-        assert {e["device"] for e in got} == {device}
+            assert {e["device"] for e in got} == {device}
+            # the token is revoked and the file reloaded: the stream ends
+            revoke_token(tokens.path, "test-read")
+            gw.reload()
+            async with asyncio.timeout(10):
+                while await r.content.readany():
+                    pass
+        assert not [c for c in gw.hub.stats()["clients"] if c["kind"] == "sse"]
 
 
 async def _ws_command(ws: websockets.ClientConnection, device: str, ref: str) -> dict[str, object]:
@@ -139,11 +147,12 @@ async def test_websocket_needs_a_token_and_command_scope(broker: Mosquitto, toke
         async with websockets.connect(url, additional_headers=tokens.header("command")) as ws:
             m = await _ws_command(ws, device, "c1")
             assert (m["type"], m["ok"], m["value"]) == ("result", True, "pong"), m
-            # revoked and reloaded (what SIGHUP does): the open connection commands no more
+            # revoked and reloaded (what SIGHUP does): the open connection is closed, 1008
             revoke_token(tokens.path, "test-command")
             gw.reload()
-            m = await _ws_command(ws, device, "c2")
-            assert (m["type"], m["error"]) == ("error", "unauthorized"), m
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await _ws_command(ws, device, "c2")
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008, closed.value
         with pytest.raises(websockets.InvalidStatus) as e:
             async with websockets.connect(url, additional_headers=tokens.header("command")):
                 pass

@@ -5,8 +5,9 @@ In order, for each request:
 1. CORS preflight (OPTIONS) is answered here: allowed only for an origin in
    [http] cors_origins; closed otherwise.
 2. With authentication off (no [http] token_file, loopback only), the Host
-   header must name this machine (localhost, 127.0.0.1, [::1]): a page that
-   rebinds its own DNS name to 127.0.0.1 gets 403, not the API.
+   header must be an address or a name without a dot (localhost, the Pi's
+   own name): a page that rebinds its own DNS name to 127.0.0.1 gets 403,
+   not the API.
 3. A state-changing request (any method but GET/HEAD) and a WebSocket
    handshake carrying an `Origin` (browsers always send it there) must come
    from the gateway's own origin or one in cors_origins, whatever the
@@ -24,6 +25,7 @@ In order, for each request:
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
@@ -50,6 +52,22 @@ def _host_name(host: str) -> str:
     if host.startswith("["):
         return host[1:].split("]", 1)[0]
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def _local_host(host: str) -> bool:
+    """Whether a Host header may reach a gateway without authentication: an
+    IP address, or a name with no dot (`localhost`, the Pi's own name from
+    /etc/hosts) or under `.localhost`. DNS rebinding, a page of another site
+    whose name is made to resolve to 127.0.0.1, always comes with a dotted
+    public name (evil.example) and is refused."""
+    name = _host_name(host).rstrip(".").lower()
+    if is_loopback(name) or "." not in name or name.endswith(".localhost"):
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
 
 
 class Access:
@@ -176,11 +194,12 @@ class Access:
                          handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
         if request.method == "OPTIONS":
             return self._preflight(request)
-        if not self.enabled and not is_loopback(_host_name(request.host)):
+        if not self.enabled and not _local_host(request.host):
             return self._refuse("bad_host", 403, "bad_host",
-                                f"Host {request.host[:100]!r} is not this machine: with authentication off the "
-                                "gateway answers only to localhost, 127.0.0.1 and [::1] (set [http] token_file "
-                                "to serve other names)")
+                                f"Host {request.host[:100]!r}: with authentication off the gateway answers only "
+                                "to addresses and to names without a dot (localhost, this host's name): a dotted "
+                                "name could be another site's, rebound to this machine (set [http] token_file to "
+                                "serve such names)")
         is_ws = request.headers.get("Upgrade", "").lower() == "websocket"
         changes = request.method not in SAFE or is_ws
         if changes:

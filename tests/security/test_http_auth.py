@@ -213,15 +213,17 @@ async def test_login_cookie_reads_but_needs_the_own_origin_to_command(broker: Mo
 
 
 async def test_without_auth_only_local_host_names_are_served(broker: Mosquitto) -> None:
-    """Loopback without a token file (the default) is allowed, but only under
-    this machine's names: a page whose DNS name was rebound to 127.0.0.1
-    (Host: evil.example) gets 403, so it cannot read or command."""
+    """Loopback without a token file (the default) is allowed, but not under a
+    dotted name: a page whose DNS name was rebound to 127.0.0.1 (Host:
+    evil.example) gets 403, so it cannot read or command; addresses and
+    one-label names (localhost, the Pi's own name) are served."""
     from tests.gateway.conftest import gateway_config
 
     async with running(gateway_config(broker)) as gw, aiohttp.ClientSession() as http:
         port = gw.http_port
-        for host, status in (("evil.example", 403), (f"evil.example:{port}", 403), (f"localhost:{port}", 200),
-                             (f"127.0.0.1:{port}", 200), (f"[::1]:{port}", 200), ("127.1.2.3", 200)):
+        for host, status in (("evil.example", 403), (f"evil.example:{port}", 403), ("rebind.evil.example.", 403),
+                             (f"localhost:{port}", 200), ("raspberrypi", 200), (f"127.0.0.1:{port}", 200),
+                             (f"[::1]:{port}", 200), ("127.1.2.3", 200), ("app.localhost", 200)):
             r = await http.get(gw.http_url + "/api/v1/devices", headers={"Host": host})
             assert r.status == status, (host, await r.text())
         r = await http.post(gw.http_url + "/api/v1/devices/x/commands/ping", headers={"Host": "evil.example"})

@@ -18,7 +18,7 @@ from tests.support.broker import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "deploy" / "edgewire.service"
-GUIDE = ROOT / "docs" / "deploy-pi.md"
+GUIDE = ROOT / "docs/deploy-pi.md"
 
 
 def _unit() -> configparser.ConfigParser:

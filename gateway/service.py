@@ -121,6 +121,8 @@ class Gateway:
         cfg = self._config
         self._started_at = time.monotonic()
         try:
+            # reads the token file: a missing or broken one refuses the start before anything is opened
+            self._http = HttpServer(self, log_interval=cfg.log.drop_log_interval)
             self._open_journal()
             for table in cfg.sinks:
                 sink = self.sinks[table["name"]] = build_sink(dict(table), self.journal, gateway=self)
@@ -128,7 +130,6 @@ class Gateway:
             for name in enabled(cfg):
                 adapter = self.adapters[name] = build_adapter(name, cfg, self._core)
                 await adapter.start()
-            self._http = HttpServer(self, log_interval=cfg.log.drop_log_interval)
             await self._http.start()
             self.http_port = self._http.port
             if cfg.grpc.listen:   # the gRPC service (needs the grpc extra); imported only when asked for

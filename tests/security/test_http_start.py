@@ -47,6 +47,16 @@ def test_all_addresses_without_auth_refuse_to_start(tmp_path: Path) -> None:
     assert not (tmp_path / "edgewire-journal.db").exists()  # refused before anything was opened
 
 
+def test_a_missing_token_file_refuses_the_start_before_anything_opens(tmp_path: Path) -> None:
+    conf = tmp_path / "gw.toml"
+    conf.write_text(f'[http]\nport = 0\ntoken_file = "{tmp_path}/tokens.json"\n'
+                    f'[journal]\npath = "{tmp_path}/data/journal.db"\n')
+    res = _run("gateway", "--config", str(conf), cwd=tmp_path)
+    assert res.returncode == 1, res
+    assert f"TokenFileError: token file {tmp_path}/tokens.json does not exist: create a token with" in res.stderr
+    assert not (tmp_path / "data").exists() and "embedded" not in res.stderr  # no journal, no broker
+
+
 def test_check_names_files_permissions_and_ports(tmp_path: Path) -> None:
     tokens = tmp_path / "tokens.json"
     create_token(tokens, "ops", "read")

@@ -101,6 +101,8 @@ class Principal:
 
 
 ANONYMOUS = Principal(id="", name="anonymous (authentication off)", scope="admin", via="none")
+# the caller of a public route (the page, login) while authentication is on: the lowest scope, no token
+PUBLIC = Principal(id="", name="anonymous (public route)", scope="read", via="none")
 
 
 def _record(raw: Any, where: str) -> TokenRecord:

@@ -33,7 +33,7 @@ from typing import Any
 
 from aiohttp import web
 
-from edgewire.gateway.auth import ANONYMOUS, AuthFailure, FailureLimiter, Principal, TokenFileError, TokenStore
+from edgewire.gateway.auth import ANONYMOUS, PUBLIC, AuthFailure, FailureLimiter, Principal, TokenFileError, TokenStore
 from edgewire.gateway.config import HttpConfig, is_loopback
 from edgewire.gateway.http.common import BadJson, error, json_response, loads
 
@@ -209,7 +209,7 @@ class Access:
                          request.remote, why)
                 return self._refuse("cross_origin", 403, "cross_origin", f"{why}; nothing was done")
         need = self.needed_scope(request)
-        who: Principal | None = ANONYMOUS
+        who: Principal | None = ANONYMOUS if not self.enabled else PUBLIC
         if self.enabled and need is not None:
             peer = request.remote or ""
             wait = self.limiter.retry_after(peer)

@@ -118,8 +118,8 @@ class HttpServer:
         loop = self._loop = asyncio.get_running_loop()
         self._old_handler = loop.get_exception_handler()
         loop.set_exception_handler(throttled_exception_handler(self._log_interval))
-        self._runner = web.AppRunner(build_app(self._gw, self.guard, self.access), access_log=None, shutdown_timeout=1.0,
-                                     handle_signals=False, handler_cancellation=True, logger=SERVER_LOG,
+        self._runner = web.AppRunner(build_app(self._gw, self.guard, self.access), access_log=None,
+                                     shutdown_timeout=1.0, handle_signals=False, handler_cancellation=True, logger=SERVER_LOG,
                                      # the guard closes idle connections (and counts them); aiohttp's
                                      # own keep-alive timer is only the backstop
                                      keepalive_timeout=2 * cfg.idle_timeout + cfg.request_timeout)
@@ -133,7 +133,7 @@ class HttpServer:
             log.info("HTTP: authentication on, %d tokens from %s", len(self.access.store.records), cfg.token_file)
         else:
             log.info("HTTP: authentication off (no [http] token_file): anyone on this machine may read and "
-                        "command; the gateway listens on %s only", cfg.host)
+                     "command; the gateway listens on %s only", cfg.host)
 
     async def stop(self) -> None:
         if self._runner is not None:

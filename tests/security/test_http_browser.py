@@ -34,6 +34,10 @@ async def run(b: Browser, expression: str) -> object:
     return await asyncio.to_thread(b.evaluate, expression)
 
 
+# null-safe: right after Page.navigate the old document (about:blank) may still be the one evaluated
+LOGIN_SHOWN = "(e => !!e && !e.hidden)(document.getElementById('login'))"
+
+
 def login_js(token: str) -> str:
     return ("(() => { document.getElementById('token').value = " + json.dumps(token) + ";"
             " document.getElementById('login').requestSubmit(); return true; })()")
@@ -57,7 +61,7 @@ async def test_dashboard_logs_in_with_a_token_and_shows_live_values(broker: Mosq
                                                                     browser: Browser) -> None:
     async with running(secured_config(broker, tokens)) as gw, sim_device(broker, gw, "uidev") as device:
         await asyncio.to_thread(browser.goto, gw.http_url + "/")
-        await wait(browser, "!document.getElementById('login').hidden")
+        await wait(browser, LOGIN_SHOWN)
         assert await run(browser, "document.getElementById('status').textContent") == "logged out"
         assert await run(browser, "document.querySelectorAll('#devices tbody tr').length") == 0
         # a wrong token: the form says why and nothing is shown
@@ -74,7 +78,7 @@ async def test_dashboard_logs_in_with_a_token_and_shows_live_values(broker: Mosq
         assert len(clients) == 1
         # log out: the stream closes and the form is back
         await run(browser, "document.getElementById('logout').click()")
-        await wait(browser, "!document.getElementById('login').hidden")
+        await wait(browser, LOGIN_SHOWN)
         r = await run(browser, "fetch('/api/v1/devices').then(r => window.__after = r.status), 1")
         assert r == 1
         assert await wait(browser, "window.__after") == 401
@@ -118,7 +122,7 @@ async def test_a_page_on_another_origin_cannot_command(broker: Mosquitto, tokens
     async with running(cfg) as gw, sim_device(broker, gw, f"csrf{auth}") as device:
         await asyncio.to_thread(browser.goto, gw.http_url + "/")
         if auth == "token":  # the victim is logged in with a token that may command
-            await wait(browser, "!document.getElementById('login').hidden")
+            await wait(browser, LOGIN_SHOWN)
             await run(browser, login_js(tokens.command))
         await wait(browser, f"{row_text(device)}.includes('online')")
         # the control: the gateway's own page, with the same browser state, can command

@@ -7,6 +7,7 @@
     edgewire backend --listen HOST:PORT | --amqp URL --store FILE
     edgewire device provision|revoke|list [ID] --config FILE
     edgewire certs init DIR [--name HOST]...
+    edgewire token create|list|revoke --file PATH | --config FILE
 
 Each job's module is imported only when that job runs. This module lives in
 edgewire.app, above the gateway and the simulator, so that neither of those
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edgewire", description="Edgewire: sensor data from devices to people and services.")
-    sub = p.add_subparsers(dest="job", required=True, metavar="{gateway,sim,demo,journal,backend,device,certs}")
+    sub = p.add_subparsers(dest="job", required=True, metavar="{gateway,sim,demo,journal,backend,device,certs,token}")
 
     g = sub.add_parser("gateway", help="run the gateway service")
     mode = g.add_mutually_exclusive_group()
@@ -64,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--binding", default="#", help="AMQP: routing-key pattern binding the queue (e.g. 'barn.#')")
     b.add_argument("--store", default="edgewire-backend.db", help="SQLite file for the readings")
     add_mqtt_security_parsers(sub)
+    add_token_parser(sub)
     return p
 
 
@@ -89,6 +91,18 @@ def add_mqtt_security_parsers(sub: "argparse._SubParsersAction[argparse.Argument
     c.add_argument("--renew-server", action="store_true", help="keep the CA, make a new server certificate")
 
 
+def add_token_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    t = sub.add_parser("token", help="create, list or revoke the HTTP API's bearer tokens (docs/api.md)")
+    t.add_argument("action", choices=("create", "list", "revoke"))
+    t.add_argument("which", nargs="?", help="revoke: the token's id or name")
+    where = t.add_mutually_exclusive_group()
+    where.add_argument("--file", metavar="PATH", help="the token file")
+    where.add_argument("--config", metavar="FILE", help="take the file from this configuration's [http] token_file")
+    t.add_argument("--name", help="create: a name for the token (who or what uses it)")
+    t.add_argument("--scope", choices=("read", "command", "admin"), default="read",
+                   help="create: read (default), command (read + commands) or admin (command + reload)")
+
+
 def start_embedded_broker_for_sim() -> "EmbeddedBroker":
     """The gateway's embedded broker on a free port, for `edgewire sim` without --broker."""
     from edgewire.gateway.embedded_broker import EmbeddedBroker, EmbeddedBrokerError
@@ -110,6 +124,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from edgewire.gateway.journal_tools import journal_main
 
         return journal_main(args)
+    if args.job == "token":
+        from edgewire.gateway.auth import token_main
+
+        return token_main(args)
     if args.job == "backend":
         from edgewire.app.backend import backend_main
 

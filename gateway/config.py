@@ -163,7 +163,7 @@ class EmbeddedBrokerConfig:
 class HttpConfig:
     """[http]: the REST, SSE and WebSocket server and the dashboard."""
 
-    host: str = "0.0.0.0"
+    host: str = "127.0.0.1"
     port: int = 8080
     heartbeat: float = 15.0
     ws_batch: int = 2000
@@ -177,6 +177,15 @@ class HttpConfig:
     max_connections_per_peer: int = 64
     max_live_per_peer: int = 32
     live_reserve: int = 16
+    # authentication, cross-origin rules, HTTPS, metrics (issue #11; docs/api.md "Authentication")
+    token_file: str = ""
+    session_lifetime: float = 43200.0
+    cors_origins: tuple[str, ...] = ()
+    cert_file: str = ""
+    key_file: str = ""
+    metrics_auth: bool = True
+    auth_max_failures: int = 10
+    auth_failure_window: float = 60.0
 
     def __post_init__(self) -> None:
         _str("http", "host", self.host, 255)
@@ -195,6 +204,45 @@ class HttpConfig:
         _int("http", "max_connections_per_peer", self.max_connections_per_peer, 1, 1_000_000)
         _int("http", "max_live_per_peer", self.max_live_per_peer, 1, 100_000)
         _int("http", "live_reserve", self.live_reserve, 0, 100_000, " live-client slots")
+        _http_security(self)
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 and `localhost`: addresses only this machine reaches."""
+    import ipaddress
+
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _http_security(c: HttpConfig) -> None:
+    s = "http"
+    _str(s, "token_file", c.token_file, 4096)
+    if not is_loopback(c.host) and not c.token_file:
+        raise ConfigError(s, "host", c.host, "listening beyond this machine needs authentication: set [http] "
+                          "token_file (tokens from `edgewire token create`), or keep host = \"127.0.0.1\"")
+    _num(s, "session_lifetime", c.session_lifetime, 60, 365 * 86400.0)
+    origins = c.cors_origins
+    if not isinstance(origins, (list, tuple)) or not all(isinstance(o, str) for o in origins):
+        raise ConfigError(s, "cors_origins", origins, "expected a list of origins, e.g. [\"https://grafana.example\"]")
+    for o in origins:
+        u = urlsplit(o)
+        if u.scheme not in ("http", "https") or not u.netloc or u.path or u.query or u.fragment or o != o.lower():
+            raise ConfigError(s, "cors_origins", o, "expected an origin: scheme://host[:port] in lower case, "
+                              "no path (\"*\" is not accepted)")
+    object.__setattr__(c, "cors_origins", tuple(origins))
+    _str(s, "cert_file", c.cert_file, 4096)
+    _str(s, "key_file", c.key_file, 4096)
+    if bool(c.cert_file) != bool(c.key_file):
+        raise ConfigError(s, "key_file" if c.cert_file else "cert_file", c.key_file if c.cert_file else c.cert_file,
+                          "HTTPS needs both cert_file and key_file (PEM); neither: plain HTTP")
+    _bool(s, "metrics_auth", c.metrics_auth)
+    _int(s, "auth_max_failures", c.auth_max_failures, 1, 1_000_000, " failed attempts per address")
+    _num(s, "auth_failure_window", c.auth_failure_window, 1, 86400)
 
 
 @dataclass(frozen=True, slots=True)

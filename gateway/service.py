@@ -83,7 +83,8 @@ class Gateway:
     def http_url(self) -> str:
         host = self._config.http.host
         host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-        return f"http://{host}:{self.http_port}"
+        scheme = "https" if self._config.http.cert_file else "http"
+        return f"{scheme}://{host}:{self.http_port}"
 
     @property
     def mqtt(self) -> MqttClient | None:
@@ -121,6 +122,8 @@ class Gateway:
         cfg = self._config
         self._started_at = time.monotonic()
         try:
+            # reads the token file: a missing or broken one refuses the start before anything is opened
+            self._http = HttpServer(self, log_interval=cfg.log.drop_log_interval)
             if cfg.mqtt_auth.dir:  # the broker's password file and ACL, from the device list
                 from edgewire.gateway.provision import write_broker_files
 
@@ -132,7 +135,6 @@ class Gateway:
             for name in enabled(cfg):
                 adapter = self.adapters[name] = build_adapter(name, cfg, self._core)
                 await adapter.start()
-            self._http = HttpServer(self, log_interval=cfg.log.drop_log_interval)
             await self._http.start()
             self.http_port = self._http.port
             if cfg.grpc.listen:   # the gRPC service (needs the grpc extra); imported only when asked for
@@ -176,6 +178,13 @@ class Gateway:
             await sink.stop()
         await self.journal.close()
         self._closed.set()
+
+    def reload(self) -> None:
+        """SIGHUP: read the HTTP token file again (a bad file keeps the old tokens,
+        logged) and regenerate the broker's password file and ACL."""
+        if self._http is not None:
+            self._http.reload()
+        self.reload_mqtt_auth()
 
     def reload_mqtt_auth(self) -> None:
         """SIGHUP: the broker's password file and ACL again from the device list
@@ -262,8 +271,7 @@ def gateway_main(args: argparse.Namespace) -> int:
         print(f"ConfigError: {e}", file=sys.stderr)
         return 2
     if args.check:
-        print(f"{path}: ok")
-        return 0
+        return _check(path, config)
     level = (args.log_level or config.log.level).upper()
     if level.lower() not in ("debug", "info", "warning", "error"):
         print(f"ConfigError: --log-level {args.log_level!r}: expected debug, info, warning or error", file=sys.stderr)
@@ -282,6 +290,21 @@ def gateway_main(args: argparse.Namespace) -> int:
     except OSError as e:
         log.error("cannot start: %s", e)
         return 1
+    return 0
+
+
+def _check(path: str, config: GatewayConfig) -> int:
+    """--check: the configuration, then the files, permissions and ports it names (gateway/preflight.py)."""
+    from edgewire.gateway.preflight import preflight
+
+    problems = preflight(config)
+    for p in problems:
+        print(p, file=sys.stderr)
+    errors = sum(p.level == "error" for p in problems)
+    if errors:
+        print(f"{path}: {errors} error(s); the gateway would not start, or not safely", file=sys.stderr)
+        return 2
+    print(f"{path}: ok" + (f" ({len(problems)} warning(s))" if problems else ""))
     return 0
 
 
@@ -322,7 +345,7 @@ async def _run(config: GatewayConfig) -> None:
     async with Gateway(config) as gw:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, gw.close)
-        loop.add_signal_handler(signal.SIGHUP, gw.reload_mqtt_auth)
+        loop.add_signal_handler(signal.SIGHUP, gw.reload)
         print(f"edgewire gateway: dashboard {gw.http_url}/  MQTT {gw.mqtt_url}", flush=True)
         await gw.wait_closed()
         log.info("shutting down")

@@ -8,6 +8,8 @@ need=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v mosquitto_sub >/dev/null 2>&1 || need+=(mosquitto-clients)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+# a real Prometheus scrapes the gateway's /metrics (tests/security/test_http_metrics.py)
+command -v prometheus >/dev/null 2>&1 || [ -x /usr/bin/prometheus ] || need+=(prometheus)
 # RabbitMQ: the backend tests (tests/backends) use the one at AMQP_URL, by
 # default the machine's own on 127.0.0.1:5672 (guest/guest). If that one is
 # installed but not running, start it (the tests never stop it); otherwise the
@@ -27,7 +29,8 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "installing missing system packages: ${need[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"
-  # The package's own service is not ours to run; tests start private brokers.
+  # The packages' own services are not ours to run; tests start private brokers
+  # and a private Prometheus.
 else
   echo "error: the tests need these Debian packages: ${need[*]}" >&2
   echo "       install them with: sudo apt-get install ${need[*]}" >&2

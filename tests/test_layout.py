@@ -21,7 +21,7 @@ MAY_IMPORT = {"app": {"app", "gateway", "sim", "sdk"}, "gateway": {"gateway", "s
               "sim": {"sim", "sdk"}, "sdk": {"sdk"}}
 # Third-party packages each CPython part may import at run time (the
 # pyproject.toml run-time dependencies); the test extra is not among them.
-RUNTIME_IMPORTS = {"msgpack", "aiohttp", "amqtt"}
+RUNTIME_IMPORTS = {"msgpack", "aiohttp", "amqtt", "prometheus_client"}
 # Optional extras: a module may import its extra's packages (pyproject.toml), no other module may.
 OPTIONAL_IMPORTS = {"gateway/sinks/amqp.py": {"aio_pika", "aiormq"}, "gateway/sinks/grpc.py": {"grpc"},
                     "gateway/grpcapi/forward_pb2.py": {"google"}, "gateway/grpcapi/forward_pb2_grpc.py": {"grpc"},
@@ -100,7 +100,7 @@ def test_cpython_parts_import_only_runtime_dependencies(part: str) -> None:
 
 def test_runtime_dependencies_are_what_the_parts_import() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    names = {re.split(r"[<>=!~\[ ;]", d, maxsplit=1)[0].lower() for d in project["dependencies"]}
+    names = {re.split(r"[<>=!~\[ ;]", d, maxsplit=1)[0].lower().replace("-", "_") for d in project["dependencies"]}
     assert names == RUNTIME_IMPORTS, "update RUNTIME_IMPORTS with pyproject.toml's dependencies (or the reverse)"
 
 
@@ -125,7 +125,7 @@ def _test_extra() -> list[str]:
 def test_readme_says_what_make_test_installs() -> None:
     readme = (ROOT / "README.md").read_text()
     packages = _system_packages()
-    assert packages == ["mosquitto", "mosquitto-clients", "chromium"], packages
+    assert packages == ["mosquitto", "mosquitto-clients", "chromium", "prometheus"], packages
     for name in packages:
         assert re.search(rf"`{re.escape(name)}`", readme), f"README does not name {name}, which `make test` installs"
     for name in _test_extra():

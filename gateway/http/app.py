@@ -12,7 +12,8 @@ from typing import Any
 from aiohttp import web
 
 from edgewire.gateway.http import api, sse, ws
-from edgewire.gateway.http.common import GATEWAY, GatewayView, error
+from edgewire.gateway.http.access import Access, ssl_context
+from edgewire.gateway.http.common import ACCESS, GATEWAY, GatewayView, error
 from edgewire.gateway.http.guard import ConnectionGuard, GuardedSite
 from edgewire.gateway.refusals import ThrottleFilter, throttled_exception_handler
 
@@ -51,13 +52,27 @@ async def _json_errors(request: web.Request,
         raise
 
 
-def build_app(gw: GatewayView, guard: ConnectionGuard | None = None) -> web.Application:
-    middlewares: list[Any] = [_json_errors]
+async def _metrics(request: web.Request) -> web.StreamResponse:
+    from edgewire.gateway.metrics import CONTENT_TYPE, render
+
+    return web.Response(body=render(request.app[GATEWAY]), headers={"Content-Type": CONTENT_TYPE})
+
+
+def build_app(gw: GatewayView, guard: ConnectionGuard | None = None, access: Access | None = None) -> web.Application:
+    access = access or Access(gw.config.http)
+    middlewares: list[Any] = [access.middleware, _json_errors]
     if guard is not None:
         middlewares.insert(0, guard.middleware)
     app = web.Application(middlewares=middlewares, client_max_size=256 * 1024)
     app[GATEWAY] = gw
+    app[ACCESS] = access
+    app.on_response_prepare.append(access.on_prepare)
     app.add_routes(api.routes)
+    app.router.add_post("/api/v1/login", access.login)
+    app.router.add_post("/api/v1/logout", access.logout)
+    app.router.add_get("/api/v1/whoami", access.whoami)
+    app.router.add_post("/api/v1/admin/reload", access.reload_route)
+    app.router.add_get("/metrics", _metrics)
     app.router.add_get("/api/v1/stream", sse.stream)
     app.router.add_get("/api/v1/ws", ws.websocket)
     if gw.config.http.dashboard:
@@ -91,6 +106,7 @@ class HttpServer:
         self.guard = ConnectionGuard(max_connections=connection_limit(cfg.max_connections),
                                      max_per_peer=cfg.max_connections_per_peer, idle_timeout=cfg.idle_timeout,
                                      request_timeout=cfg.request_timeout, write_timeout=cfg.write_timeout)
+        self.access = Access(cfg)  # reads the token file: TokenFileError before anything is bound
         self._runner: web.AppRunner | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._old_handler: Any = None
@@ -102,17 +118,22 @@ class HttpServer:
         loop = self._loop = asyncio.get_running_loop()
         self._old_handler = loop.get_exception_handler()
         loop.set_exception_handler(throttled_exception_handler(self._log_interval))
-        self._runner = web.AppRunner(build_app(self._gw, self.guard), access_log=None, shutdown_timeout=1.0,
-                                     handle_signals=False, handler_cancellation=True, logger=SERVER_LOG,
+        self._runner = web.AppRunner(build_app(self._gw, self.guard, self.access), access_log=None,
+                                     shutdown_timeout=1.0, handle_signals=False, handler_cancellation=True, logger=SERVER_LOG,
                                      # the guard closes idle connections (and counts them); aiohttp's
                                      # own keep-alive timer is only the backstop
                                      keepalive_timeout=2 * cfg.idle_timeout + cfg.request_timeout)
         await self._runner.setup()
-        site = GuardedSite(self._runner, cfg.host, cfg.port, self.guard)
+        site = GuardedSite(self._runner, cfg.host, cfg.port, self.guard, ssl_context=ssl_context(cfg))
         await site.start()
         self.port = site.port
         log.info("HTTP: at most %d connections, %d per address", self.guard.max_connections,
                  self.guard.max_per_peer)
+        if self.access.enabled:
+            log.info("HTTP: authentication on, %d tokens from %s", len(self.access.store.records), cfg.token_file)
+        else:
+            log.info("HTTP: authentication off (no [http] token_file): anyone on this machine may read and "
+                     "command; the gateway listens on %s only", cfg.host)
 
     async def stop(self) -> None:
         if self._runner is not None:
@@ -123,7 +144,12 @@ class HttpServer:
             self._loop.set_exception_handler(self._old_handler)
             self._loop = None
 
+    def reload(self) -> bool:
+        """Read the token file again (SIGHUP)."""
+        return self.access.reload()
+
     def stats(self) -> dict[str, Any]:
         out: dict[str, Any] = self.guard.stats()
         out["log_suppressed"] = _SERVER_FILTER.suppressed
+        out["auth"] = self.access.stats()
         return out

@@ -27,6 +27,7 @@ class GatewayView(Protocol):
 
 
 GATEWAY: web.AppKey[GatewayView] = web.AppKey("gateway")
+ACCESS: web.AppKey[Any] = web.AppKey("access")  # the server's http.access.Access
 
 
 # ---------------------------------------------------------------- JSON out

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 import time
 from edgewire.gateway.aio import cancel_and_wait
 from collections.abc import Awaitable, Callable
@@ -288,8 +289,9 @@ class GuardedSite(web.BaseSite):
 
     __slots__ = ("_host", "_port", "_guard", "_bound")
 
-    def __init__(self, runner: web.BaseRunner, host: str, port: int, guard: ConnectionGuard) -> None:
-        super().__init__(runner)
+    def __init__(self, runner: web.BaseRunner, host: str, port: int, guard: ConnectionGuard,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
+        super().__init__(runner, ssl_context=ssl_context)
         self._host = host
         self._port = port
         self._guard = guard
@@ -297,7 +299,7 @@ class GuardedSite(web.BaseSite):
 
     @property
     def name(self) -> str:
-        return f"http://{self._host}:{self._bound}"
+        return f"{'https' if self._ssl_context else 'http'}://{self._host}:{self._bound}"
 
     @property
     def port(self) -> int:
@@ -308,7 +310,8 @@ class GuardedSite(web.BaseSite):
         server = self._runner.server
         assert server is not None
         self._server = await asyncio.get_running_loop().create_server(
-            self._guard.wrap(server), self._host, self._port, reuse_address=True, backlog=ACCEPT_BACKLOG)
+            self._guard.wrap(server), self._host, self._port, reuse_address=True, backlog=ACCEPT_BACKLOG,
+            ssl=self._ssl_context)
         self._bound = int(self._server.sockets[0].getsockname()[1])
         self._guard.start()
 

@@ -16,7 +16,8 @@ import logging
 
 from aiohttp import web
 
-from edgewire.gateway.http.common import GATEWAY, check_filter, error, live_refusal
+from edgewire.gateway.http.access import PRINCIPAL
+from edgewire.gateway.http.common import ACCESS, GATEWAY, check_filter, error, live_refusal
 from edgewire.gateway.hub import HubFull
 
 log = logging.getLogger("edgewire.gateway.http.sse")
@@ -64,6 +65,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
         sub = hub.open(filters, after=after, kind="sse", peer=peer)
     except HubFull as e:
         return error(503, "busy", str(e))
+    forget = request.app[ACCESS].track(request[PRINCIPAL], lambda: hub.close(sub))  # revoked: the stream ends
     heartbeat = gw.config.http.heartbeat
     write_timeout = gw.config.http.write_timeout
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
@@ -96,5 +98,6 @@ async def stream(request: web.Request) -> web.StreamResponse:
         if request.transport is not None:
             request.transport.abort()
     finally:
+        forget()
         hub.close(sub)
     return resp

@@ -29,7 +29,10 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from edgewire.gateway.errors import CommandBusy, CommandOffline, CommandRejected, CommandTimeout, MqttError
-from edgewire.gateway.http.common import GATEWAY, BadJson, GatewayView, check_filter, dumps, live_refusal, loads
+from edgewire.gateway.auth import Principal
+from edgewire.gateway.http.access import PRINCIPAL
+from edgewire.gateway.http.common import (ACCESS, GATEWAY, BadJson, GatewayView, check_filter, dumps, live_refusal,
+                                          loads)
 from edgewire.gateway.hub import HubFull, Subscription
 
 log = logging.getLogger("edgewire.gateway.http.ws")
@@ -39,14 +42,22 @@ MAX_COMMANDS = 64         # commands in flight per connection
 
 
 class _Session:
-    def __init__(self, gw: GatewayView, ws: web.WebSocketResponse, sub: Subscription) -> None:
+    def __init__(self, gw: GatewayView, ws: web.WebSocketResponse, sub: Subscription,
+                 who: Principal, access: Any) -> None:
         self.gw = gw
+        self.who = who
+        self.access = access
         self.ws = ws
         self.sub = sub
         self.control: collections.deque[str] = collections.deque()
         self.commands: set[asyncio.Task[None]] = set()
         self.overflowed = False
         self.transport: asyncio.BaseTransport | None = None
+        self.closing: asyncio.Task[bool] | None = None
+
+    def revoked(self) -> None:
+        """The token was revoked (a reload): close with 1008, policy."""
+        self.closing = asyncio.get_running_loop().create_task(self.ws.close(code=1008, message=b"token revoked"))
 
     def reply(self, obj: dict[str, Any]) -> None:
         if len(self.control) >= MAX_CONTROL:
@@ -131,6 +142,14 @@ class _Session:
             self.reply({"type": op + "d", "filter": flt, "count": len(self.sub.filters),
                         "last_id": hub.last_id, "ref": ref})
         elif op == "command":
+            # the token as the store knows it now: a revoked one (SIGHUP) commands no more
+            who = self.access.current(self.who)
+            if who is None or not who.allows("command"):
+                self.err("unauthorized" if who is None else "forbidden",
+                         "the token of this connection was revoked" if who is None else
+                         f"token {who.name!r} has scope {who.scope!r}; commands need 'command'; nothing was sent",
+                         ref)
+                return
             if len(self.commands) >= MAX_COMMANDS:
                 self.err("busy", f"{MAX_COMMANDS} commands of this connection are still pending", ref)
                 return
@@ -185,7 +204,9 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     except HubFull as e:
         await ws.close(code=1013, message=str(e).encode()[:120])
         return ws
-    session = _Session(gw, ws, sub)
+    session = _Session(gw, ws, sub, request[PRINCIPAL], request.app[ACCESS])
+    # a reload that revokes the token closes the connection (1008, policy)
+    forget = session.access.track(session.who, session.revoked)
     session.transport = request.transport
     session.reply({"type": "hello", "last_id": hub.last_id})
     sender = asyncio.get_running_loop().create_task(session.sender(), name="ws-sender")
@@ -200,6 +221,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     except ConnectionError:
         pass
     finally:
+        forget()
         hub.close(sub)
         for t in list(session.commands):
             t.cancel()

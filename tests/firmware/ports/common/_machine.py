@@ -2,6 +2,7 @@
 # picks what that port has (and only that) and documents where it comes from.
 
 import fakehw
+from edgewire.drivers.simbus import SimI2C
 
 
 class Pin:
@@ -85,10 +86,11 @@ class WDTBase:
         fakehw.wdt_feed()
 
 
-class I2CBase:
-    """machine.I2C over the simulated devices in fakehw.buses[("i2c", id)]
-    (edgewire.drivers.simbus models: read(reg, n) / write(reg, data))."""
-    NACK = 19  # errno of a missing device
+class I2CBase(SimI2C):
+    """machine.I2C over the simulated chips in fakehw.buses[("i2c", id)]
+    ({address: model}, edgewire.drivers.simbus): the memory transfers drivers use
+    come from SimI2C; a missing or absent chip raises the port's NACK errno."""
+    NACK = 19
 
     def __init__(self, id=0, *, scl=None, sda=None, freq=400000, timeout=50000):
         fakehw.check()
@@ -96,28 +98,12 @@ class I2CBase:
             raise ValueError("I2C(%d) doesn't exist" % id)
         self.id = id
         self.freq = freq
+        SimI2C.__init__(self, fakehw.buses.get(("i2c", id), {}), self.NACK)
 
     def _dev(self, addr):
         fakehw.check()
-        dev = fakehw.buses.get(("i2c", self.id), {}).get(addr)
-        if dev is None or not getattr(dev, "present", True):
-            raise OSError(self.NACK)
-        return dev
-
-    def scan(self):
-        return sorted(a for a, d in fakehw.buses.get(("i2c", self.id), {}).items()
-                      if getattr(d, "present", True))
-
-    def readfrom_mem(self, addr, memaddr, nbytes, *, addrsize=8):
-        return bytes(self._dev(addr).read(memaddr, nbytes))
-
-    def readfrom_mem_into(self, addr, memaddr, buf, *, addrsize=8):
-        data = self._dev(addr).read(memaddr, len(buf))
-        for i in range(len(buf)):
-            buf[i] = data[i]
-
-    def writeto_mem(self, addr, memaddr, buf, *, addrsize=8):
-        self._dev(addr).write(memaddr, bytes(buf))
+        self.devices = fakehw.buses.get(("i2c", self.id), {})  # the test may rewire the world
+        return SimI2C._dev(self, addr)
 
     def writeto(self, addr, buf, stop=True):
         d = self._dev(addr)
@@ -132,9 +118,21 @@ class I2CBase:
         return bytes(d.read(getattr(d, "pointer", 0), nbytes))
 
     def readfrom_into(self, addr, buf, stop=True):
-        data = self.readfrom(addr, len(buf))
-        for i in range(len(buf)):
-            buf[i] = data[i]
+        buf[:] = self.readfrom(addr, len(buf))
+
+
+def dht_readinto_of(timeout_errno):
+    """The port's dht_readinto(pin, buf) (drivers/dht/dht.c): start pulse, 40 bits
+    timed in C; OSError(ETIMEDOUT, the port's errno) when nothing answers. The
+    frames come from the simulated DHT22 in fakehw.buses[("dht", gpio)]."""
+    def dht_readinto(pin, buf):
+        fakehw.check()
+        fakehw.advance(5)  # the 18 ms start pulse and the frame, shortened
+        dev = fakehw.buses.get(("dht", pin.id))
+        if dev is None or not dev.present:
+            raise OSError(timeout_errno)
+        dev.frame_into(buf)
+    return dht_readinto
 
 
 def unique_id_of(port):

@@ -15,7 +15,7 @@
 import fakehw
 from _machine import Pin as _Pin, RTC, WDTBase, I2CBase, unique_id_of
 from _machine import reset, soft_reset, deepsleep, lightsleep, idle, freq, disable_irq, enable_irq
-from _machine import time_pulse_us
+from _machine import time_pulse_us, dht_readinto_of as _dht_of
 
 PWRON_RESET = 1
 WDT_RESET = 3
@@ -74,6 +74,9 @@ class Timer:
 
     def deinit(self):
         pass
+
+
+dht_readinto = _dht_of(110)  # machine.dht_readinto (extmod/modmachine.c, MICROPY_PY_MACHINE_DHT_READINTO)
 
 
 def unique_id():

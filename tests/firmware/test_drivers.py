@@ -258,7 +258,7 @@ def test_simboard_sensors_are_drivers_over_simulated_buses() -> None:
     assert abs(b.read("bme280:pressure") - 1013.25) < 0.03
     assert abs(b.read("ds18b20@4:temperature") - t) <= 0.07
     assert abs(b.read("dht22@5:temperature") - t) <= 0.06
-    b.chips["i2c"].devices[0x76].present = False
+    b._drv["sim"].chips["i2c"].devices[0x76].present = False
     b._drv["bme280@118"][1] = None  # forget the shared measurement
     with pytest.raises(SensorError, match="does not answer"):
         b.read("bme280:humidity")

@@ -55,8 +55,7 @@ class McuBoard(Board):
         if config.get("wifi_ssid"):
             self._ssid = config["wifi_ssid"]
             self._password = config.get("wifi_password")
-        # watchdog_ms and ntp_host: board settings (constructor keywords; taken
-        # from the config too once config.py has the keys)
+        # watchdog_ms and ntp_host: constructor keywords, and config keys (which win)
         ms = config.get("watchdog_ms", self._wdt_ms) or 0
         if self.WDT_MAX_MS and ms > self.WDT_MAX_MS:
             ms = self.WDT_MAX_MS
@@ -81,8 +80,8 @@ class McuBoard(Board):
         return Board.time_ms(self)
 
     def set_time_ms(self, ms):
-        """Set the wall clock to epoch ms (from the gateway or NTP); it then runs
-        on ticks_ms and lasts until the next boot."""
+        """Set the wall clock to epoch ms (the gateway's `time` command, or NTP);
+        it then runs on ticks_ms until the next boot."""
         self._time_off = int(ms) - self.ticks_ms()
 
     def feed(self):

@@ -53,7 +53,6 @@ class SimBoard(Board):
         self._drift = (self._uniform() - 0.5) * 2  # degrees C away from 21
         self._last_read = {}
         self._door = False
-        self.chips = {}  # simulated sensor chips behind the buses below, by bus
 
     # ------------------------------------------------------------ identity, clock
 
@@ -148,49 +147,13 @@ class SimBoard(Board):
 
     # ------------------------------------------------------------ sensors
 
-    SOURCES = "sim:" + "|".join(MODELS)
-
     def check_source(self, source):
         kind, arg = split_source(source)
         if kind == "sim" and arg in MODELS:
             return None
-        from edgewire import drivers  # a real driver over a simulated bus (drivers/simbus.py)
-        return drivers.check(self, source)
-
-    # ------------------------------------------------------------ simulated buses
-    # The drivers of edgewire.drivers run on these as on a board's machine.I2C,
-    # onewire.OneWire and dht_readinto: a BME280 at 0x76 and 0x77 on the I2C bus,
-    # one DS18B20 on every 1-Wire pin, a DHT22 on every DHT pin, each reading the
-    # board's temperature model (humidity follows it). Tests reach the chips
-    # through `chips` to unplug them or corrupt their frames.
-
-    def _env(self):
-        t = 21.0 + self._drift
-        return t, min(100.0, max(0.0, 45.0 - 2.0 * self._drift)), 1013.25
-
-    def _chip(self, key, make):
-        c = self.chips.get(key)
-        if c is None:
-            c = self.chips[key] = make()
-        return c
-
-    def i2c(self):
-        from edgewire.drivers import simbus
-        bus = self._chip("i2c", lambda: simbus.SimI2C({}))
-        for a in (0x76, 0x77):
-            if a not in bus.devices:
-                bus.devices[a] = simbus.SimBme280(env=self._env, clock=self.ticks_ms)
-        return bus
-
-    def onewire(self, pin):
-        from edgewire.drivers import simbus
-        return self._chip(("onewire", pin), lambda: simbus.SimOneWire(
-            [simbus.SimDs18b20(pin, clock=self.ticks_ms, env=lambda: self._env()[0])]))
-
-    def dht(self, pin):
-        from edgewire.drivers import simbus
-        dev = self._chip(("dht", pin), lambda: simbus.SimDht22(env=lambda: self._env()[:2]))
-        return simbus.dht_readinto(dev), pin
+        # a real driver over the simulated buses of edgewire/drivers/simbus.py
+        from edgewire import drivers
+        return drivers.check(self, source, "sim:" + "|".join(MODELS))
 
     def read(self, source):
         bad = self.check_source(source)

@@ -53,27 +53,50 @@ def parse(source, pins=None):
     return name, at, q
 
 
-def check(board, source):
-    """None when `source` names a driver this board can run, else the reason."""
+def check(board, source, sources=None):
+    """None when `source` names a driver this board can run, else the reason
+    (sources: what else the board reads, for the message)."""
     try:
         parse(source, getattr(board, "GPIO_PINS", None))
     except KeyError:
         return "source %r is not known on the %s board (expected %s, or a driver: %s)" % (
-            source, board.name, getattr(board, "SOURCES", "?"), FORMS)
+            source, board.name, sources or board.SOURCES, FORMS)
     except ValueError as e:
         return str(e)
     return None
 
 
+def buses(board):
+    """What hands out the buses: the board itself, or for a SimBoard (which
+    keeps its code small: it shares a 64K heap in the tests) the simulated
+    buses of drivers/simbus.py, kept in board._drv["sim"]."""
+    if hasattr(board, "i2c"):
+        return board
+    cache = _cache(board)
+    b = cache.get("sim")
+    if b is None:
+        from edgewire.drivers.simbus import SimBuses
+        b = cache["sim"] = SimBuses(board)
+    return b
+
+
+def _cache(board):
+    c = getattr(board, "_drv", None)
+    if c is None:
+        c = board._drv = {}
+    return c
+
+
 def _open(board, name, at):
+    bus = buses(board)
     if name == "bme280":
         from edgewire.drivers.bme280 import BME280
-        return BME280(board.i2c(), at)
+        return BME280(bus.i2c(), at)
     if name == "ds18b20":
         from edgewire.drivers.ds18b20 import DS18B20
-        return DS18B20(board.onewire(at))
+        return DS18B20(bus.onewire(at))
     from edgewire.drivers.dht22 import DHT22
-    readinto, pin = board.dht(at)
+    readinto, pin = bus.dht(at)
     return DHT22(readinto, pin, board.ticks_ms)
 
 
@@ -92,9 +115,7 @@ def read(board, source):
 
 
 def _read(board, name, at, q):
-    cache = getattr(board, "_drv", None)
-    if cache is None:
-        cache = board._drv = {}
+    cache = _cache(board)
     key = "%s@%s" % (name, at)
     e = cache.get(key)  # [driver, last measurement, when]
     if e is None:

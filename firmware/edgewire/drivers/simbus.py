@@ -460,3 +460,39 @@ def dht_readinto(dev, timeout_errno=110):
             raise OSError(timeout_errno)
         dev.frame_into(buf)
     return readinto
+
+
+class SimBuses:
+    """SimBoard's buses (drivers.buses() hands them out for it): a BME280 at 0x76
+    and 0x77 on the I2C bus, one DS18B20 on every 1-Wire pin, a DHT22 on every
+    DHT pin, each following the board's temperature model (humidity goes the
+    other way, as in SimBoard). `chips` holds them by bus, for tests to unplug
+    or corrupt: chips["i2c"].devices[0x76], chips[("onewire", 4)].devices[0],
+    chips[("dht", 5)]."""
+
+    def __init__(self, board):
+        self.board = board
+        self.chips = {}
+
+    def _env(self):
+        d = self.board._drift
+        return 21.0 + d, min(100.0, max(0.0, 45.0 - 2.0 * d)), 1013.25
+
+    def _chip(self, key, make):
+        c = self.chips.get(key)
+        if c is None:
+            c = self.chips[key] = make()
+        return c
+
+    def i2c(self):
+        clock = self.board.ticks_ms
+        return self._chip("i2c", lambda: SimI2C({0x76: SimBme280(env=self._env, clock=clock),
+                                                 0x77: SimBme280(env=self._env, clock=clock)}))
+
+    def onewire(self, pin):
+        return self._chip(("onewire", pin), lambda: SimOneWire(
+            [SimDs18b20(pin, clock=self.board.ticks_ms, env=lambda: self._env()[0])]))
+
+    def dht(self, pin):
+        dev = self._chip(("dht", pin), lambda: SimDht22(env=lambda: self._env()[:2]))
+        return dht_readinto(dev), pin

@@ -146,6 +146,40 @@ def dht_readinto_of(timeout_errno):
     return dht_readinto
 
 
+class Timer:
+    ONE_SHOT = 0
+    PERIODIC = 1
+
+    def __init__(self, *a, **k):
+        pass
+
+    def init(self, *a, **k):
+        pass
+
+    def deinit(self):
+        pass
+
+
+def port_parts(port, wdt_max_ms, i2c_nack, timeout_errno):
+    """What differs between the ports' machine modules by a number only: the WDT
+    limit, the errno of an I2C NACK, dht_readinto's ETIMEDOUT, the unique id.
+    -> WDT, I2C, SoftI2C, dht_readinto, unique_id (each port's machine.py says
+    where its numbers come from)."""
+    class WDT(WDTBase):
+        MAX_MS = wdt_max_ms
+
+    class I2C(I2CBase):
+        NACK = i2c_nack
+
+    class SoftI2C(I2C):
+        pass
+
+    def unique_id():
+        return unique_id_of(port)
+
+    return WDT, I2C, SoftI2C, dht_readinto_of(timeout_errno), unique_id
+
+
 def unique_id_of(port):
     return b"\xe6\x61\x41\x04\x03\x2a\x5b\x2c" if port == "rp2" else b"\x24\x0a\xc4\x12\x34\x56"
 

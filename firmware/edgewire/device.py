@@ -189,12 +189,17 @@ class Device:
             # MicroPython: one message per step, so each step's gc.collect() clears
             # the encoder's garbage before the next payload is built (less
             # fragmentation); a backlog still goes out without waiting (wait 0 below).
-            if now >= self._next_try:
+            # MicroPython: while commands wait, no telemetry enters the window, and
+            # they run once it has drained: the modules they load then find room
+            # in a heap without in-flight payloads pinned between the holes.
+            c = self._cmds
+            if not (c and _MP) and now >= self._next_try:
                 self._flush(1 if _MP else 0)
-            try:
-                self._run_commands()
-            except MemoryError:  # no packet is half done here: the connection stays
-                self._drop_cmds()
+            if c and not (_MP and len(self._client.window)):
+                try:
+                    self._run_commands()
+                except MemoryError:  # no packet is half done here: the connection stays
+                    self._drop_cmds()
         if self._reboot and (now >= self._reboot or (self.connected and not len(self._client.window))):
             b.reset()
         if not self.connected and now >= self._next_try:

@@ -1,8 +1,8 @@
 """Wall time from the gateway (issue #9 item 2): a Pico W on the rp2 port fakes,
 whose RTC restarts at 2021 (no wall time), runs firmware/main.py against a real
-mosquitto and the real gateway; after its birth the gateway sends a `time`
-command (gateway/timesync.py), the device sets its clock, and its telemetry
-carries wall time `t` from then on. Time commands are not user commands: the
+mosquitto; its telemetry has no `t`. Then the real gateway starts, sees the
+device's (retained) birth and sends a `time` command (gateway/timesync.py); the
+device sets its clock, and its telemetry carries wall time `t` from then on. Time commands are not user commands: the
 Commands counters and the unmatched-result refusals stay at zero."""
 from __future__ import annotations
 
@@ -32,32 +32,35 @@ async def test_device_takes_the_gateways_time_after_its_birth(broker: Mosquitto,
         "backoff_max_ms": 800,
         "streams": [{"name": "v", "source": "adc:26", "interval_ms": 300, "qos": 1, "unit": "V"}]}))
     rec = Recorder(broker.port, dev, "rec-time").start()
-    async with Gateway(gateway_config(broker)) as gw:
-        assert gw.mqtt is not None
-        await gw.mqtt.wait_connected(5)
-        p = boardrun.spawn("rp2", "fakehw.ap('home', 'pw')\nfakehw.volts[26] = 1.0\n"
-                           "from edgewire.boards.pico_w import PicoWBoard\nimport main\n"
-                           f"main.main(PicoWBoard(storage_dir={str(store)!r}))\n")
-        try:
+    # The device first, without a gateway: its RTC says 2021, so no wall time.
+    p = boardrun.spawn("rp2", "fakehw.ap('home', 'pw')\nfakehw.volts[26] = 1.0\n"
+                       "from edgewire.boards.pico_w import PicoWBoard\nimport main\n"
+                       f"main.main(PicoWBoard(storage_dir={str(store)!r}))\n")
+    try:
+        await wait_for(lambda: len(rec.telemetry()) >= 2, timeout=30, what="telemetry before the gateway runs")
+        async with Gateway(gateway_config(broker)) as gw:
+            # the gateway sees the device's retained birth and sends it the time
+            assert gw.mqtt is not None
+            await gw.mqtt.wait_connected(5)
             await wait_for(lambda: gw.timesync.stats()["answered"] == 1, timeout=30,
                            what="the device's answer to the time command")
             await wait_for(lambda: any("t" in m for m in rec.telemetry()), timeout=15,
                            what="telemetry with wall time")
-        finally:
-            out = stop_process(p)
-            rec.stop()
-        tel = rec.telemetry()
-        stamped = [m for m in tel if "t" in m]
-        assert "t" not in tel[0], tel[0]  # before the time came: the RTC says 2021
-        now = time.time() * 1000
-        assert all(now - 60000 < m["t"] <= now + 1000 for m in stamped), (stamped[-1]["t"], now)
-        # the gateway's wall time, running on the device's uptime: t - u is constant
-        offs = [m["t"] - m["u"] for m in stamped]
-        assert max(offs) - min(offs) <= 5, offs
-        results = [m[2] for m in rec.of("result")]
-        assert len(results) == 1 and results[0]["ok"] is True and results[0].get("r") is None, results
-        assert gw.commands.stats()["sent"] == 0
-        assert "unmatched_result" not in gw.refusals.snapshot(), gw.refusals.snapshot()
-        assert gw.timesync.stats() == {"pending": 0, "sent": 1, "answered": 1, "refused": 0, "failed": 0,
-                                       "skipped": 0}
+            assert gw.commands.stats()["sent"] == 0
+            assert "unmatched_result" not in gw.refusals.snapshot(), gw.refusals.snapshot()
+            assert gw.timesync.stats() == {"pending": 0, "sent": 1, "answered": 1, "refused": 0, "failed": 0,
+                                           "skipped": 0}
+    finally:
+        out = stop_process(p)
+        rec.stop()
+    tel = rec.telemetry()
+    stamped = [m for m in tel if "t" in m]
+    assert "t" not in tel[0] and "t" not in tel[1], tel[:2]
+    now = time.time() * 1000
+    assert all(now - 60000 < m["t"] <= now + 1000 for m in stamped), (stamped[-1]["t"], now)
+    # the gateway's wall time, running on the device's uptime: t - u is constant
+    offs = [m["t"] - m["u"] for m in stamped]
+    assert max(offs) - min(offs) <= 5, offs
+    results = [m[2] for m in rec.of("result")]
+    assert len(results) == 1 and results[0]["ok"] is True and results[0].get("r") is None, results
     assert "Traceback" not in out and "FAKE-EXIT" not in out, out[-3000:]

@@ -64,3 +64,40 @@ async def test_device_takes_the_gateways_time_after_its_birth(broker: Mosquitto,
     results = [m[2] for m in rec.of("result")]
     assert len(results) == 1 and results[0]["ok"] is True and results[0].get("r") is None, results
     assert "Traceback" not in out and "FAKE-EXIT" not in out, out[-3000:]
+
+
+async def test_timesync_claims_only_its_own_results_and_is_bounded() -> None:
+    # gateway/timesync.py by itself: what it publishes, which results are its own,
+    # an older firmware's "unknown command", a publish that fails, the bound
+    import msgpack
+
+    from edgewire.gateway.decode import Result
+    from edgewire.gateway.timesync import TimeSync
+
+    sent: list[tuple[str, dict[str, object]]] = []
+    fail = False
+
+    async def publish(topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
+        if fail:
+            raise ConnectionError("broker gone")
+        sent.append((topic, msgpack.unpackb(payload)))
+
+    ts = TimeSync(publish, max_pending=2, clock=lambda: 1767225600.123)
+    ts.birth("dev-a")
+    ts.birth("dev-b")
+    ts.birth("dev-c")  # over max_pending: skipped until its next birth
+    await wait_for(lambda: ts.stats()["sent"] == 2, what="two time commands")
+    assert [t for t, _ in sent] == ["edgewire/v1/dev-a/cmd", "edgewire/v1/dev-b/cmd"]
+    cmd = sent[0][1]
+    assert cmd["n"] == "time" and cmd["a"] == {"ms": 1767225600123} and len(cmd["i"]) == 16
+    a_id, b_id = sent[0][1]["i"], sent[1][1]["i"]
+    assert not ts.resolve(Result("dev-b", a_id, True, None, None))  # another device's id: not ours
+    assert not ts.resolve(Result("dev-a", "user-cmd-1", True, "pong", None))
+    assert ts.resolve(Result("dev-a", a_id, True, -1500, None))
+    assert ts.resolve(Result("dev-b", b_id, False, None, "unknown command 'time'"))
+    assert not ts.resolve(Result("dev-a", a_id, True, 0, None))  # a repeat: already claimed
+    fail = True
+    ts.birth("dev-c")
+    await wait_for(lambda: ts.stats()["failed"] == 1, what="the failed publish counted")
+    assert ts.stats() == {"pending": 0, "sent": 2, "answered": 1, "refused": 1, "failed": 1, "skipped": 1}
+    await ts.close()

@@ -108,8 +108,10 @@ class TimeSync:
         if result.ok:
             self.answered += 1
             skew = result.value
-            log.info("device %s clock set%s", result.device,
-                     "" if skew is None else f" (it was {skew / 1000:+.3f} s off)")
+            # a first setting or a drift past a second is news; a resync on time is not
+            level = logging.INFO if not isinstance(skew, int) or abs(skew) > 1000 else logging.DEBUG
+            log.log(level, "device %s clock set%s", result.device,
+                    "" if not isinstance(skew, int) else f" (it was {skew / 1000:+.3f} s off)")
         else:
             self.refused += 1
             log.info("device %s did not take the time: %s", result.device, result.error)

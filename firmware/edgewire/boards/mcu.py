@@ -260,7 +260,8 @@ class McuBoard(Board):
         return onewire.OneWire(machine.Pin(pin))
 
     def dht(self, pin):
-        """(the port's dht_readinto, the Pin): single-wire timing is done in C."""
+        """(the port's dht_readinto, the Pin): single-wire timing is done in C
+        (machine.dht_readinto: MicroPython 1.22 and later on esp32 and rp2)."""
         import machine
         return machine.dht_readinto, machine.Pin(pin)
 

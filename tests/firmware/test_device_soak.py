@@ -198,12 +198,12 @@ def test_full_configuration_runs_in_80k(broker: Mosquitto, tmp_path: Path, firmw
           f"({st['cmd_dropped']} dropped), oom {st['oom']}, faults {st['faults']}, reconnects {st['reconnects']}, "
           f"dropped readings {st['dropped']}; "
           f"mem_alloc after collect, lowest per thousand: {low}")
-    assert sent >= TOTAL and st["reconnects"] == 0 and st["lost_oom"] == 0, st
+    assert sent >= TOTAL and st["reconnects"] == 0 and st["lost_oom"] == st["lost_q0"] == 0, st
     assert min(st["sent_q0"], st["sent_q1"], st["sent_q2"]) > 0, st
     assert st["faults"] == 0, st
     # No MemoryError escapes (soak() checks the output). Handled ones: none in
     # quiet runs, nor with 2-8 CPU hogs beside it; 16 once inside a full suite on
     # a machine shared by six agents (docs/firmware.md). Whatever the load, the
-    # device answers at least nine commands in ten and loses nothing.
+    # device answers at least nine commands in ten and loses no message.
     assert st["commands"] >= 5 and st["commands"] >= 9 * (st["commands"] + st["cmd_dropped"]) // 10, st
     no_growth(low)

@@ -10,8 +10,9 @@
 #
 # The port's own manifest comes first: it freezes what the board code relies on
 # (ntptime, onewire, dht, asyncio...). The receiver side of the protocol
-# (wire_rx) and the simulated board (boards/sim) are for the gateway and the
-# simulator: a device never imports them, so they are left out. opt=3 as for the
+# (wire_rx), the simulated board (boards/sim) and the simulated sensor chips
+# (drivers/simbus) are for the gateway, the simulator and the tests: a device
+# never imports them, so they are left out. opt=3 as for the
 # .mpy files (no line numbers, no asserts).
 
 include("$(PORT_DIR)/boards/manifest.py")
@@ -34,6 +35,10 @@ package(
         "boards/mcu.py",
         "boards/esp32.py",
         "boards/pico_w.py",
+        "drivers/__init__.py",
+        "drivers/bme280.py",
+        "drivers/dht22.py",
+        "drivers/ds18b20.py",
     ],
     opt=3,
 )

@@ -34,6 +34,7 @@ from edgewire.gateway.mqtt import MqttClient
 from edgewire.gateway.refusals import Refusals
 from edgewire.gateway.registry import Registry
 from edgewire.gateway.sinks import JournalSink, build_sink
+from edgewire.gateway.timesync import TimeSync
 
 log = logging.getLogger("edgewire.gateway")
 
@@ -62,6 +63,9 @@ class Gateway:
                                  presence=self._presence)
         self._core = Core(registry=self.registry, hub=self.hub, commands=self.commands, refusals=self.refusals,
                           journal=self.journal)
+        # devices get the gateway's wall time after every birth (docs/firmware.md, "Wall time")
+        self.timesync = TimeSync(self.publish)
+        self.timesync.attach(self._core, self.commands)
         self.adapters: dict[str, IngestAdapter] = {}
         self.sinks: dict[str, JournalSink] = {}
         self.grpc: Any = None  # GrpcService when [grpc] listen is set
@@ -169,6 +173,7 @@ class Gateway:
         # Stop taking input, commit what was taken (its acks go out while the
         # connections are still up), then disconnect. What was not taken is not
         # acknowledged: the broker keeps it for the next start.
+        await self.timesync.close()
         for adapter in self.adapters.values():
             await adapter.drain()
         await self.journal.flush()

@@ -1,5 +1,5 @@
 # Device commands (docs/protocol.md, "Command and result"): ping, info, stats,
-# set_interval, reboot. Imported by Device only when a command arrives, after
+# set_interval, time, reboot. Imported by Device only when a command arrives, after
 # the Device decoded it (and, on MicroPython, dropped the msgpack decoder).
 #
 # A repeated command id (QoS 1 redelivery) never executes twice: it gets the
@@ -73,6 +73,14 @@ def execute(dev, name, args):
                 return {"stream": s[0], "ms": ms}
         raise CommandError("set_interval: no stream %r (streams: %s)"
                            % (args.get("stream"), ", ".join(s[0] for s in dev.streams)))
+    if name == "time":  # the gateway's wall time, sent after every birth
+        ms = args.get("ms") if isinstance(args, dict) else None
+        if isinstance(ms, bool) or not isinstance(ms, int) or ms < 1600000000000:
+            raise CommandError("time needs {\"ms\": epoch milliseconds}")
+        old = b.time_ms()
+        if hasattr(b, "set_time_ms"):  # SimBoard keeps its host's (or its simulator's) time
+            b.set_time_ms(ms)
+        return None if old is None else ms - old  # how far off the clock was
     if name == "reboot":
         if not dev.cfg["allow_reboot"]:
             raise CommandError("reboot is disabled on this device (allow_reboot is false)")

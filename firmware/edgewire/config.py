@@ -43,12 +43,22 @@ DEFAULTS = {
     "cmd_cache": 4,             # recent command ids remembered to answer repeats without re-executing
     "allow_reboot": True,       # the reboot command may reset the board
     "min_interval_ms": 100,     # set_interval and streams accept no faster rate
+    # board services
+    "watchdog_ms": 8000,        # machine.WDT timeout on real boards (clamped to the port's limit), 0: off
+    "ntp_host": None,           # optional NTP server for the wall time (the gateway sends it anyway)
     # diagnostics
     "debug": False,             # log details and periodic stats to stdout
     "stats_ms": 60000,          # period of the debug stats line
 }
 
 STREAM_KEYS = ("name", "source", "interval_ms", "qos", "unit")
+# The board's own settings: build() hands them to board.configure() and leaves
+# them out of the config the Device keeps (each key is a dict slot of heap for
+# the device's life; at 29 keys the dict is one allocation size smaller).
+BOARD_KEYS = ("wifi_ssid", "wifi_password", "watchdog_ms", "ntp_host")
+# Options that are off when None: left out of the Device's config unless set
+# (the Device reads them with get()), for the same reason.
+UNSET_KEYS = ("tls_ca",)
 
 
 class ConfigError(ValueError):
@@ -138,6 +148,9 @@ def validate(cfg, board=None):
     _int(cfg, "cmd_cache", 1, 256)
     _int(cfg, "min_interval_ms", 10, 86400000)
     _int(cfg, "stats_ms", 1000, 86400000)
+    if cfg["watchdog_ms"] != 0:
+        _int(cfg, "watchdog_ms", 1000, 600000)
+    _str(cfg, "ntp_host", True, 253)
     for k in ("clean_session", "commands", "allow_reboot", "debug"):
         _bool(cfg, k)
     st = cfg["streams"]
@@ -153,7 +166,8 @@ def validate(cfg, board=None):
 
 
 def build(board, overrides=None):
-    """DEFAULTS + overrides + board defaults, validated."""
+    """DEFAULTS + overrides + board defaults, validated; the board settings
+    (BOARD_KEYS) go to board.configure() and are not in the result."""
     cfg = {}
     for k in DEFAULTS:
         cfg[k] = DEFAULTS[k]
@@ -170,7 +184,9 @@ def build(board, overrides=None):
         st = cfg["streams"]
         if isinstance(st, list):  # fill optional stream keys
             cfg["streams"] = [_stream_defaults(s) for s in st]
-    return validate(cfg, board)
+    validate(cfg, board)
+    board.configure(cfg)
+    return {k: cfg[k] for k in cfg if k not in BOARD_KEYS and not (k in UNSET_KEYS and cfg[k] is None)}
 
 
 def _stream_defaults(s):

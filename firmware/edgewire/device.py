@@ -84,6 +84,7 @@ class Device:
         self._qh = 0        # slot of the oldest reading
         self._qn = 0        # readings queued
         self._cmds = []     # command payloads received, not yet executed
+        self._cmd_wait = 0  # MicroPython: until when commands wait for the window to drain
         self._cache = []    # [(command id, result payload)], newest last
         self._tel = {}      # in-flight telemetry packet id -> qos
         self._client = None
@@ -189,12 +190,27 @@ class Device:
             # MicroPython: one message per step, so each step's gc.collect() clears
             # the encoder's garbage before the next payload is built (less
             # fragmentation); a backlog still goes out without waiting (wait 0 below).
-            if now >= self._next_try:
+            # MicroPython: while commands wait, no telemetry enters the window, and
+            # they run once it has drained: the modules they load then find room
+            # in a heap without in-flight payloads pinned between the holes.
+            # The wait is bounded (timeout_ms): an acknowledgement lost to a full
+            # heap leaves its message in the window until a reconnect, and must not
+            # hold commands, and the telemetry behind them, for that long.
+            c = self._cmds
+            w = c and _MP and len(self._client.window)
+            if not w:
+                self._cmd_wait = 0
+            elif not self._cmd_wait:
+                self._cmd_wait = now + self.cfg["timeout_ms"]
+            elif now >= self._cmd_wait:
+                w = 0
+            if not (c and _MP) and now >= self._next_try:
                 self._flush(1 if _MP else 0)
-            try:
-                self._run_commands()
-            except MemoryError:  # no packet is half done here: the connection stays
-                self._drop_cmds()
+            if c and not w:
+                try:
+                    self._run_commands()
+                except MemoryError:  # no packet is half done here: the connection stays
+                    self._drop_cmds()
         if self._reboot and (now >= self._reboot or (self.connected and not len(self._client.window))):
             b.reset()
         if not self.connected and now >= self._next_try:
@@ -230,7 +246,7 @@ class Device:
             if not b.link_up() and not b.connect_network(c["net_timeout_ms"]):
                 raise OSError(101, "no network in %d ms" % c["net_timeout_ms"])
             sock = b.connect(c["broker_host"], c["broker_port"], c["timeout_ms"])
-            if c["tls_ca"]:  # edgewire.tls loads only then (docs/firmware.md, "TLS")
+            if c.get("tls_ca"):  # edgewire.tls loads only then (docs/firmware.md, "TLS")
                 from edgewire import tls
                 sock = tls.wrap(sock, b, c)
             # c counts CONNECT attempts, not successes: an attempt that timed out may still

@@ -291,6 +291,23 @@ out([fakehw.wdt_timeout, fakehw.feeds])
     assert feeds == (2 if started else 0)
 
 
+@pytest.mark.parametrize("port,asked,started", [("rp2", None, 8000), ("rp2", 20000, 8388), ("esp32", 20000, 20000),
+                                                ("esp32", 0, 0)])
+def test_watchdog_is_on_by_default_from_the_config(firmware_build: Path, port: str, asked: int | None,
+                                                   started: int) -> None:
+    # config.json's watchdog_ms (default 8000) reaches the board; the first step starts it
+    over = "" if asked is None else f", 'watchdog_ms': {asked}"
+    p = boardrun.run(port, board_code(port) + f"""
+from edgewire import config
+from edgewire.device import Device
+cfg = config.build(b, {{'broker_host': '127.0.0.1'{over}}})
+d = Device(b, cfg)
+d.step()
+out(fakehw.wdt_timeout)
+""")
+    assert boardrun.result(p) == started
+
+
 @pytest.mark.parametrize("port", ["esp32", "rp2"])
 def test_watchdog_resets_a_stuck_board(firmware_build: Path, port: str) -> None:
     # a lookup that never returns (rp2's lwIP spins until DNS answers): the watchdog reboots

@@ -107,6 +107,11 @@ def test_sim_network_control_and_storage(tmp_path: Path, broker: Mosquitto) -> N
     ({"streams": [{"name": "t t", "source": "sim:door", "interval_ms": 1000}]}, "'name': 't t'"),
     ({"backoff_min_ms": 5000, "backoff_max_ms": 1000}, "config 'backoff_max_ms': 1000 is not an integer in 5000.."),
     ({"debug": 1}, "config 'debug': 1 is not true or false"),
+    ({"watchdog_ms": 500}, "config 'watchdog_ms': 500 is not an integer in 1000..600000"),
+    ({"watchdog_ms": "8s"}, "config 'watchdog_ms': '8s' is not an integer"),
+    ({"ntp_host": ""}, "config 'ntp_host': '' is not a string of 1-253 characters (or null)"),
+    ({"streams": [{"name": "t", "source": "bme280@0x40:temperature", "interval_ms": 1000}]},
+     "config 'streams' 't' 'source': bme280@0x40:temperature: I2C address '0x40' is not 0x76 or 0x77"),
 ])
 def test_config_errors_name_key_value_and_expectation(over: dict[str, object], needle: str) -> None:
     with pytest.raises(config.ConfigError) as e:
@@ -157,3 +162,20 @@ def test_devices_in_threads_on_cpython_stop_cleanly(broker: Mosquitto) -> None:
         assert d.stats["sent_q1"] == d.stats["acked_q1"] == len(r.telemetry())
         r.stop()
     assert len({d.boot for d in devs}) == 5
+
+
+def test_board_settings_go_to_the_board_not_into_the_device_config() -> None:
+    # watchdog_ms (on by default: 8000), ntp_host and the Wi-Fi are the board's:
+    # config.build hands them to board.configure() and leaves them out of the
+    # config the Device keeps for its life (fewer dict slots of heap)
+    seen: list[dict[str, object]] = []
+
+    class Board(SimBoard):
+        def configure(self, cfg: dict[str, object]) -> None:
+            seen.append(dict(cfg))
+
+    cfg = config.build(Board("c3"), {"ntp_host": "10.0.0.1", "wifi_ssid": "plant"})
+    assert seen and seen[0]["watchdog_ms"] == 8000 and seen[0]["ntp_host"] == "10.0.0.1"
+    assert seen[0]["wifi_ssid"] == "plant"
+    assert not set(config.BOARD_KEYS) & set(cfg)
+    assert config.DEFAULTS["watchdog_ms"] == 8000 and config.build(SimBoard("c4"), {"watchdog_ms": 0})

@@ -18,9 +18,10 @@ CORE = ["edgewire/__init__", "edgewire/mqtt", "edgewire/device", "edgewire/wire"
         "edgewire/boards/__init__", "edgewire/boards/mcu", "main"]
 PORT_BOARD = {"esp32": "edgewire/boards/esp32", "rp2": "edgewire/boards/pico_w"}
 # loaded at boot and dropped (config), on demand (commands and the msgpack decoder
-# when a command arrives, toobig for an oversized one), or only when configured (ntp, tls)
-APART = ["edgewire/config", "edgewire/commands", "edgewire/unpack", "edgewire/toobig", "edgewire/ntp",
-         "edgewire/tls"]
+# when a command arrives, toobig for an oversized one), or only when configured
+# (ntp; the sensor drivers, when a stream's source names one)
+APART = ["edgewire/config", "edgewire/commands", "edgewire/unpack", "edgewire/toobig", "edgewire/ntp", "edgewire/tls",
+         "edgewire/drivers/__init__", "edgewire/drivers/bme280", "edgewire/drivers/dht22", "edgewire/drivers/ds18b20"]
 
 
 def size(build: Path, mod: str) -> int:

@@ -9,6 +9,8 @@
 #   clock      ticks_ms()                uptime in ms: monotonic, never wraps
 #              sleep_ms(ms)
 #              time_ms()                 epoch ms, or None while the clock is not set
+#              set_time_ms(ms)           McuBoard: set the wall clock (the gateway's `time`
+#                                        command, NTP); SimBoard keeps its host's or clock's time
 #              random_u32()              32 random bits
 #   network    network_up()              the link (Wi-Fi) is up
 #              link_up()                 cheap, non-blocking: the link is still up (the
@@ -19,10 +21,14 @@
 #                                        a connected TCP socket; OSError on failure
 #   storage    read_file(name) -> bytes or None (missing)
 #              write_file(name, data)    atomic where the filesystem allows
-#   sensors    read(source) -> value     'adc:26', 'pin:5', 'internal_temp', 'sim:temperature';
+#   sensors    read(source) -> value     'adc:26', 'pin:5', 'internal_temp', 'sim:temperature',
+#                                        'bme280:pressure' (a driver, edgewire/drivers);
 #                                        raises SensorError with a message on failure
 #              check_source(source) -> None or the reason it cannot be read here
 #              default_streams()         streams used when config.json names none
+#   buses      i2c(), onewire(pin), dht(pin)   what sensor drivers take (McuBoard: machine.I2C,
+#                                        onewire.OneWire, the port's dht_readinto; SimBoard:
+#                                        the simulated chips of edgewire/drivers/simbus.py)
 #   setup      configure(config)         take board settings (Wi-Fi) from the device config; no I/O
 #   system     free_memory() -> bytes or None
 #              feed()                    feed the watchdog (no-op without one); the Device
@@ -31,8 +37,7 @@
 #
 # Board below implements the shared parts (clock, storage, TCP connect, memory).
 # default_board() picks by sys.platform, like gpiozero picks a pin factory.
-# Sensor drivers (I2C/SPI parts), a flash-backed offline queue and OTA will plug
-# in here as further board services.
+# A flash-backed offline queue and OTA will plug in here as further board services.
 
 import os
 import select

@@ -28,6 +28,7 @@ class McuBoard(Board):
     id_prefix = "mcu"
     ADC_PINS = ()
     GPIO_PINS = ()
+    SOURCES = "adc:N, pin:N, internal_temp, rssi"
     ADC_VREF = 3.3      # volts at read_u16() == 65535 (calibrate per board: adc_vref=)
     WDT_MAX_MS = 0      # the port's watchdog limit, 0: none to speak of
 
@@ -54,8 +55,7 @@ class McuBoard(Board):
         if config.get("wifi_ssid"):
             self._ssid = config["wifi_ssid"]
             self._password = config.get("wifi_password")
-        # watchdog_ms and ntp_host: board settings (constructor keywords; taken
-        # from the config too once config.py has the keys)
+        # watchdog_ms and ntp_host: constructor keywords, and config keys (which win)
         ms = config.get("watchdog_ms", self._wdt_ms) or 0
         if self.WDT_MAX_MS and ms > self.WDT_MAX_MS:
             ms = self.WDT_MAX_MS
@@ -80,8 +80,8 @@ class McuBoard(Board):
         return Board.time_ms(self)
 
     def set_time_ms(self, ms):
-        """Set the wall clock to epoch ms (from the gateway or NTP); it then runs
-        on ticks_ms and lasts until the next boot."""
+        """Set the wall clock to epoch ms (the gateway's `time` command, or NTP);
+        it then runs on ticks_ms until the next boot."""
         self._time_off = int(ms) - self.ticks_ms()
 
     def feed(self):
@@ -212,7 +212,8 @@ class McuBoard(Board):
         elif source == "internal_temp":
             return self._no_internal_temp()
         elif source != "rssi":
-            return "source %r is not known on %s (expected adc:N, pin:N, internal_temp or rssi)" % (source, self.name)
+            from edgewire import drivers  # a sensor driver (loaded only when configured)
+            return drivers.check(self, source)
         return None
 
     def read(self, source):
@@ -227,6 +228,9 @@ class McuBoard(Board):
                 if not self.link_up():
                     raise SensorError("rssi: Wi-Fi is not connected")
                 return self._wlan.status("rssi")
+            if kind not in ("adc", "pin"):
+                from edgewire import drivers
+                return drivers.read(self, source)
             hw = self._hw.get(source)
             import machine
             if kind == "adc":
@@ -236,8 +240,30 @@ class McuBoard(Board):
             if hw is None:
                 hw = self._hw[source] = machine.Pin(arg, machine.Pin.IN)
             return bool(hw.value())
-        except (OSError, ValueError, AttributeError) as e:
+        except (OSError, ValueError, AttributeError, ImportError) as e:
             raise SensorError("%s: %s" % (source, e))
+
+    # ------------------------------------------------------------ buses: what drivers take
+
+    def i2c(self):
+        """machine.I2C(0) on I2C_PINS (SCL, SDA) at 100 kHz, shared by every driver."""
+        b = self._hw.get("i2c")
+        if b is None:
+            import machine
+            b = self._hw["i2c"] = machine.I2C(0, scl=machine.Pin(self.I2C_PINS[0]),
+                                              sda=machine.Pin(self.I2C_PINS[1]), freq=100000)
+        return b
+
+    def onewire(self, pin):
+        import machine
+        import onewire  # micropython-lib's, frozen on esp32 and rp2
+        return onewire.OneWire(machine.Pin(pin))
+
+    def dht(self, pin):
+        """(the port's dht_readinto, the Pin): single-wire timing is done in C
+        (machine.dht_readinto: MicroPython 1.22 and later on esp32 and rp2)."""
+        import machine
+        return machine.dht_readinto, machine.Pin(pin)
 
     def _adc(self, machine, pin):
         return machine.ADC(machine.Pin(pin))

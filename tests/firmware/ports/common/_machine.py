@@ -86,9 +86,11 @@ class WDTBase:
 
 
 class I2CBase:
-    """machine.I2C over the simulated devices in fakehw.buses[("i2c", id)]
-    (edgewire.drivers.simbus models: read(reg, n) / write(reg, data))."""
-    NACK = 19  # errno of a missing device
+    """machine.I2C over the simulated chips in fakehw.buses[("i2c", id)]
+    ({address: model}, edgewire.drivers.simbus): the memory transfers drivers use
+    are simbus.SimI2C's (imported when first used: it costs heap); a missing or
+    absent chip raises the port's NACK errno."""
+    NACK = 19
 
     def __init__(self, id=0, *, scl=None, sda=None, freq=400000, timeout=50000):
         fakehw.check()
@@ -97,30 +99,25 @@ class I2CBase:
         self.id = id
         self.freq = freq
 
-    def _dev(self, addr):
+    def _bus(self):
         fakehw.check()
-        dev = fakehw.buses.get(("i2c", self.id), {}).get(addr)
-        if dev is None or not getattr(dev, "present", True):
-            raise OSError(self.NACK)
-        return dev
+        from edgewire.drivers.simbus import SimI2C
+        return SimI2C(fakehw.buses.get(("i2c", self.id), {}), self.NACK)  # the test may rewire the world
 
     def scan(self):
-        return sorted(a for a, d in fakehw.buses.get(("i2c", self.id), {}).items()
-                      if getattr(d, "present", True))
+        return self._bus().scan()
 
     def readfrom_mem(self, addr, memaddr, nbytes, *, addrsize=8):
-        return bytes(self._dev(addr).read(memaddr, nbytes))
+        return self._bus().readfrom_mem(addr, memaddr, nbytes)
 
     def readfrom_mem_into(self, addr, memaddr, buf, *, addrsize=8):
-        data = self._dev(addr).read(memaddr, len(buf))
-        for i in range(len(buf)):
-            buf[i] = data[i]
+        self._bus().readfrom_mem_into(addr, memaddr, buf)
 
     def writeto_mem(self, addr, memaddr, buf, *, addrsize=8):
-        self._dev(addr).write(memaddr, bytes(buf))
+        self._bus().writeto_mem(addr, memaddr, buf)
 
     def writeto(self, addr, buf, stop=True):
-        d = self._dev(addr)
+        d = self._bus()._dev(addr)
         if len(buf) > 1:
             d.write(buf[0], bytes(buf[1:]))
         elif len(buf) == 1:
@@ -128,13 +125,59 @@ class I2CBase:
         return 1 + len(buf)
 
     def readfrom(self, addr, nbytes, stop=True):
-        d = self._dev(addr)
+        d = self._bus()._dev(addr)
         return bytes(d.read(getattr(d, "pointer", 0), nbytes))
 
     def readfrom_into(self, addr, buf, stop=True):
-        data = self.readfrom(addr, len(buf))
-        for i in range(len(buf)):
-            buf[i] = data[i]
+        buf[:] = self.readfrom(addr, len(buf))
+
+
+def dht_readinto_of(timeout_errno):
+    """The port's dht_readinto(pin, buf) (drivers/dht/dht.c): start pulse, 40 bits
+    timed in C; OSError(ETIMEDOUT, the port's errno) when nothing answers. The
+    frames come from the simulated DHT22 in fakehw.buses[("dht", gpio)]."""
+    def dht_readinto(pin, buf):
+        fakehw.check()
+        fakehw.advance(5)  # the 18 ms start pulse and the frame, shortened
+        dev = fakehw.buses.get(("dht", pin.id))
+        if dev is None or not dev.present:
+            raise OSError(timeout_errno)
+        dev.frame_into(buf)
+    return dht_readinto
+
+
+class Timer:
+    ONE_SHOT = 0
+    PERIODIC = 1
+
+    def __init__(self, *a, **k):
+        pass
+
+    def init(self, *a, **k):
+        pass
+
+    def deinit(self):
+        pass
+
+
+def port_parts(port, wdt_max_ms, i2c_nack, timeout_errno):
+    """What differs between the ports' machine modules by a number only: the WDT
+    limit, the errno of an I2C NACK, dht_readinto's ETIMEDOUT, the unique id.
+    -> WDT, I2C, SoftI2C, dht_readinto, unique_id (each port's machine.py says
+    where its numbers come from)."""
+    class WDT(WDTBase):
+        MAX_MS = wdt_max_ms
+
+    class I2C(I2CBase):
+        NACK = i2c_nack
+
+    class SoftI2C(I2C):
+        pass
+
+    def unique_id():
+        return unique_id_of(port)
+
+    return WDT, I2C, SoftI2C, dht_readinto_of(timeout_errno), unique_id
 
 
 def unique_id_of(port):

@@ -14,12 +14,27 @@
 import fakehw
 
 
+def hostname_of(default):
+    """network.hostname([name]) of a port whose default name is `default`
+    (extmod/modnetwork.c: at most 32 characters)."""
+    name = [default]
+
+    def hostname(*new):
+        if not new:
+            return name[0]
+        if len(new[0]) > 32:
+            raise ValueError("hostname too long")
+        name[0] = new[0]
+    return hostname
+
+
 class WlanModel:
     CODES = {}      # IDLE, CONNECTING, NOIP, GOT_IP, BADAUTH, NONET, LOST: set by the port
     CONFIG = ()     # config keys the port accepts
     PM_DEFAULT = 0
 
-    def __init__(self, interface):
+    def __init__(self, interface=0):
+        fakehw.wlan = self
         self._if = interface
         self._active = False
         self._started_once = False

@@ -1,19 +1,11 @@
-# Fake `esp` module of the esp32 port: dht_readinto(pin, buf) from
-# drivers/dht/dht.c (ports/esp32/modesp.c). It drives the start pulse, times
-# the 40 bits and fills 5 bytes; OSError(ETIMEDOUT 116 on esp32's newlib errno)
-# when the sensor does not answer. The frames come from the simulated DHT in
-# fakehw.buses[("dht", gpio)] (edgewire.drivers.simbus.SimDht22).
+# Fake `esp` module of the esp32 port (ports/esp32/modesp.c): dht_readinto(pin,
+# buf) from drivers/dht/dht.c, the same function machine.dht_readinto is on
+# current ports; OSError(ETIMEDOUT, 116 in esp32's newlib errno) when the sensor
+# does not answer. The model behind it: _machine.dht_readinto_of.
 
-import fakehw
+from _machine import dht_readinto_of
 
-
-def dht_readinto(pin, buf):
-    fakehw.check()
-    dev = fakehw.buses.get(("dht", pin.id))
-    fakehw.advance(5)  # 18 ms start pulse on the real thing is ~ 5 ms here
-    if dev is None or not dev.present:
-        raise OSError(116)
-    dev.frame_into(buf)
+dht_readinto = dht_readinto_of(116)
 
 
 def osdebug(level):

@@ -16,7 +16,7 @@
 # - unique_id(): the 6-byte Wi-Fi MAC.
 
 import fakehw
-from _machine import Pin as _Pin, RTC, WDTBase, I2CBase, unique_id_of
+from _machine import Pin as _Pin, RTC, Timer, port_parts as _port_parts
 from _machine import reset, soft_reset, deepsleep, lightsleep, idle, freq, disable_irq, enable_irq
 from _machine import time_pulse_us
 
@@ -83,34 +83,8 @@ class ADC:
         return self.read_u16() >> (16 - self._width)
 
 
-class WDT(WDTBase):
-    MAX_MS = 0
-
-
-class I2C(I2CBase):
-    NACK = 19
-
-
-class SoftI2C(I2C):
-    pass
-
-
-class Timer:
-    ONE_SHOT = 0
-    PERIODIC = 1
-
-    def __init__(self, *a, **k):
-        pass
-
-    def init(self, *a, **k):
-        pass
-
-    def deinit(self):
-        pass
-
-
-def unique_id():
-    return unique_id_of("esp32")
+# WDT limit, I2C NACK errno, dht_readinto's ETIMEDOUT (see the header)
+WDT, I2C, SoftI2C, dht_readinto, unique_id = _port_parts('esp32', 0, 19, 116)
 
 
 def reset_cause():

@@ -9,8 +9,7 @@
 # time. connect() on an inactive interface raises OSError("Wifi Not Started").
 # Timing of the status codes: tests/firmware/ports/common/_wlan.py.
 
-import fakehw
-from _wlan import WlanModel
+from _wlan import WlanModel, hostname_of as _hostname_of
 
 STA_IF = 0
 AP_IF = 1
@@ -28,15 +27,7 @@ MODE_11B = 1
 MODE_11G = 2
 MODE_11N = 4
 
-_hostname = ["espressif"]
-
-
-def hostname(*name):
-    if not name:
-        return _hostname[0]
-    if len(name[0]) > 32:
-        raise ValueError("hostname too long")
-    _hostname[0] = name[0]
+hostname = _hostname_of("espressif")
 
 
 def phy_mode(*mode):
@@ -54,10 +45,6 @@ class WLAN(WlanModel):
     CONFIG = ("pm", "ssid", "channel", "mac", "hidden", "security", "key", "reconnects", "txpower",
               "dhcp_hostname", "hostname", "protocol")
     PM_DEFAULT = 1
-
-    def __init__(self, interface=STA_IF):
-        WlanModel.__init__(self, interface)
-        fakehw.wlan = self
 
     def _not_active(self):
         raise OSError("Wifi Not Started")

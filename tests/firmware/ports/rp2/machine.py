@@ -13,7 +13,7 @@
 # - unique_id(): 8 bytes of the flash chip's id.
 
 import fakehw
-from _machine import Pin as _Pin, RTC, WDTBase, I2CBase, unique_id_of
+from _machine import Pin as _Pin, RTC, Timer, port_parts as _port_parts
 from _machine import reset, soft_reset, deepsleep, lightsleep, idle, freq, disable_irq, enable_irq
 from _machine import time_pulse_us
 
@@ -50,34 +50,8 @@ class ADC:
         return (raw12 << 4) | (raw12 >> 8)
 
 
-class WDT(WDTBase):
-    MAX_MS = 8388
-
-
-class I2C(I2CBase):
-    NACK = 5
-
-
-class SoftI2C(I2C):
-    pass
-
-
-class Timer:
-    ONE_SHOT = 0
-    PERIODIC = 1
-
-    def __init__(self, *a, **k):
-        pass
-
-    def init(self, *a, **k):
-        pass
-
-    def deinit(self):
-        pass
-
-
-def unique_id():
-    return unique_id_of("rp2")
+# WDT limit, I2C NACK errno, dht_readinto's ETIMEDOUT (see the header)
+WDT, I2C, SoftI2C, dht_readinto, unique_id = _port_parts('rp2', 8388, 5, 110)
 
 
 def reset_cause():

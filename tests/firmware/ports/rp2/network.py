@@ -11,8 +11,7 @@
 # (the reason mqtt_as sets pm after active(True)).
 # Timing of the status codes: tests/firmware/ports/common/_wlan.py.
 
-import fakehw
-from _wlan import WlanModel
+from _wlan import WlanModel, hostname_of as _hostname_of
 
 STA_IF = 0
 AP_IF = 1
@@ -23,15 +22,7 @@ STAT_CONNECT_FAIL = -1
 STAT_NO_AP_FOUND = -2
 STAT_WRONG_PASSWORD = -3
 
-_hostname = ["PicoW"]
-
-
-def hostname(*name):
-    if not name:
-        return _hostname[0]
-    if len(name[0]) > 32:
-        raise ValueError("hostname too long")
-    _hostname[0] = name[0]
+hostname = _hostname_of("PicoW")
 
 
 def country(*cc):
@@ -49,10 +40,6 @@ class WLAN(WlanModel):
     CODES = {"IDLE": 0, "CONNECTING": 1, "NOIP": 2, "GOT_IP": 3, "BADAUTH": -3, "NONET": -2, "LOST": -1}
     CONFIG = ("pm", "ssid", "channel", "mac", "security", "key", "hostname", "txpower", "hidden")
     PM_DEFAULT = 0xA11142
-
-    def __init__(self, interface=STA_IF):
-        WlanModel.__init__(self, interface)
-        fakehw.wlan = self
 
     def _on_first_active(self):
         self._cfg["pm"] = self.PM_DEFAULT  # cyw43_wifi_set_up: CYW43_DEFAULT_PM

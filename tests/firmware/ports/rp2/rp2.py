@@ -4,16 +4,9 @@
 # dht_readinto frames come from fakehw.buses[("dht", gpio)]
 # (edgewire.drivers.simbus.SimDht22).
 
-import fakehw
+from _machine import dht_readinto_of
 
-
-def dht_readinto(pin, buf):
-    fakehw.check()
-    dev = fakehw.buses.get(("dht", pin.id))
-    fakehw.advance(5)
-    if dev is None or not dev.present:
-        raise OSError(110)
-    dev.frame_into(buf)
+dht_readinto = dht_readinto_of(110)
 
 
 def bootsel_button():

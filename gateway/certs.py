@@ -30,7 +30,7 @@ from typing import Any
 
 from edgewire.gateway.errors import ConfigError, GatewayError
 
-__all__ = ["CertsError", "client_context", "init_site", "certs_main"]
+__all__ = ["CertsError", "client_context", "tls_client_context", "init_site", "certs_main"]
 
 
 class CertsError(GatewayError):
@@ -57,22 +57,28 @@ def _naming_sslobject(what: str) -> type[ssl.SSLObject]:
 def client_context(mqtt: Any) -> ssl.SSLContext:
     """The SSLContext for [mqtt] (an mqtts:// url); ConfigError naming the key
     when a file is missing or not what it should be."""
+    return tls_client_context("mqtt", mqtt.ca_file, mqtt.cert_file, mqtt.key_file)
+
+
+def tls_client_context(section: str, ca_file: str, cert_file: str = "", key_file: str = "") -> ssl.SSLContext:
+    """A verifying client SSLContext: the CA from `ca_file` (else the system's),
+    a client certificate from cert_file/key_file; errors name [section]'s keys."""
     ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)  # CERT_REQUIRED, check_hostname
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    if mqtt.ca_file:
+    if ca_file:
         try:
-            ctx.load_verify_locations(cafile=mqtt.ca_file)
+            ctx.load_verify_locations(cafile=ca_file)
         except (OSError, ssl.SSLError) as e:
-            raise ConfigError("mqtt", "ca_file", mqtt.ca_file, f"cannot be loaded as PEM CA certificates: {e}") from None
-        what = f"[mqtt] ca_file {mqtt.ca_file}"
+            raise ConfigError(section, "ca_file", ca_file, f"cannot be loaded as PEM CA certificates: {e}") from None
+        what = f"[{section}] ca_file {ca_file}"
     else:
-        what = "the system's CA certificates ([mqtt] ca_file is not set)"
-    if mqtt.cert_file:
+        what = f"the system's CA certificates ([{section}] ca_file is not set)"
+    if cert_file:
         try:
-            ctx.load_cert_chain(mqtt.cert_file, mqtt.key_file or None)
+            ctx.load_cert_chain(cert_file, key_file or None)
         except (OSError, ssl.SSLError) as e:
-            raise ConfigError("mqtt", "cert_file", mqtt.cert_file,
-                              f"cannot be loaded with key_file {mqtt.key_file!r} as a PEM certificate and key: {e}") from None
+            raise ConfigError(section, "cert_file", cert_file,
+                              f"cannot be loaded with key_file {key_file!r} as a PEM certificate and key: {e}") from None
     ctx.sslobject_class = _naming_sslobject(what)
     return ctx
 

@@ -183,8 +183,6 @@ def sim_main(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | 
     code = 0
     try:
         url = args.broker or (scenario.broker if scenario is not None else None)
-        if tls_and_accounts.get("ca_file") and url is not None and not url.startswith("mqtts:"):
-            tls_and_accounts.pop("ca_file")   # the gateway's CA, for a plain broker: not needed
         if url is None:
             if start_broker is None:
                 return _fail("--broker URL is required (no embedded broker was offered)", 2, err)
@@ -193,6 +191,8 @@ def sim_main(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | 
             except SimError as e:
                 return _fail(str(e), 1, err)
             url = broker.url
+        if not getattr(args, "ca", None) and not url.startswith("mqtts:"):
+            tls_and_accounts.pop("ca_file", None)   # the gateway's CA, for a plain broker: not needed
         runner = None
         try:
             if scenario is not None:

@@ -112,3 +112,22 @@ def test_tls_and_account_errors_are_clear(tmp_path: Path) -> None:
                                           "--devices", "1", "--prefix", "real", "--procs", "0"])
         assert sim_main(args, io.StringIO(), err, login=sim_login) == 2
         assert "provisioned, but not by the simulator" in err.getvalue()
+
+
+def test_auth_config_on_the_embedded_broker_of_a_run() -> None:
+    """Without --broker the run's own (plain, open) embedded broker: the
+    gateway's CA is not used, the accounts are, and the run completes."""
+    with site_dir() as root:
+        assert cli(["certs", "init", str(root / "tls")]) == 0
+        toml = root / "gw.toml"
+        toml.write_text(gateway_toml(root, "mqtts://127.0.0.1:1", root / "tls" / "ca.pem"))
+        out, err = io.StringIO(), io.StringIO()
+        args = build_parser().parse_args(["sim", "--auth-config", str(toml), "--devices", "2", "--duration", "1",
+                                          "--procs", "0", "--json"])
+        from edgewire.app.cli import start_embedded_broker_for_sim
+
+        assert sim_main(args, out, err, start_broker=start_embedded_broker_for_sim, login=sim_login) == 0, \
+            err.getvalue()
+        report = json.loads(out.getvalue())
+        assert report["broker"].startswith("mqtt://") and report["fleet"]["devices_connected"] == 2
+        assert len(json.loads((root / "auth" / SIM_PASSWORDS).read_text())) == 2

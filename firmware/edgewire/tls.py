@@ -47,7 +47,7 @@ def _file(board, name, key):
 
 
 def context(board, cfg):
-    names = (cfg["tls_ca"], cfg["tls_cert"])
+    names = (cfg["tls_ca"], cfg.get("tls_cert"))
     if _ctx[0] == names:
         return _ctx[1]
     ca = _file(board, names[0], "tls_ca")

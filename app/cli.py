@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from edgewire.gateway.embedded_broker import EmbeddedBroker
@@ -84,9 +84,16 @@ def add_mqtt_security_parsers(sub: "argparse._SubParsersAction[argparse.Argument
     dv.add_argument("--wifi-password", help="provision: its password")
     dv.add_argument("--rotate", action="store_true", help="provision: give an existing device a new password")
 
-    c = sub.add_parser("certs", help="make a small local CA and a server certificate for the broker")
-    c.add_argument("action", choices=("init",))
-    c.add_argument("dir", help="where ca.pem, ca.key, server.pem and server.key go")
+    dv.add_argument("--client-cert", action="store_true",
+                    help="provision: also a client certificate (cert.der, cert.key) signed by the CA of --ca (its "
+                         "ca.key beside it), for a broker with require_certificate")
+
+    c = sub.add_parser("certs", help="make a small local CA and a server certificate for the broker; "
+                                     "device client certificates")
+    c.add_argument("action", choices=("init", "device"))
+    c.add_argument("dir", help="where ca.pem, ca.key, server.pem and server.key go (device: where they are)")
+    c.add_argument("--device", metavar="ID", help="device: the device id, the certificate's CN")
+    c.add_argument("--out", metavar="DIR", help="device: where cert.der and cert.key go (default: ./ID)")
     c.add_argument("--name", action="append", help="another host name or address of the broker (repeatable)")
     c.add_argument("--renew-server", action="store_true", help="keep the CA, make a new server certificate")
 
@@ -112,6 +119,40 @@ def start_embedded_broker_for_sim() -> "EmbeddedBroker":
         return EmbeddedBroker(port=0).start()
     except EmbeddedBrokerError as e:
         raise SimError(f"the embedded broker did not start: {e}") from e
+
+
+def sim_login(config_path: str) -> dict[str, Any]:
+    """`edgewire sim --auth-config GW.toml`: per-device accounts in the
+    gateway's [mqtt_auth] dir for the simulated devices, the gateway's own
+    account for the observer, its CA for an mqtts:// broker (SimError if the
+    configuration cannot give them)."""
+    import logging
+
+    from edgewire.gateway.config import load_config
+    from edgewire.gateway.errors import GatewayError
+    from edgewire.gateway.provision import gateway_login, sim_passwords
+    from edgewire.sim.errors import SimError
+
+    try:
+        cfg = load_config(config_path)
+        observer = gateway_login(cfg)
+    except GatewayError as e:
+        raise SimError(f"--auth-config {config_path}: {e}") from None
+
+    def credentials(ids: list[str]) -> dict[str, str]:
+        try:
+            passwords, added = sim_passwords(cfg, ids)
+        except GatewayError as e:
+            raise SimError(f"--auth-config {config_path}: {e}") from None
+        if added:
+            logging.getLogger("edgewire.sim").warning(
+                "%d new device accounts in %s (passwords kept in its sim-passwords.json); reload mosquitto (systemctl "
+                "reload mosquitto) or the gateway (SIGHUP, embedded broker) so that they are accepted: the devices "
+                "retry until then", len(added), cfg.mqtt_auth.dir)
+        return passwords
+
+    return {"credentials": credentials, "observer_auth": observer,
+            "ca_file": cfg.mqtt.ca_file or cfg.embedded_broker.ca_file or None}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -143,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.job == "sim":
         from edgewire.sim.cli import sim_main
 
-        return sim_main(args, start_broker=start_embedded_broker_for_sim)
+        return sim_main(args, start_broker=start_embedded_broker_for_sim, login=sim_login)
     from edgewire.app.demo import demo_main
 
     return demo_main(args)

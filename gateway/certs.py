@@ -30,7 +30,7 @@ from typing import Any
 
 from edgewire.gateway.errors import ConfigError, GatewayError
 
-__all__ = ["CertsError", "client_context", "init_site", "certs_main"]
+__all__ = ["CertsError", "client_context", "tls_client_context", "issue_client_cert", "init_site", "certs_main"]
 
 
 class CertsError(GatewayError):
@@ -57,22 +57,28 @@ def _naming_sslobject(what: str) -> type[ssl.SSLObject]:
 def client_context(mqtt: Any) -> ssl.SSLContext:
     """The SSLContext for [mqtt] (an mqtts:// url); ConfigError naming the key
     when a file is missing or not what it should be."""
+    return tls_client_context("mqtt", mqtt.ca_file, mqtt.cert_file, mqtt.key_file)
+
+
+def tls_client_context(section: str, ca_file: str, cert_file: str = "", key_file: str = "") -> ssl.SSLContext:
+    """A verifying client SSLContext: the CA from `ca_file` (else the system's),
+    a client certificate from cert_file/key_file; errors name [section]'s keys."""
     ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)  # CERT_REQUIRED, check_hostname
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    if mqtt.ca_file:
+    if ca_file:
         try:
-            ctx.load_verify_locations(cafile=mqtt.ca_file)
+            ctx.load_verify_locations(cafile=ca_file)
         except (OSError, ssl.SSLError) as e:
-            raise ConfigError("mqtt", "ca_file", mqtt.ca_file, f"cannot be loaded as PEM CA certificates: {e}") from None
-        what = f"[mqtt] ca_file {mqtt.ca_file}"
+            raise ConfigError(section, "ca_file", ca_file, f"cannot be loaded as PEM CA certificates: {e}") from None
+        what = f"[{section}] ca_file {ca_file}"
     else:
-        what = "the system's CA certificates ([mqtt] ca_file is not set)"
-    if mqtt.cert_file:
+        what = f"the system's CA certificates ([{section}] ca_file is not set)"
+    if cert_file:
         try:
-            ctx.load_cert_chain(mqtt.cert_file, mqtt.key_file or None)
+            ctx.load_cert_chain(cert_file, key_file or None)
         except (OSError, ssl.SSLError) as e:
-            raise ConfigError("mqtt", "cert_file", mqtt.cert_file,
-                              f"cannot be loaded with key_file {mqtt.key_file!r} as a PEM certificate and key: {e}") from None
+            raise ConfigError(section, "cert_file", cert_file,
+                              f"cannot be loaded with key_file {key_file!r} as a PEM certificate and key: {e}") from None
     ctx.sslobject_class = _naming_sslobject(what)
     return ctx
 
@@ -171,8 +177,60 @@ def init_site(directory: str | Path, names: list[str] | tuple[str, ...] = (), *,
     return paths
 
 
+CLIENT_CERT, CLIENT_KEY = "cert.der", "cert.key"  # the device finds the key by the certificate's name
+
+
+def issue_client_cert(directory: str | Path, device_id: str, out: str | Path, *, days: int = 730) -> tuple[Path, Path]:
+    """A device's client certificate (CN = its id, for mosquitto's
+    `use_identity_as_username`), signed by the CA in `directory`, written to
+    `out` in DER as the device reads it: cert.der, cert.key (PKCS#8, 0600)."""
+    try:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    except ImportError:
+        raise CertsError("`edgewire certs` needs the cryptography package: pip install 'edgewire[tls]'") from None
+    d = Path(directory)
+    try:
+        ca = x509.load_pem_x509_certificate((d / "ca.pem").read_bytes())
+        ca_key = serialization.load_pem_private_key((d / "ca.key").read_bytes(), None)
+    except (OSError, ValueError) as e:
+        raise CertsError(f"the CA in {d} (ca.pem, ca.key from `edgewire certs init`) cannot be read: {e}") from None
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device_id)])).issuer_name(ca.subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=days))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.public_key()),  # type: ignore[arg-type]
+                           critical=False)
+            .sign(ca_key, hashes.SHA256()))  # type: ignore[arg-type]
+    o = Path(out)
+    o.mkdir(parents=True, exist_ok=True)
+    der = serialization.Encoding.DER
+    _write(o / CLIENT_KEY, key.private_bytes(der, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+           0o600)
+    _write(o / CLIENT_CERT, cert.public_bytes(der), 0o644)
+    return o / CLIENT_CERT, o / CLIENT_KEY
+
+
 def certs_main(args: Any) -> int:
-    """`edgewire certs init DIR [--name N]... [--renew-server]` (app/cli.py parses)."""
+    """`edgewire certs init DIR [--name N]... [--renew-server]`, `edgewire certs
+    device DIR --device ID --out OUT` (app/cli.py parses)."""
+    if args.action == "device":
+        try:
+            if not args.device:
+                raise CertsError("--device ID is needed")
+            cert, key = issue_client_cert(args.dir, args.device, args.out or args.device)
+        except (CertsError, OSError) as e:
+            print(f"edgewire certs: {e}", file=sys.stderr)
+            return 2
+        print(f"client certificate {cert} and key {key} for {args.device}; copy both to the board and set "
+              f'"tls_cert": "{CLIENT_CERT}" in its config.json (the key is found by that name)')
+        return 0
     try:
         paths = init_site(args.dir, list(args.name or ()), renew_server=args.renew_server)
     except (CertsError, OSError) as e:

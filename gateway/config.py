@@ -149,8 +149,25 @@ class EmbeddedBrokerConfig:
     # MQTT ingest rate (msg/s) at which the gateway warns that the embedded
     # broker nears its limit; 0 never warns. Default: 70% of the measured limit.
     warn_rate: float = round(0.7 * MEASURED_LIMIT)
+    # TLS: cert_file/key_file (the server's PEM certificate and key, e.g. from
+    # `edgewire certs init`) add a TLS listener on tls_host:tls_port; the
+    # gateway's own client then connects over it, verifying with ca_file.
+    tls_host: str = ""
+    tls_port: int = 8883
+    cert_file: str = ""
+    key_file: str = ""
+    ca_file: str = ""
 
     def __post_init__(self) -> None:
+        s = "embedded_broker"
+        _str(s, "tls_host", self.tls_host, 255)
+        _int(s, "tls_port", self.tls_port, 0, 65535, " (0: any free port)")
+        for key in ("cert_file", "key_file", "ca_file"):
+            _str(s, key, getattr(self, key), 4096)
+            if getattr(self, key) and key != "cert_file" and not self.cert_file:
+                raise ConfigError(s, key, getattr(self, key), "needs cert_file (the broker's certificate) too")
+        if self.cert_file and not self.key_file:
+            raise ConfigError(s, "cert_file", self.cert_file, "needs key_file (the certificate's key) too")
         _str("embedded_broker", "host", self.host, 255)
         if not self.host:
             raise ConfigError("embedded_broker", "host", self.host, "expected a host name or address")

@@ -42,6 +42,12 @@ Three fixes to amqtt 0.12 live here (class `_Broker`, `_Handler`):
   and took a DISCONNECT not yet processed for an abrupt close (sending the will);
 - a client gets the retained messages of its own subscriptions only.
 
+TLS (`tls`, [embedded_broker] cert_file/key_file): a second listener,
+amqtt's own (asyncio's server side of the standard ssl module), with the
+site's server certificate from `edgewire certs init`; devices and the
+gateway's own client (`endpoint()`) reach the broker over it and verify it
+against the site's CA (docs/mqtt-security.md, "The embedded broker").
+
 Accounts and ACL (`auth_dir`, [mqtt_auth] dir): the broker then takes only
 the accounts of the generated password file and applies the device/gateway
 rules mosquitto gets from the generated ACL (gateway/embedded_auth.py,
@@ -60,10 +66,12 @@ import os
 import selectors
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -73,6 +81,7 @@ __all__ = [
     "EmbeddedBrokerError",
     "IngestWatch",
     "PortInUseError",
+    "TlsListener",
     "start_embedded_broker",
 ]
 
@@ -88,6 +97,24 @@ _DRAIN_LIMIT = 30.0  # seconds a disconnecting client's already-read messages ma
 # (QoS 2), measured with scripts/embedded_broker_limit.py (docs/gateway.md,
 # "When to switch to mosquitto"). [embedded_broker] warn_rate defaults to 70% of it.
 MEASURED_LIMIT = 1000
+
+
+@dataclass(frozen=True)
+class TlsListener:
+    """The embedded broker's TLS listener: where, and the server's PEM
+    certificate and key (`edgewire certs init`: server.pem, server.key)."""
+
+    host: str
+    port: int
+    certfile: str
+    keyfile: str
+
+    @classmethod
+    def of(cls, eb: Any) -> TlsListener | None:
+        """From [embedded_broker]; None without cert_file."""
+        if not eb.cert_file:
+            return None
+        return cls(eb.tls_host or eb.host, eb.tls_port, eb.cert_file, eb.key_file)
 
 
 class EmbeddedBrokerError(RuntimeError):
@@ -122,8 +149,13 @@ class EmbeddedBroker:
     (or `with`); `stop()` ends it. `start_embedded_broker()` is the async way in."""
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 1883, allow_fallback: bool = True,
-                 start_timeout: float = 30.0, auth_dir: str = "", gateway_user: str = "") -> None:
+                 start_timeout: float = 30.0, auth_dir: str = "", gateway_user: str = "",
+                 tls: TlsListener | None = None) -> None:
         self.host, self.requested_port = _check_args(host, port)
+        if tls is not None:
+            _check_args(tls.host, tls.port)
+        self.tls = tls
+        self.tls_port = 0
         self.auth_dir = auth_dir
         self.gateway_user = gateway_user
         self.allow_fallback = allow_fallback
@@ -137,6 +169,27 @@ class EmbeddedBroker:
         if not self.port:
             raise EmbeddedBrokerError("embedded broker is not running; call start() first")
         return _url(self.host, self.port)
+
+    @property
+    def tls_url(self) -> str:
+        """mqtts://host:port of the TLS listener ("" without one)."""
+        if not self.tls_port or self.tls is None:
+            return ""
+        return "mqtts" + _url(self.tls.host, self.tls_port)[4:]
+
+    def endpoint(self, ca_file: str = "") -> tuple[str, int, str, ssl.SSLContext | None]:
+        """Where the gateway's own client connects: (host, port, url, TLS
+        context). With a TLS listener: over TLS, verified against `ca_file`,
+        to a loopback address when the listener binds every address."""
+        if not self.tls_url or self.tls is None:
+            return self.host, self.port, self.url, None
+        from edgewire.gateway.certs import tls_client_context
+
+        host = self.tls.host
+        if host in ("0.0.0.0", "::"):
+            host = "127.0.0.1" if host == "0.0.0.0" else "::1"
+        url = "mqtts" + _url(host, self.tls_port)[4:]
+        return host, self.tls_port, url, tls_client_context("embedded_broker", ca_file)
 
     @property
     def pid(self) -> int | None:
@@ -156,6 +209,9 @@ class EmbeddedBroker:
             cmd.append("--no-fallback")
         if self.auth_dir:
             cmd += ["--auth-dir", self.auth_dir, "--gateway-user", self.gateway_user]
+        if self.tls is not None:
+            cmd += ["--tls-host", self.tls.host, "--tls-port", str(self.tls.port), "--certfile", self.tls.certfile,
+                    "--keyfile", self.tls.keyfile]
         try:
             proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
         except OSError as e:
@@ -173,6 +229,13 @@ class EmbeddedBroker:
             raise EmbeddedBrokerError(str(report["error"]))
         self.port = int(report["port"])
         self.fell_back = bool(report["fell_back"])
+        self.tls_port = int(report.get("tls_port", 0))
+        if self.tls is not None and report.get("tls_fell_back"):
+            log.warning("port %d on %s is already in use; the embedded MQTT broker's TLS listener is on port %d "
+                        "instead (devices configured for %d will not reach it)", self.tls.port, self.tls.host,
+                        self.tls_port, self.tls.port)
+        if self.tls_url:
+            log.info("embedded MQTT broker: TLS listener on %s", self.tls_url)
         if self.fell_back:
             log.warning("port %d on %s is already in use (another MQTT broker, e.g. a system mosquitto?); "
                         "the embedded MQTT broker listens on port %d instead", self.requested_port, self.host,
@@ -285,11 +348,11 @@ class EmbeddedBroker:
 
 async def start_embedded_broker(*, host: str = "127.0.0.1", port: int = 1883, allow_fallback: bool = True,
                                 start_timeout: float = 30.0, auth_dir: str = "",
-                                gateway_user: str = "") -> EmbeddedBroker:
+                                gateway_user: str = "", tls: TlsListener | None = None) -> EmbeddedBroker:
     """Start the embedded broker's process and return once it accepts
     connections, without blocking the running loop. `await broker.aclose()` ends it."""
     broker = EmbeddedBroker(host=host, port=port, allow_fallback=allow_fallback, start_timeout=start_timeout,
-                            auth_dir=auth_dir, gateway_user=gateway_user)
+                            auth_dir=auth_dir, gateway_user=gateway_user, tls=tls)
     return await asyncio.to_thread(broker.start)
 
 
@@ -371,18 +434,22 @@ def _addr_in_use(exc: BaseException) -> bool:
     return False
 
 
-def _config(host: str, port: int, auth: bool = False) -> dict[str, Any]:
-    bind_host = f"[{host}]" if ":" in host else host
+def _bind(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _config(host: str, port: int, auth: bool = False, tls: TlsListener | None = None) -> dict[str, Any]:
     if auth:  # the generated accounts and the device/gateway ACL
         from edgewire.gateway.embedded_auth import plugins_config
 
         plugins = plugins_config()
     else:  # only anonymous auth: no $SYS publisher, no per-packet logger plugins
         plugins = {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}}
-    return {
-        "listeners": {"default": {"type": "tcp", "bind": f"{bind_host}:{port}", "max_connections": 0}},
-        "plugins": plugins,
-    }
+    listeners: dict[str, Any] = {"default": {"type": "tcp", "bind": _bind(host, port), "max_connections": 0}}
+    if tls is not None:  # amqtt's listener keys (amqtt.contexts.ListenerConfig): ssl, certfile, keyfile
+        listeners["tls"] = {"type": "tcp", "bind": _bind(tls.host, tls.port), "max_connections": 0, "ssl": True,
+                            "certfile": tls.certfile, "keyfile": tls.keyfile}
+    return {"listeners": listeners, "plugins": plugins}
 
 
 class _NoCallerFilter(logging.Filter):
@@ -534,11 +601,11 @@ def _amqtt_classes() -> tuple[type, type]:
     return _Broker, _Handler
 
 
-async def _try_start(host: str, port: int, auth: bool = False) -> Any | None:
-    """Start amqtt on (host, port); None if the port turned out to be taken."""
+async def _try_start(host: str, port: int, auth: bool = False, tls: TlsListener | None = None) -> Any | None:
+    """Start amqtt on (host, port) (and the TLS listener); None if a port turned out to be taken."""
     broker_cls, _ = _amqtt_classes()
-    broker = broker_cls(_config(host, port, auth))
     try:
+        broker = broker_cls(_config(host, port, auth, tls))
         await broker.start()
     except Exception as e:
         if _addr_in_use(e):
@@ -547,21 +614,31 @@ async def _try_start(host: str, port: int, auth: bool = False) -> Any | None:
     return broker
 
 
-async def _start_amqtt(host: str, port: int, allow_fallback: bool, auth: bool = False) -> tuple[Any, int, bool]:
-    """amqtt on this loop: (broker, bound port, fell back)."""
-    _quiet_amqtt()
-    if port != 0:
-        broker = await _try_start(host, port, auth) if _port_free(host, port) else None
-        if broker is not None:
-            return broker, port, False
-        if not allow_fallback:
-            raise PortInUseError(errno.EADDRINUSE, _in_use_message(host, port))
+def _pick(host: str, port: int, allow_fallback: bool, taken: int = 0) -> tuple[int, bool]:
+    """The port to bind: `port` if free, else (fallback) a free one -> (port, fell back)."""
+    if port != 0 and _port_free(host, port):
+        return port, False
+    if port != 0 and not allow_fallback:
+        raise PortInUseError(errno.EADDRINUSE, _in_use_message(host, port))
     for _ in range(_FALLBACK_ATTEMPTS):
         chosen = _free_port(host)
-        broker = await _try_start(host, chosen, auth)
+        if chosen != taken:
+            return chosen, port != 0
+    raise EmbeddedBrokerError(f"no free port found on {host}")
+
+
+async def _start_amqtt(host: str, port: int, allow_fallback: bool, auth: bool = False,
+                       tls: TlsListener | None = None) -> tuple[Any, int, bool, int, bool]:
+    """amqtt on this loop: (broker, bound port, fell back, TLS port, TLS fell back)."""
+    _quiet_amqtt()
+    for _ in range(_FALLBACK_ATTEMPTS):
+        bound, fell_back = _pick(host, port, allow_fallback)
+        tls_bound, tls_fell_back = _pick(tls.host, tls.port, allow_fallback, bound) if tls else (0, False)
+        broker = await _try_start(host, bound, auth, tls and TlsListener(tls.host, tls_bound, tls.certfile,
+                                                                         tls.keyfile))
         if broker is not None:
-            return broker, chosen, port != 0
-        # someone took it between our probe and amqtt's bind: try another
+            return broker, bound, fell_back, tls_bound, tls_fell_back
+        # someone took a port between our probe and amqtt's bind: probe again
     raise EmbeddedBrokerError(f"no free port found on {host} after {_FALLBACK_ATTEMPTS} attempts")
 
 
@@ -590,14 +667,16 @@ async def _reload_auth(broker: Any) -> None:
             await handler.writer.close()
 
 
-async def _serve(host: str, port: int, allow_fallback: bool, auth_dir: str = "", gateway_user: str = "") -> int:
+async def _serve(host: str, port: int, allow_fallback: bool, auth_dir: str = "", gateway_user: str = "",
+                 tls: TlsListener | None = None) -> int:
     loop = asyncio.get_running_loop()
     try:
         if auth_dir:
             from edgewire.gateway import embedded_auth
 
             embedded_auth.configure(auth_dir, gateway_user)
-        broker, bound, fell_back = await _start_amqtt(host, port, allow_fallback, bool(auth_dir))
+        broker, bound, fell_back, tls_bound, tls_fell_back = await _start_amqtt(host, port, allow_fallback,
+                                                                                bool(auth_dir), tls)
     except PortInUseError as e:
         _report({"error": e.strerror or str(e), "in_use": True})
         return 1
@@ -617,7 +696,7 @@ async def _serve(host: str, port: int, allow_fallback: bool, auth_dir: str = "",
     else:
         loop.add_signal_handler(signal.SIGHUP, lambda: None)  # nothing to reload; never die of it
     await loop.connect_read_pipe(lambda: _StdinWatch(stop), sys.stdin)
-    _report({"port": bound, "fell_back": fell_back})
+    _report({"port": bound, "fell_back": fell_back, "tls_port": tls_bound, "tls_fell_back": tls_fell_back})
     await stop.wait()
     try:
         await broker.shutdown()
@@ -636,6 +715,10 @@ def _child_main(argv: list[str]) -> int:
     p.add_argument("--no-fallback", action="store_true", help="fail instead of using a free port when PORT is taken")
     p.add_argument("--auth-dir", default="", help="[mqtt_auth] dir: accounts from its passwd, the device ACL")
     p.add_argument("--gateway-user", default="", help="the gateway's user name (reads all, writes commands)")
+    p.add_argument("--tls-host", default="", help="address of the TLS listener (default: --host)")
+    p.add_argument("--tls-port", type=int, default=8883)
+    p.add_argument("--certfile", default="", help="the server's PEM certificate: turns the TLS listener on")
+    p.add_argument("--keyfile", default="", help="its PEM key")
     args = p.parse_args(argv)
     # Ctrl-C reaches the whole process group; the parent says when to stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -643,10 +726,13 @@ def _child_main(argv: list[str]) -> int:
                         format="%(asctime)s %(levelname)s edgewire embedded broker: %(name)s: %(message)s")
     try:
         host, port = _check_args(args.host, args.port)
+        tls = None
+        if args.certfile:
+            tls = TlsListener(*_check_args(args.tls_host or host, args.tls_port), args.certfile, args.keyfile)
     except EmbeddedBrokerError as e:
         _report({"error": str(e)})
         return 2
-    return asyncio.run(_serve(host, port, not args.no_fallback, args.auth_dir, args.gateway_user))
+    return asyncio.run(_serve(host, port, not args.no_fallback, args.auth_dir, args.gateway_user, tls))
 
 
 if __name__ == "__main__":

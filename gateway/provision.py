@@ -42,9 +42,11 @@ from edgewire import wire
 from edgewire.gateway.errors import ConfigError, GatewayError
 
 __all__ = ["ProvisionError", "DeviceList", "allowed", "hash_password", "verify_password", "read_passwd",
-           "render_acl", "render_passwd", "write_broker_files", "provision", "revoke", "device_main"]
+           "render_acl", "render_passwd", "write_broker_files", "provision", "revoke", "device_main",
+           "sim_passwords", "gateway_login"]
 
 DEVICES = "devices.json"
+SIM_PASSWORDS = "sim-passwords.json"
 PASSWD = "passwd"
 ACL = "acl"
 ITERATIONS = 1000
@@ -210,6 +212,11 @@ def _gateway_account(cfg: Any, *, create: bool) -> tuple[str, str]:
     return m.username, password
 
 
+def gateway_login(cfg: Any) -> tuple[str, str]:
+    """The gateway's MQTT account (user, password), its password file made if missing."""
+    return _gateway_account(cfg, create=True)
+
+
 def _auth_dir(cfg: Any) -> Path:
     d = cfg.mqtt_auth.dir
     if not d:
@@ -247,7 +254,7 @@ def _default_broker_host(cfg: Any) -> str:
 
 def provision(cfg: Any, device_id: str, *, out: str | Path, broker_host: str | None = None,
               broker_port: int | None = None, ca_file: str | None = None, wifi_ssid: str | None = None,
-              wifi_password: str | None = None, rotate: bool = False) -> dict[str, Any]:
+              wifi_password: str | None = None, rotate: bool = False, client_cert: bool = False) -> dict[str, Any]:
     """Create `device_id`'s account (a random password, stored hashed), write
     its config.json (and ca.der when TLS) to `out`, regenerate the broker
     files. Returns the device config."""
@@ -272,6 +279,8 @@ def provision(cfg: Any, device_id: str, *, out: str | Path, broker_host: str | N
         "password": password,
         "tls_ca": "ca.der" if tls else None,
     }
+    if client_cert and not tls:
+        raise ProvisionError("a client certificate is for TLS: give --ca too (its ca.key signs the certificate)")
     if wifi_ssid:
         device_cfg["wifi_ssid"] = wifi_ssid
         device_cfg["wifi_password"] = wifi_password
@@ -285,6 +294,14 @@ def provision(cfg: Any, device_id: str, *, out: str | Path, broker_host: str | N
         except (OSError, UnicodeDecodeError, ValueError) as e:
             raise ProvisionError(f"CA file {ca_file}: not a readable PEM certificate ({e})") from None
         (out_dir / "ca.der").write_bytes(der)
+        if client_cert:
+            from edgewire.gateway.certs import CertsError, issue_client_cert
+
+            try:
+                cert, key = issue_client_cert(Path(str(ca_file)).parent, device_id, out_dir)
+            except CertsError as e:
+                raise ProvisionError(str(e)) from None
+            device_cfg["tls_cert"] = cert.name  # and cert.key beside it
     _write_private(out_dir / "config.json", json.dumps(device_cfg, indent=1) + "\n")
     devices[device_id] = {"hash": hash_password(password), "created": int(time.time())}
     store.save(devices)
@@ -301,6 +318,52 @@ def revoke(cfg: Any, device_id: str) -> None:
     del devices[device_id]
     store.save(devices)
     write_broker_files(cfg)
+
+
+def sim_passwords(cfg: Any, ids: list[str]) -> tuple[dict[str, str], list[str]]:
+    """Accounts for simulated devices (`edgewire sim --auth-config`): each id
+    gets one in the device list on first use; unlike a real device's, its
+    password is kept, in [mqtt_auth] dir/sim-passwords.json (0600), so later
+    runs log in with it. Refuses an id provisioned otherwise (a real device's
+    password is nowhere to be read). Regenerates the broker files when
+    accounts were added. Returns ({id: password}, the ids added)."""
+    directory = _auth_dir(cfg)
+    gw_user, _ = _gateway_account(cfg, create=True)
+    store = DeviceList(directory)
+    devices = store.load()
+    kept_path = directory / SIM_PASSWORDS
+    try:
+        kept = json.loads(kept_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        kept = {}
+    except (OSError, ValueError) as e:
+        raise ProvisionError(f"{kept_path}: cannot be read ({e})") from None
+    if not isinstance(kept, dict):
+        raise ProvisionError(f"{kept_path}: not the simulator's password list")
+    out: dict[str, str] = {}
+    added: list[str] = []
+    for d in ids:
+        entry, known = kept.get(d), devices.get(d)
+        if known is not None:
+            if not (isinstance(entry, list) and len(entry) == 2 and entry[1] == known.get("hash")):
+                raise ProvisionError(f"device {d!r} is provisioned, but not by the simulator (its password is not in "
+                                     f"{kept_path}): use another prefix, or revoke it first")
+            out[d] = entry[0]
+            continue
+        if d == gw_user:
+            raise ProvisionError(f"device id {d!r} is the gateway's own MQTT user name ([mqtt] username)")
+        password = secrets.token_urlsafe(24)
+        hashed = hash_password(password)
+        devices[d] = {"hash": hashed, "created": int(time.time()), "simulated": True}
+        kept[d] = [password, hashed]
+        out[d] = password
+        added.append(d)
+    if added:
+        directory.mkdir(parents=True, exist_ok=True)
+        _write_private(kept_path, json.dumps(kept, indent=0, sort_keys=True) + "\n")
+        store.save(devices)
+        write_broker_files(cfg)
+    return out, added
 
 
 # ---------------------------------------------------------------- CLI
@@ -327,7 +390,7 @@ def device_main(args: Any) -> int:
         out = args.out or args.device
         dc = provision(cfg, args.device, out=out, broker_host=args.broker_host, broker_port=args.broker_port,
                        ca_file=args.ca, wifi_ssid=args.wifi_ssid, wifi_password=args.wifi_password,
-                       rotate=args.rotate)
+                       rotate=args.rotate, client_cert=getattr(args, "client_cert", False))
         extra = " and ca.der" if dc["tls_ca"] else ""
         print(f"{args.device}: config.json{extra} written to {out} (it holds the device's password: copy it to "
               f"the board, then delete it). Broker files regenerated in {cfg.mqtt_auth.dir}; reload mosquitto.")

@@ -17,7 +17,7 @@ import logging
 import math
 import sys
 from collections.abc import Callable
-from typing import Protocol, TextIO
+from typing import Any, Protocol, TextIO
 
 from edgewire.sim.errors import SimError
 
@@ -56,6 +56,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise SimError(f"--duration {args.duration:g}: must be more than 0 and at most {MAX_DURATION:g} seconds")
     if args.broker is not None:
         parse_broker_url(args.broker)
+    if getattr(args, "ca", None) and args.broker is not None and not parse_broker_url(args.broker).tls:
+        raise SimError(f"--ca {args.ca}: the broker {args.broker} is not mqtts:// (TLS)")
     if args.seed is not None and not 0 <= args.seed < 1 << 32:
         raise SimError(f"--seed {args.seed}: must be 0..{(1 << 32) - 1}")
     if args.procs is not None and not 0 <= args.procs <= 256:
@@ -83,7 +85,14 @@ def add_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--rate", type=float, default=1.0, help="telemetry messages per second per device (default 1)")
     s.add_argument("--qos", type=int, choices=(0, 1, 2), default=1, help="MQTT QoS for every stream (default 1)")
     s.add_argument("--broker", metavar="URL", default=None,
-                   help="mqtt://host:port; without it the embedded amqtt broker is started on a free port")
+                   help="mqtt://host:port, or mqtts://host:port (TLS, with --ca); without it the embedded amqtt "
+                        "broker is started on a free port")
+    s.add_argument("--ca", metavar="FILE", default=None,
+                   help="with an mqtts:// broker: the CA (PEM or DER) that signed its certificate, e.g. ca.pem "
+                        "from `edgewire certs init` (default with --auth-config: the gateway's [mqtt] ca_file)")
+    s.add_argument("--auth-config", metavar="GW.toml", default=None,
+                   help="the gateway's configuration: every simulated device logs in with its own account in "
+                        "[mqtt_auth] dir (made on first use), the observer with the gateway's account")
     s.add_argument("--duration", type=float, default=10.0, help="seconds to run (default 10)")
     s.add_argument("--prefix", default="sim", help="device id prefix (default 'sim')")
     s.add_argument("--seed", type=int, default=None, help="seed for the sensor models (default: random)")
@@ -114,10 +123,13 @@ def _progress_line(p: dict[str, object]) -> str:
 
 
 def sim_main(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None, *,
-             start_broker: Callable[[], RunningBroker] | None = None) -> int:
+             start_broker: Callable[[], RunningBroker] | None = None,
+             login: Callable[[str], dict[str, Any]] | None = None) -> int:
     """Run `edgewire sim`. Without `args.broker`, `start_broker()` starts the
     broker the fleet uses (it raises SimError when it cannot) and the run ends
-    with its `stop()`."""
+    with its `stop()`. With `args.auth_config`, `login(path)` gives the Fleet's
+    credentials, observer_auth and default ca_file (the `edgewire` command
+    reads them from the gateway's configuration)."""
     out = out or sys.stdout
     err = err or sys.stderr
     try:
@@ -157,6 +169,16 @@ def sim_main(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | 
             last_line[0] = el
             print("edgewire sim: " + _progress_line(p).strip(), file=err, flush=True)
 
+    tls_and_accounts: dict[str, Any] = {}
+    if getattr(args, "auth_config", None):
+        if login is None:
+            return _fail("--auth-config needs the edgewire command (it reads the gateway's accounts)", 2, err)
+        try:
+            tls_and_accounts = dict(login(args.auth_config))
+        except SimError as e:
+            return _fail(str(e), 2, err)
+    if getattr(args, "ca", None):
+        tls_and_accounts["ca_file"] = args.ca
     broker: RunningBroker | None = None
     code = 0
     try:
@@ -169,17 +191,19 @@ def sim_main(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | 
             except SimError as e:
                 return _fail(str(e), 1, err)
             url = broker.url
+        if not getattr(args, "ca", None) and not url.startswith("mqtts:"):
+            tls_and_accounts.pop("ca_file", None)   # the gateway's CA, for a plain broker: not needed
         runner = None
         try:
             if scenario is not None:
                 from edgewire.sim.scenario import ScenarioRun
                 runner = ScenarioRun(scenario, url, procs=procs, ramp=ramp, shard=parse_shard(args.shard),
-                                     seed=args.seed, gateway=args.gateway)
+                                     seed=args.seed, gateway=args.gateway, **tls_and_accounts)
                 fleet = runner.fleet
             else:
                 fleet = Fleet(url, devices=args.devices, rate=args.rate, qos=args.qos, seed=args.seed,
                               prefix=args.prefix, procs=procs, ramp=ramp, shard=parse_shard(args.shard),
-                              gateway=args.gateway)
+                              gateway=args.gateway, **tls_and_accounts)
         except SimError as e:
             return _fail(str(e), 2, err)
         try:

@@ -81,6 +81,7 @@ class DeviceSpec:
     seed: int
     fault_rate: float
     cfg: dict[str, Any]
+    files: dict[str, bytes] = field(default_factory=dict)   # the board's storage at power-on (a TLS CA)
 
 
 @dataclass
@@ -167,7 +168,8 @@ class SimDevice:
 class Shard:
     def __init__(self, specs: list[DeviceSpec], *, ramp: float, name: int = 0) -> None:
         self.name = name
-        self.sims = [SimDevice(s, SimBoard(s.device_id, seed=s.seed, fault_rate=s.fault_rate, clock=c), c)
+        self.sims = [SimDevice(s, SimBoard(s.device_id, storage=dict(s.files), seed=s.seed,
+                                           fault_rate=s.fault_rate, clock=c), c)
                      for s in specs for c in (SimClock(),)]
         self.by_id = {s.spec.device_id: s for s in self.sims}
         self.ramp = float(ramp)

@@ -29,7 +29,7 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -196,6 +196,13 @@ class Fleet:
                   proxy); reports still name broker_url
       gateway     http://host:port of a gateway: the observer reads its SSE stream
                   (what the gateway accepted) instead of subscribing to the broker
+      ca_file     with an mqtts:// broker: the CA (PEM or DER) the devices and the
+                  observer verify the broker's certificate against; each device
+                  gets it in its storage and runs the SDK's TLS (edgewire.tls)
+      credentials per-device accounts (user name = device id): {id: password}, or
+                  a function of this shard's device ids returning that
+      observer_auth  (user, password) of the observer's MQTT login (an account
+                  that may read every device's telemetry, e.g. the gateway's)
     """
 
     def __init__(self, broker_url: str, *, devices: int | None = None, rate: float = 1.0, qos: int = 1,
@@ -203,8 +210,13 @@ class Fleet:
                  overrides: Mapping[str, Any] | None = None, groups: Sequence[Group] | None = None,
                  procs: int = 0, ramp: float = DEFAULT_RAMP, shard: tuple[int, int] = (0, 1),
                  observe: bool = True, connect_to: tuple[str, int] | None = None,
-                 gateway: str | None = None) -> None:
+                 gateway: str | None = None, ca_file: str | None = None,
+                 credentials: Mapping[str, str] | Callable[[list[str]], Mapping[str, str]] | None = None,
+                 observer_auth: tuple[str, str] | None = None) -> None:
         self.address: BrokerAddress = parse_broker_url(broker_url)
+        self.ca = _read_ca(ca_file, self.address)
+        self.credentials = credentials
+        self.observer_auth = observer_auth
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise SimError(f"seed {seed!r} must be an integer or None")
         self.seed = seed if seed is not None else random.SystemRandom().randrange(1 << 32)
@@ -277,6 +289,8 @@ class Fleet:
             cfg_in.update({"device_id": ids[0], "broker_host": host, "broker_port": port,
                            "streams": [dict(s) for s in g.streams], "batch_max": 1,
                            "min_interval_ms": MIN_INTERVAL_MS})
+            if self.ca is not None:
+                cfg_in["tls_ca"] = self.ca[0]
             try:
                 base = device_config.build(probe, cfg_in)   # validated once per group
             except device_config.ConfigError as e:
@@ -290,7 +304,8 @@ class Fleet:
                     rng = random.Random(self.seed * 7_919 + index)
                     cfg["streams"] = [dict(s, phase_ms=rng.randrange(max(1, s["interval_ms"])))
                                       for s in base["streams"]]
-                    self.specs.append(DeviceSpec(did, g.name, self._device_seed(index), g.fault_rate, cfg))
+                    files = {self.ca[0]: self.ca[1]} if self.ca is not None else {}
+                    self.specs.append(DeviceSpec(did, g.name, self._device_seed(index), g.fault_rate, cfg, files))
                     self.total_rate += g.rate
                     self.max_interval_s = max(self.max_interval_s, max(st["interval_ms"] for st in g.streams) / 1000)
                     self.device_ids.append(did)
@@ -298,6 +313,20 @@ class Fleet:
                 index += 1
         if not self.specs:
             raise SimError(f"shard {si}/{sn} holds no devices of this {index}-device fleet")
+        if self.credentials is not None:
+            self._log_in()
+
+    def _log_in(self) -> None:
+        """Each device logs in as its own account (user name = device id)."""
+        creds = self.credentials
+        passwords = creds(list(self.device_ids)) if callable(creds) else creds
+        assert passwords is not None
+        missing = [d for d in self.device_ids if not isinstance(passwords.get(d), str)]
+        if missing:
+            raise SimError(f"no password for {len(missing)} devices, e.g. {missing[0]!r} (credentials)")
+        for spec in self.specs:
+            spec.cfg["username"] = spec.device_id
+            spec.cfg["password"] = passwords[spec.device_id]
 
     @property
     def configured_rate(self) -> float:
@@ -361,7 +390,8 @@ class Fleet:
         if self.observe:
             wait = wait_observer if wait_observer is not None else wait_connected is not None
             obs = GatewayObserver(self.gateway, self.stream_qos) if self.gateway else \
-                Observer(self.address.host, self.address.port, self.stream_qos)
+                Observer(self.address.host, self.address.port, self.stream_qos,
+                         tls_ca=self.ca[1] if self.ca is not None else None, auth=self.observer_auth)
             self._observer = obs.start(timeout=5.0 if wait else 0.0)
         self._started_at = time.monotonic()
         self._started_wall = time.time()
@@ -522,6 +552,30 @@ class Fleet:
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+
+def _read_ca(ca_file: str | None, address: BrokerAddress) -> tuple[str, bytes] | None:
+    """(name in the boards' storage, bytes) of the CA for an mqtts:// broker; None for mqtt://."""
+    if not address.tls:
+        if ca_file:
+            raise SimError(f"ca_file {ca_file!r} is for TLS: the broker URL {address.url} is not mqtts://")
+        return None
+    if not ca_file:
+        raise SimError(f"the broker {address.url} is TLS: give the CA that signed its certificate (ca_file, --ca; "
+                       "e.g. ca.pem from `edgewire certs init`)")
+    try:
+        with open(ca_file, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise SimError(f"ca_file {ca_file}: cannot be read ({e.strerror or e})") from None
+    pem = data.lstrip().startswith(b"-----BEGIN CERTIFICATE-----")
+    import ssl
+
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=data.decode("ascii") if pem else data)
+    except (ssl.SSLError, ValueError, UnicodeDecodeError) as e:
+        raise SimError(f"ca_file {ca_file}: not a PEM or DER CA certificate ({e})") from None
+    return ("ca.pem" if pem else "ca.der"), data
 
 
 def _run_shard(shard: Shard, conn: Any) -> None:

@@ -24,6 +24,7 @@ import json
 import random
 import select
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Mapping
@@ -93,9 +94,16 @@ class Observer:
     """Counts the telemetry of `devices` ({device id: {stream: qos}})."""
 
     def __init__(self, host: str, port: int, devices: Mapping[str, Mapping[str, int]],
-                 client_id: str | None = None) -> None:
+                 client_id: str | None = None, tls_ca: bytes | None = None,
+                 auth: tuple[str, str] | None = None) -> None:
         self.host = host
         self.port = port
+        self.auth = auth   # (user, password) of the MQTT login; None: anonymous
+        self._tls: ssl.SSLContext | None = None
+        if tls_ca is not None:   # verify the broker against this CA (PEM or DER)
+            self._tls = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            pem = tls_ca.lstrip().startswith(b"-----")
+            self._tls.load_verify_locations(cadata=tls_ca.decode("ascii") if pem else tls_ca)
         self.devices = devices
         self.lock = threading.Lock()
         self.received: dict[str, list[int]] = {}      # device -> distinct per QoS [q0, q1, q2]
@@ -132,7 +140,7 @@ class Observer:
     def stop(self) -> None:
         self._stop.set()
         s = self._sock
-        if s is not None:
+        if s is not None and self._tls is None:  # TLS: the reader thread says goodbye (one thread per SSL object)
             try:
                 s.sendall(b"\xe0\x00")
             except OSError:
@@ -160,13 +168,17 @@ class Observer:
         s = socket.create_connection((self.host, self.port), timeout=5.0)
         self._sock = s
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        s.sendall(encode_connect(self.client_id, 30, True))
+        if self._tls is not None:
+            s = self._sock = self._tls.wrap_socket(s, server_hostname=self.host)
+        user, password = self.auth if self.auth is not None else (None, None)
+        s.sendall(encode_connect(self.client_id, 30, True, user, password))
         s.sendall(encode_subscribe(1, wire.ROOT + "/+/" + wire.KIND_TELEMETRY, 1))
         buf = bytearray()
         last_tx = time.monotonic()
         connacked = False
         while not self._stop.is_set():
-            r, _, _ = select.select([s], [], [], 1.0)
+            # a TLS socket may hold decrypted bytes select() cannot see
+            r = self._tls is not None and s.pending() or select.select([s], [], [], 1.0)[0]
             now = time.monotonic()
             out = bytearray()
             if r:
@@ -188,6 +200,8 @@ class Observer:
             if out:
                 s.sendall(out)
                 last_tx = now
+        if self._tls is not None:
+            s.sendall(b"\xe0\x00")   # DISCONNECT
 
     _suback = False
 

@@ -265,7 +265,8 @@ class ScenarioRun:
     """
 
     def __init__(self, scenario: Scenario, broker_url: str, *, procs: int = 0, ramp: float = 1000.0,
-                 shard: tuple[int, int] = (0, 1), seed: int | None = None, gateway: str | None = None) -> None:
+                 shard: tuple[int, int] = (0, 1), seed: int | None = None, gateway: str | None = None,
+                 **login: Any) -> None:
         self.scenario = scenario
         self.address = parse_broker_url(broker_url)
         self.seed = seed if seed is not None else scenario.seed
@@ -277,7 +278,7 @@ class ScenarioRun:
         self.proxy_port: int | None = None
         # Built now (validated before I/O), pointed at the proxy once it listens.
         self.fleet = Fleet(broker_url, groups=scenario.groups, seed=self.seed, procs=procs, ramp=ramp, shard=shard,
-                           connect_to=("127.0.0.1", 1), gateway=gateway)
+                           connect_to=("127.0.0.1", 1), gateway=gateway, **login)  # ca_file, credentials, ...
         self._t0: float | None = None
         self._threads: list[threading.Thread] = []
         self._resolve()

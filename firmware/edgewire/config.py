@@ -23,6 +23,7 @@ DEFAULTS = {
     "username": None,
     "password": None,
     "tls_ca": None,             # TLS: the broker's CA, a DER file in the board's storage ("ca.der")
+    "tls_cert": None,           # TLS client certificate, DER ("cert.der"); its key beside it as "cert.key"
     "keepalive_s": 30,          # PINGREQ after keepalive/2 of silence; dead after +timeout_ms
     "clean_session": False,     # a persistent session keeps QoS 1 commands while offline
     "timeout_ms": 5000,         # deadline for every socket read/write, CONNACK, SUBACK, PINGRESP
@@ -58,7 +59,7 @@ STREAM_KEYS = ("name", "source", "interval_ms", "qos", "unit")
 BOARD_KEYS = ("wifi_ssid", "wifi_password", "watchdog_ms", "ntp_host")
 # Options that are off when None: left out of the Device's config unless set
 # (the Device reads them with get()), for the same reason.
-UNSET_KEYS = ("tls_ca",)
+UNSET_KEYS = ("tls_ca", "tls_cert")
 
 
 class ConfigError(ValueError):
@@ -133,6 +134,7 @@ def validate(cfg, board=None):
     _str(cfg, "username", True)
     _str(cfg, "password", True)
     _str(cfg, "tls_ca", True, 64)
+    _str(cfg, "tls_cert", True, 64)
     _int(cfg, "broker_port", 1, 65535)
     _int(cfg, "net_timeout_ms", 100, 600000)
     _int(cfg, "keepalive_s", 1, 65535)

@@ -51,17 +51,18 @@ class MqttIngest:
     async def start(self) -> None:
         """Start the embedded broker if no [mqtt] url is set, connect, consume."""
         cfg = self.config
+        tls = client_context(cfg.mqtt) if cfg.mqtt.tls else None
         if cfg.mqtt.url:
             host, port = cfg.mqtt.host_port
             self.url = cfg.mqtt.url
         else:
-            from edgewire.gateway.embedded_broker import IngestWatch, start_embedded_broker
+            from edgewire.gateway.embedded_broker import IngestWatch, TlsListener, start_embedded_broker
 
             eb = cfg.embedded_broker
             self.broker = await start_embedded_broker(host=eb.host, port=eb.port, allow_fallback=eb.allow_fallback,
-                                                      auth_dir=cfg.mqtt_auth.dir, gateway_user=cfg.mqtt.username)
-            host, port = eb.host, int(self.broker.port)
-            self.url = str(self.broker.url)
+                                                      auth_dir=cfg.mqtt_auth.dir, gateway_user=cfg.mqtt.username,
+                                                      tls=TlsListener.of(eb))
+            host, port, self.url, tls = self.broker.endpoint(eb.ca_file)  # over TLS when it has a TLS listener
             self.broker_watch = IngestWatch(threshold=eb.warn_rate)
             log.info("no [mqtt] url: embedded broker at %s (process %s)", self.url, self.broker.pid)
         if self.client is None:
@@ -72,7 +73,7 @@ class MqttIngest:
                                      connect_timeout=m.connect_timeout, reconnect_min=m.reconnect_min,
                                      reconnect_max=m.reconnect_max, max_packet=m.max_packet,
                                      queue_limit=m.queue_limit, max_inflight=max(16, cfg.commands.max_pending),
-                                     name="mqtt-ingest", tls_context=client_context(m) if m.tls else None)
+                                     name="mqtt-ingest", tls_context=tls)
         self.client.start()
         self._task = asyncio.get_running_loop().create_task(self.run(), name="ingest-mqtt")
         if self.broker_watch is not None:  # warns when ingest nears the embedded broker's limit

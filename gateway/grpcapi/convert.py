@@ -2,12 +2,13 @@
 grpc sink and the gRPC gateway service."""
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 from edgewire.gateway.hub import Event
 from edgewire.gateway.journal import KIND_TELEMETRY, Entry
 
-__all__ = ["batch_of", "reading_message"]
+__all__ = ["batch_bytes", "batch_of", "reading_message"]
 
 INT64 = 2 ** 63
 
@@ -63,3 +64,107 @@ def batch_of(entries: list[Entry], site: str) -> Any:
                 r.error = error
             i += 1
     return batch if batch.readings else None
+
+
+# ---------------------------------------------------------------- Batch bytes, encoded by hand
+# The grpc sink's hot path: the same bytes as batch_of(...).SerializeToString() (tests/backends/
+# test_grpc_wire.py checks that for varied readings), without a protobuf object per reading.
+# Fields in field-number order, proto3 defaults left out, the value oneof always written when set.
+
+_U64 = (1 << 64) - 1
+_VARINT1 = [bytes((v,)) for v in range(128)]
+_READING_HEAD = [b"\x22" + bytes((n,)) if n < 128 else b"\x22" + bytes((n & 127 | 128, n >> 7))
+                 for n in range(16384)]   # field 4 (readings), wire type 2, and its length (< 16 KiB)
+_NUMBER = struct.Struct("<Bd").pack      # field 4 (number), wire type 1: a tag and a little-endian double
+_FLAG = {True: b"\x30\x01", False: b"\x30\x00"}
+
+
+def _varint(v: int) -> bytes:
+    """An unsigned varint of v (0 <= v < 2**64; ValueError otherwise)."""
+    if 0 <= v < 128:
+        return _VARINT1[v]
+    if v < 16384:
+        return bytes((v & 127 | 128, v >> 7))
+    if v < 2097152:
+        return bytes((v & 127 | 128, (v >> 7) & 127 | 128, v >> 14))
+    if v > _U64:
+        raise ValueError(f"{v} does not fit an unsigned 64-bit field")
+    out = bytearray()
+    while v >= 128:
+        out.append(v & 127 | 128)
+        v >>= 7
+    out.append(v)
+    return bytes(out)
+
+
+def _text(tag: bytes, s: str) -> bytes:
+    b = s.encode()
+    return tag + _varint(len(b)) + b
+
+
+def _unsigned(v: int) -> int:
+    if v < 0:
+        raise ValueError(f"{v} does not fit an unsigned 64-bit field")
+    return v
+
+
+def batch_bytes(entries: list[Entry], site: str, streams: dict[str, bytes] | None = None) -> bytes | None:
+    """The serialised Batch of the readings of journal entries: what batch_of(entries, site)
+    .SerializeToString() gives, about 3x faster (measured by bench/grpc_sink.py); None when
+    they hold no reading. `streams` caches each stream name's encoded field across calls."""
+    if streams is None:
+        streams = {}
+    out: list[bytes] = []
+    put = out.append
+    heads = _READING_HEAD
+    varint = _varint
+    last_ts: int | None = None
+    ts_field = b""
+    for entry in entries:
+        if entry.kind != KIND_TELEMETRY:
+            continue
+        i = entry.id
+        d = entry.device
+        # device (2) comes before the reading's own fields; boot (9) and seq (10) after ts (8)
+        dev = _text(b"\x12", d) if d else b""
+        b, q = entry.boot, entry.seq
+        tail = (b"\x48" + varint(_unsigned(b)) if b else b"") + (b"\x50" + varint(_unsigned(q)) if q else b"")
+        for stream, v, ts, error in entry.data:
+            s = streams.get(stream)
+            if s is None:
+                s = streams[stream] = _text(b"\x1a", stream) if stream else b""
+            if ts != last_ts:
+                if type(ts) is not int:
+                    raise TypeError(f"a reading's ts must be an integer, not {type(ts).__name__}")
+                if not -INT64 <= ts < INT64:
+                    raise ValueError(f"{ts} does not fit a signed 64-bit field")
+                ts_field = b"\x40" + varint(ts & _U64) if ts else b""
+                last_ts = ts
+            t = type(v)
+            if t is float:
+                val = _NUMBER(0x21, v)
+            elif t is int:
+                if -INT64 <= v < INT64:
+                    val = b"\x28" + varint((v << 1) ^ (v >> 63) if v >= 0 else ((v << 1) ^ (v >> 63)) & _U64)
+                else:
+                    val = _NUMBER(0x21, float(v))
+            elif t is bool:
+                val = _FLAG[v]
+            elif t is str:
+                val = _text(b"\x3a", v)
+            else:
+                val = b""
+            r = (b"\x08" + varint(i) if i else b"") + dev + s + val + ts_field + tail
+            if error:
+                r += _text(b"\x5a", error)
+            n = len(r)
+            put(heads[n] if n < 16384 else b"\x22" + varint(n))
+            put(r)
+            i += 1
+    if not out:
+        return None
+    last = entries[-1].id + entries[-1].n - 1
+    first = entries[0].id
+    head = (_text(b"\x0a", site) if site else b"") + (b"\x10" + varint(first) if first else b"") + \
+        (b"\x18" + varint(last) if last else b"")
+    return head + b"".join(out)

@@ -145,7 +145,7 @@ def batch_bytes(entries: list[Entry], site: str, streams: dict[str, bytes] | Non
                 val = _NUMBER(0x21, v)
             elif t is int:
                 if -INT64 <= v < INT64:
-                    val = b"\x28" + varint((v << 1) ^ (v >> 63) if v >= 0 else ((v << 1) ^ (v >> 63)) & _U64)
+                    val = b"\x28" + varint((v << 1) ^ (v >> 63))   # zigzag
                 else:
                     val = _NUMBER(0x21, float(v))
             elif t is bool:

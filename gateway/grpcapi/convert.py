@@ -77,6 +77,8 @@ _READING_HEAD = [b"\x22" + bytes((n,)) if n < 128 else b"\x22" + bytes((n & 127 
                  for n in range(16384)]   # field 4 (readings), wire type 2, and its length (< 16 KiB)
 _NUMBER = struct.Struct("<Bd").pack      # field 4 (number), wire type 1: a tag and a little-endian double
 _FLAG = {True: b"\x30\x01", False: b"\x30\x00"}
+_ID_SMALL = [b""] + [b"\x08" + bytes((v,)) for v in range(1, 128)]   # field 1 (id) for ids 0-127
+_ID_LOW = [b"\x08" + bytes((v | 128,)) for v in range(128)]         # ... its tag and low 7 bits for ids >= 128
 
 
 def _varint(v: int) -> bytes:
@@ -87,6 +89,9 @@ def _varint(v: int) -> bytes:
         return bytes((v & 127 | 128, v >> 7))
     if v < 2097152:
         return bytes((v & 127 | 128, (v >> 7) & 127 | 128, v >> 14))
+    if 34359738368 <= v < 4398046511104:   # 6 bytes: a timestamp in ms, 1971-2109
+        return bytes((v & 127 | 128, (v >> 7) & 127 | 128, (v >> 14) & 127 | 128, (v >> 21) & 127 | 128,
+                      (v >> 28) & 127 | 128, v >> 35))
     if v > _U64:
         raise ValueError(f"{v} does not fit an unsigned 64-bit field")
     out = bytearray()
@@ -102,21 +107,16 @@ def _text(tag: bytes, s: str) -> bytes:
     return tag + _varint(len(b)) + b
 
 
-def _unsigned(v: int) -> int:
-    if v < 0:
-        raise ValueError(f"{v} does not fit an unsigned 64-bit field")
-    return v
-
-
 def batch_bytes(entries: list[Entry], site: str, streams: dict[str, bytes] | None = None) -> bytes | None:
     """The serialised Batch of the readings of journal entries: what batch_of(entries, site)
-    .SerializeToString() gives, about 3x faster (measured by bench/grpc_sink.py); None when
-    they hold no reading. `streams` caches each stream name's encoded field across calls."""
+    .SerializeToString() gives, without a protobuf object per reading; None when they hold no
+    reading. `streams` caches each stream name's encoded field across calls."""
     if streams is None:
         streams = {}
+    devices: dict[str, bytes] = {}
     out: list[bytes] = []
     put = out.append
-    heads = _READING_HEAD
+    heads, id_small, id_low = _READING_HEAD, _ID_SMALL, _ID_LOW
     varint = _varint
     last_ts: int | None = None
     ts_field = b""
@@ -124,11 +124,20 @@ def batch_bytes(entries: list[Entry], site: str, streams: dict[str, bytes] | Non
         if entry.kind != KIND_TELEMETRY:
             continue
         i = entry.id
+        if i < 0:
+            raise ValueError(f"{i} does not fit an unsigned 64-bit field")
         d = entry.device
-        # device (2) comes before the reading's own fields; boot (9) and seq (10) after ts (8)
-        dev = _text(b"\x12", d) if d else b""
+        dev = devices.get(d)
+        if dev is None:
+            dev = devices[d] = _text(b"\x12", d) if d else b""
         b, q = entry.boot, entry.seq
-        tail = (b"\x48" + varint(_unsigned(b)) if b else b"") + (b"\x50" + varint(_unsigned(q)) if q else b"")
+        tail = (b"\x48" + varint(b) if b else b"") + (b"\x50" + varint(q) if q else b"")
+        # Reading fields in number order: id (1), device (2), stream (3), the value (4-7), ts (8),
+        # boot (9), seq (10), error (11). An id >= 128 is its low 7 bits (one byte, from a table)
+        # and the varint of the rest, which changes once in 128 ids: that and the device are joined once.
+        hi = i >> 7
+        hi_dev = varint(hi) + dev if hi else dev
+        suffix = ts_field + tail
         for stream, v, ts, error in entry.data:
             s = streams.get(stream)
             if s is None:
@@ -139,6 +148,7 @@ def batch_bytes(entries: list[Entry], site: str, streams: dict[str, bytes] | Non
                 if not -INT64 <= ts < INT64:
                     raise ValueError(f"{ts} does not fit a signed 64-bit field")
                 ts_field = b"\x40" + varint(ts & _U64) if ts else b""
+                suffix = ts_field + tail
                 last_ts = ts
             t = type(v)
             if t is float:
@@ -154,7 +164,10 @@ def batch_bytes(entries: list[Entry], site: str, streams: dict[str, bytes] | Non
                 val = _text(b"\x3a", v)
             else:
                 val = b""
-            r = (b"\x08" + varint(i) if i else b"") + dev + s + val + ts_field + tail
+            if i >> 7 != hi:
+                hi = i >> 7
+                hi_dev = varint(hi) + dev
+            r = (id_low[i & 127] if hi else id_small[i]) + hi_dev + s + val + suffix
             if error:
                 r += _text(b"\x5a", error)
             n = len(r)

@@ -118,6 +118,7 @@ def batch_bytes(entries: list[Entry], site: str, streams: dict[str, bytes] | Non
     put = out.append
     heads, id_small, id_low = _READING_HEAD, _ID_SMALL, _ID_LOW
     varint = _varint
+    join = b"".join
     last_ts: int | None = None
     ts_field = b""
     for entry in entries:
@@ -167,7 +168,7 @@ def batch_bytes(entries: list[Entry], site: str, streams: dict[str, bytes] | Non
             if i >> 7 != hi:
                 hi = i >> 7
                 hi_dev = varint(hi) + dev
-            r = (id_low[i & 127] if hi else id_small[i]) + hi_dev + s + val + suffix
+            r = join((id_low[i & 127] if hi else id_small[i], hi_dev, s, val, suffix))   # join: one copy
             if error:
                 r += _text(b"\x5a", error)
             n = len(r)
@@ -180,4 +181,4 @@ def batch_bytes(entries: list[Entry], site: str, streams: dict[str, bytes] | Non
     first = entries[0].id
     head = (_text(b"\x0a", site) if site else b"") + (b"\x10" + varint(first) if first else b"") + \
         (b"\x18" + varint(last) if last else b"")
-    return head + b"".join(out)
+    return head + join(out)

@@ -171,8 +171,10 @@ def batch_bytes(entries: list[Entry], site: str, streams: dict[str, bytes] | Non
             r = join((id_low[i & 127] if hi else id_small[i], hi_dev, s, val, suffix))   # join: one copy
             if error:
                 r += _text(b"\x5a", error)
-            n = len(r)
-            put(heads[n] if n < 16384 else b"\x22" + varint(n))
+            try:
+                put(heads[len(r)])
+            except IndexError:   # a reading of 16 KiB or more
+                put(b"\x22" + varint(len(r)))
             put(r)
             i += 1
     if not out:

@@ -147,7 +147,10 @@ class Sink(JournalSink):
         return None if data is None else (data, entries[-1].id + entries[-1].n - 1)
 
     def prepare(self, entries: list[Entry]) -> None:
-        self._ready = (entries, self._encode(entries))
+        try:
+            self._ready = (entries, self._encode(entries))
+        except Exception:   # an entry it cannot encode: deliver() meets it again and counts the failure
+            self._ready = None
 
     async def deliver(self, entries: list[Entry]) -> None:
         batch = self.batch_message(entries)

@@ -3,6 +3,8 @@ exactly what protobuf's own SerializeToString makes of the same Batch (batch_of)
 reading the journal can hold, so a backend cannot tell the difference."""
 from __future__ import annotations
 
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -77,3 +79,48 @@ def test_what_protobuf_refuses_is_refused() -> None:
             batch_of([entry], "s")
         with pytest.raises((ValueError, TypeError)):
             batch_bytes([entry], "s")
+
+
+async def test_an_entry_it_cannot_encode_is_a_counted_failure_not_a_dead_sink(tmp_path: Path) -> None:
+    """A journal entry the encoder refuses (here a float timestamp), met while it is read ahead, makes
+    the sink count a failure and retry (visible in its stats), instead of ending the sink's task; the
+    batch before it reaches a real gRPC server and is acknowledged."""
+    import grpc
+
+    from edgewire.gateway.grpcapi import forward_pb2_grpc as pbg
+    from edgewire.gateway.journal import Journal, Row, pack
+    from edgewire.gateway.sinks import build_sink, validate_sink
+    from tests.gateway.conftest import wait_for
+
+    got: list[Any] = []
+
+    class AckOnly(pbg.BackendServicer):
+        async def Forward(self, it: Any, context: Any) -> Any:  # noqa: N802
+            async for batch in it:
+                got.append(batch)
+                yield fpb.Ack(last_id=batch.last_id)
+
+    server = grpc.aio.server()
+    pbg.add_BackendServicer_to_server(AckOnly(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    journal = Journal(tmp_path / "j.db")
+    journal.open()
+    try:
+        now = int(time.time() * 1000)   # received now: older entries would go to age retention
+        for seq, ts in enumerate((5, 6, 1.5)):
+            journal.append([Row(journal.reserve(1), 1, KIND_TELEMETRY, "d", 1, seq, now, pack([["s", 1, ts, None]]))])
+        await journal.flush()
+        sink = build_sink(validate_sink({"type": "grpc", "target": f"127.0.0.1:{port}", "batch": 1,
+                                         "retry_min": 0.05, "retry_max": 0.1}), journal)
+        await sink.start()
+        try:
+            await wait_for(lambda: sink.failures >= 2, timeout=30, what="failures to be counted")
+            assert sink.cursor == 2 and "TypeError" in sink.last_error and sink._task is not None \
+                and not sink._task.done()
+            assert [b.last_id for b in got] == [1, 2]
+        finally:
+            await sink.stop()
+    finally:
+        await journal.close()
+        await server.stop(None)

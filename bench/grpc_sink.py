@@ -6,7 +6,7 @@ batches to the same server, in the same run.
             process that acknowledges each batch at once (--store: the
             reference backend, `edgewire backend`, storing in SQLite, so the
             backend's work is in both phases too)
-  baseline  grpcio.aio: the sink's own Batch messages built beforehand, one
+  baseline  grpcio.aio: the sink's Batch messages built beforehand, one
             Forward stream, each batch written and its Ack read before the
             next (the sink's flow control: one batch in flight)
   sink      a journal (SQLite, WAL) pre-filled with the same readings; the
@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from amqp_sink import READINGS_PER_MESSAGE, fill  # noqa: E402  (the same journal content)
 
 from edgewire.gateway.grpcapi import forward_pb2_grpc as pbg  # noqa: E402
+from edgewire.gateway.grpcapi.convert import batch_of  # noqa: E402
 from edgewire.gateway.journal import Journal  # noqa: E402
 from edgewire.gateway.sinks import build_sink, validate_sink  # noqa: E402
 
@@ -117,12 +118,11 @@ async def run(readings: int, repeat: int, batch_entries: int, store: bool) -> di
             fill(journal, readings)
             await journal.flush()
             n = journal.last_id
-            proto = build_sink(validate_sink({"type": "grpc", "target": target}, site="bench"), journal)
-            batches = []
+            batches = []   # the same Batch messages the sink sends (as bytes), as protobuf objects
             after = 0
             while after < n:
                 entries, after = await journal.read(after, batch_entries)
-                batches.append(proto.batch_message(entries))
+                batches.append(batch_of(entries, "bench"))
             for r in range(repeat):
                 b = await baseline(target, batches)
                 s = await sink_phase(journal, target, f"bench-{r}", batch_entries)

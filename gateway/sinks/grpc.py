@@ -15,7 +15,11 @@ drops repeats by (device, boot, seq, stream). The reference backend is
 
 TLS: `ca_file` (or `tls = true` for the system's CAs) verifies the backend's
 certificate for the target's host (or `server_name`); `cert_file`/`key_file`
-present a client certificate (gateway/sinks/tls.py)."""
+present a client certificate (gateway/sinks/tls.py).
+
+Each Batch is encoded straight from the journal entries into its wire bytes
+(convert.batch_bytes: the bytes protobuf would make, without a message object
+per reading) and handed to grpcio as they are (decision D18a)."""
 from __future__ import annotations
 
 import asyncio
@@ -23,7 +27,7 @@ import logging
 from typing import Any
 
 from edgewire.gateway.errors import ConfigError
-from edgewire.gateway.grpcapi.convert import batch_of
+from edgewire.gateway.grpcapi.convert import batch_bytes
 from edgewire.gateway.journal import Entry
 from edgewire.gateway.sinks import JournalReader, JournalSink
 from edgewire.gateway.sinks.tls import TLS_KEYS, read_pem, validate_tls
@@ -31,6 +35,9 @@ from edgewire.gateway.sinks.tls import TLS_KEYS, read_pem, validate_tls
 __all__ = ["Sink", "validate"]
 
 log = logging.getLogger("edgewire.gateway.sinks.grpc")
+
+FORWARD = "/edgewire.v1.Backend/Forward"   # protos/edgewire/v1/forward.proto: service Backend, rpc Forward
+_STREAM_CACHE = 4096   # encoded stream-name fields kept between batches
 
 _KNOWN = ("target", "tls", "server_name", "connect_timeout", "ack_timeout", *TLS_KEYS)
 
@@ -82,7 +89,8 @@ class Sink(JournalSink):
         self._creds: Any = None
         self._channel: Any = None
         self._call: Any = None
-        self._ready: tuple[list[Entry], Any] | None = None   # the next batch, built while the last one waited
+        self._ready: tuple[list[Entry], tuple[bytes, int] | None] | None = None   # built while the last one waited
+        self._streams: dict[str, bytes] = {}   # stream name -> its encoded field
 
     async def open(self) -> None:
         import grpc
@@ -94,7 +102,7 @@ class Sink(JournalSink):
     async def _stream(self) -> Any:
         import grpc
 
-        from edgewire.gateway.grpcapi import forward_pb2_grpc
+        from edgewire.gateway.grpcapi import forward_pb2
 
         if self._call is not None:
             return self._call
@@ -107,7 +115,9 @@ class Sink(JournalSink):
             await ch.close(None)
             raise
         self._channel = ch
-        self._call = forward_pb2_grpc.BackendStub(ch).Forward()
+        # the requests are Batch bytes already (batch_bytes); grpcio sends them as they are
+        self._call = ch.stream_stream(FORWARD, request_serializer=None,
+                                      response_deserializer=forward_pb2.Ack.FromString)()
         self.connects += 1
         log.info("sink %s: streaming to %s", self.name, self.target)
         return self._call
@@ -122,24 +132,34 @@ class Sink(JournalSink):
             except (Exception, asyncio.TimeoutError):
                 pass
 
-    def batch_message(self, entries: list[Entry]) -> Any:
-        """The Batch for entries (None when they hold no reading); built ahead by prepare() when it can."""
+    def batch_message(self, entries: list[Entry]) -> tuple[bytes, int] | None:
+        """The serialised Batch for entries and its last_id (None when they hold no reading);
+        built ahead by prepare() when it can."""
         ready, self._ready = self._ready, None
         if ready is not None and ready[0] is entries:
             return ready[1]
-        return batch_of(entries, self.site)
+        return self._encode(entries)
+
+    def _encode(self, entries: list[Entry]) -> tuple[bytes, int] | None:
+        if len(self._streams) > _STREAM_CACHE:
+            self._streams.clear()
+        data = batch_bytes(entries, self.site, self._streams)
+        return None if data is None else (data, entries[-1].id + entries[-1].n - 1)
 
     def prepare(self, entries: list[Entry]) -> None:
-        self._ready = (entries, batch_of(entries, self.site))
+        try:
+            self._ready = (entries, self._encode(entries))
+        except Exception:   # an entry it cannot encode: deliver() meets it again and counts the failure
+            self._ready = None
 
     async def deliver(self, entries: list[Entry]) -> None:
         batch = self.batch_message(entries)
         if batch is None:
             return
-        last = batch.last_id
+        data, last = batch
         try:
             call = await self._stream()
-            await asyncio.wait_for(call.write(batch), self.ack_timeout)
+            await asyncio.wait_for(call.write(data), self.ack_timeout)
             while True:
                 ack = await asyncio.wait_for(call.read(), self.ack_timeout)
                 if ack is None or not hasattr(ack, "last_id"):

@@ -622,8 +622,12 @@ class Journal:
         conn: sqlite3.Connection | None = getattr(self._reader_local, "conn", None)
         if conn is None:
             conn = self._reader_local.conn = _connect(self.path, self.synchronous, check=False, readonly=True)
-        # the entry that holds after+1 may start before it
-        start = conn.execute("SELECT max(id) FROM journal WHERE id <= ?", (after + 1,)).fetchone()[0] or 0
+        # the entry that holds after+1 may start before it; when no entry holds it (a
+        # refused duplicate's ids are a gap), the read starts after the gap, not at an
+        # entry already read (with limit 1 that entry alone came back, and the reader
+        # asked again for ever)
+        start = conn.execute("SELECT max(id) FROM journal WHERE id <= ? AND id + n - 1 > ?",
+                             (after + 1, after)).fetchone()[0] or after + 1
         rows = conn.execute("SELECT id, n, kind, device, boot, seq, received, body FROM journal "
                             "WHERE id >= ? AND id <= ? ORDER BY id LIMIT ?", (start, hi, limit)).fetchall()
         out = [Entry(i, n, k, d, b, s, r, unpack(body)) for i, n, k, d, b, s, r, body in rows

@@ -62,6 +62,26 @@ async def test_journal_orders_ids_and_refuses_a_repeated_message(tmp_path: Path)
     await j.close()
 
 
+async def test_reading_one_entry_at_a_time_crosses_a_refused_ids_gap(tmp_path: Path) -> None:
+    # A sink with batch = 1 reads with limit 1: a refused repeat leaves its ids
+    # unused, and the read after them must go on to the next entry (it used to
+    # return the entry before the gap, filtered out, and the same position again).
+    j = Journal(tmp_path / "j.db")
+    j.open()
+    now = int(time.time() * 1000)
+    for seq in (1, 1, 2):  # the second repeats the first: ids 2 refused
+        j.append([Row(j.reserve(1), 1, KIND_TELEMETRY, "d", 7, seq, now, pack([["a", seq, 0, None]]))])
+    await j.flush()
+    got, after = [], 0
+    for _ in range(5):
+        entries, after = await j.read(after, 1)
+        got += [e.id for e in entries]
+        if after >= j.last_id:
+            break
+    assert got == [1, 3] and after == 3, (got, after)
+    await j.close()
+
+
 async def test_second_gateway_on_the_same_journal_is_refused(tmp_path: Path) -> None:
     from edgewire.gateway.journal import JournalLocked
 

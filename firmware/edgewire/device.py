@@ -51,6 +51,10 @@ _SENT = ("sent_q0", "sent_q1", "sent_q2")
 _ACKED = ("acked_q0", "acked_q1", "acked_q2")
 
 
+_cmd_wait = 0  # MicroPython: until when waiting commands let the window drain (a module
+# global, not an attribute: one more attribute resizes every Device's dict)
+
+
 class Device:
     def __init__(self, board, config, log=None):
         """board: see edgewire.boards; config: from edgewire.config.load/build.
@@ -84,7 +88,6 @@ class Device:
         self._qh = 0        # slot of the oldest reading
         self._qn = 0        # readings queued
         self._cmds = []     # command payloads received, not yet executed
-        self._cmd_wait = 0  # MicroPython: until when commands wait for the window to drain
         self._cache = []    # [(command id, result payload)], newest last
         self._tel = {}      # in-flight telemetry packet id -> qos
         self._client = None
@@ -196,13 +199,14 @@ class Device:
             # The wait is bounded (timeout_ms): an acknowledgement lost to a full
             # heap leaves its message in the window until a reconnect, and must not
             # hold commands, and the telemetry behind them, for that long.
+            global _cmd_wait
             c = self._cmds
             w = c and _MP and len(self._client.window)
             if not w:
-                self._cmd_wait = 0
-            elif not self._cmd_wait:
-                self._cmd_wait = now + self.cfg["timeout_ms"]
-            elif now >= self._cmd_wait:
+                _cmd_wait = 0
+            elif not _cmd_wait:
+                _cmd_wait = now + self.cfg["timeout_ms"]
+            elif now >= _cmd_wait:
                 w = 0
             if not (c and _MP) and now >= self._next_try:
                 self._flush(1 if _MP else 0)

@@ -48,8 +48,13 @@ def check_args(args: argparse.Namespace) -> None:
         raise SimError(f"--devices {args.devices}: must be 1..{MAX_DEVICES}")
     if not math.isfinite(args.rate) or args.rate <= 0:
         raise SimError(f"--rate {args.rate:g}: must be a positive number of messages per second per device")
+    sensors = _sensors(args)
     try:
-        plan_streams(args.rate, args.qos)
+        plan_streams(1.0, 1, sensors)
+    except SimError as e:
+        raise SimError(f"--sensors {args.sensors}: {e}") from None
+    try:
+        plan_streams(args.rate, args.qos, sensors)
     except SimError as e:
         raise SimError(f"--rate {args.rate:g}: {e}") from None
     if not math.isfinite(args.duration) or not 0 < args.duration <= MAX_DURATION:
@@ -77,6 +82,12 @@ def check_args(args: argparse.Namespace) -> None:
         raise SimError(f"unexpected arguments {' '.join(args.command)!r}: the one command is 'run SCENARIO.toml'")
 
 
+def _sensors(args: argparse.Namespace) -> list[str] | None:
+    """--sensors temperature,bme280:pressure -> ['temperature', 'bme280:pressure']."""
+    text = getattr(args, "sensors", None)
+    return [x.strip() for x in text.split(",")] if text else None
+
+
 def add_arguments(s: argparse.ArgumentParser) -> None:
     """`edgewire sim` options (the console command builds its parser with these)."""
     s.add_argument("command", nargs="*", metavar="run SCENARIO.toml",
@@ -84,6 +95,10 @@ def add_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--devices", type=int, default=10, help="number of devices (default 10)")
     s.add_argument("--rate", type=float, default=1.0, help="telemetry messages per second per device (default 1)")
     s.add_argument("--qos", type=int, choices=(0, 1, 2), default=1, help="MQTT QoS for every stream (default 1)")
+    s.add_argument("--sensors", metavar="LIST", default=None,
+                   help="comma-separated sensors each device streams: SimBoard models (temperature, humidity, "
+                        "battery, door: the default) and driver sources that run the real drivers over simulated "
+                        "chips (bme280:temperature|humidity|pressure, ds18b20@4:temperature, dht22@5:humidity)")
     s.add_argument("--broker", metavar="URL", default=None,
                    help="mqtt://host:port, or mqtts://host:port (TLS, with --ca); without it the embedded amqtt "
                         "broker is started on a free port")
@@ -202,6 +217,7 @@ def sim_main(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | 
                 fleet = runner.fleet
             else:
                 fleet = Fleet(url, devices=args.devices, rate=args.rate, qos=args.qos, seed=args.seed,
+                              sensors=_sensors(args),
                               prefix=args.prefix, procs=procs, ramp=ramp, shard=parse_shard(args.shard),
                               gateway=args.gateway, **tls_and_accounts)
         except SimError as e:

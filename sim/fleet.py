@@ -43,7 +43,7 @@ from edgewire.sim.observer import GatewayObserver, Observer
 from edgewire.sim.report import DeviceReport, FleetReport, build_report
 from edgewire.sim.url import BrokerAddress, parse_broker_url
 
-__all__ = ["Fleet", "Group", "plan_streams", "MAX_DEVICES", "MAX_RATE"]
+__all__ = ["Fleet", "Group", "plan_streams", "sensor_stream", "MAX_DEVICES", "MAX_RATE"]
 
 log = logging.getLogger("edgewire.sim")
 device_log = logging.getLogger("edgewire.sim.device")
@@ -54,16 +54,34 @@ MAX_STREAMS = 32            # config.validate's limit
 MIN_INTERVAL_MS = 10        # config.validate's floor for min_interval_ms
 MAX_INTERVAL_MS = 86400000
 MAX_RATE = MAX_STREAMS * 1000 / MIN_INTERVAL_MS  # messages per second per device
-UNITS = {"temperature": "C", "humidity": "%", "battery": "V", "door": ""}
+UNITS = {"temperature": "C", "humidity": "%", "battery": "V", "door": "", "pressure": "hPa"}
 # Settings the simulator owns: callers' config overrides may not change them.
 OWNED_KEYS = ("device_id", "broker_host", "broker_port", "streams", "batch_max", "min_interval_ms")
 
 
-def plan_streams(rate: float, qos: int) -> list[dict[str, Any]]:
+def sensor_stream(sensor: str) -> tuple[str, str, str]:
+    """A sensor as a Fleet or scenario names it -> (stream name, source, unit):
+    a SimBoard model ('temperature', or 'sim:temperature') or a driver source
+    over the simulated buses ('bme280:pressure' -> stream 'bme280/pressure',
+    'ds18b20@4:temperature' -> 'ds18b20-4/temperature')."""
+    if not isinstance(sensor, str):
+        raise SimError(f"sensor {sensor!r} is not a string")
+    model = sensor[4:] if sensor.startswith("sim:") else sensor
+    if model in MODELS:
+        return model, f"sim:{model}", UNITS.get(model, "")
+    bad = SimBoard("probe", seed=1).check_source(sensor)
+    if bad:
+        raise SimError(f"sensor {sensor!r}: {bad}")
+    quantity = sensor.rsplit(":", 1)[1]
+    return sensor.replace("@", "-").replace(":", "/"), sensor, UNITS.get(quantity, "C")
+
+
+def plan_streams(rate: float, qos: int, sensors: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Streams whose sampling adds up to `rate` readings per second at `qos`.
 
-    Four streams (one per SimBoard model) while each can sample at least every
-    10 ms; more streams (temperature/2, ...) beyond 400 msg/s."""
+    One stream per sensor (default: the four SimBoard models) while each can
+    sample at least every 10 ms; more streams (temperature/2, ...) beyond that
+    (400 msg/s with the four models)."""
     if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not math.isfinite(rate) or rate <= 0:
         shown = f"{rate:g}" if isinstance(rate, (int, float)) else repr(rate)
         raise SimError(f"rate {shown} must be a positive number of messages per second per device")
@@ -72,18 +90,21 @@ def plan_streams(rate: float, qos: int) -> list[dict[str, Any]]:
                        f"can send ({MAX_STREAMS} streams at {MIN_INTERVAL_MS} ms); use more devices instead")
     if isinstance(qos, bool) or qos not in (0, 1, 2):
         raise SimError(f"qos {qos!r} is not 0, 1 or 2")
-    n = max(len(MODELS), math.ceil(rate * MIN_INTERVAL_MS / 1000))
+    kinds = [sensor_stream(x) for x in (sensors if sensors is not None else MODELS)]
+    if not kinds or len({k[0] for k in kinds}) != len(kinds) or len(kinds) > MAX_STREAMS:
+        raise SimError(f"sensors {list(sensors or [])!r}: expected 1..{MAX_STREAMS} distinct sensors")
+    n = max(len(kinds), math.ceil(rate * MIN_INTERVAL_MS / 1000))
     interval = round(n * 1000 / rate)
     if interval > MAX_INTERVAL_MS:
         raise SimError(f"rate {rate:g} is too slow: a stream samples at most once a day "
-                       f"(the slowest rate is {len(MODELS) * 1000 / MAX_INTERVAL_MS:.6f} msg/s)")
+                       f"(the slowest rate is {len(kinds) * 1000 / MAX_INTERVAL_MS:.6f} msg/s)")
     interval = max(MIN_INTERVAL_MS, interval)
     streams = []
     for i in range(n):
-        model = MODELS[i % len(MODELS)]
-        name = model if i < len(MODELS) else f"{model}/{i // len(MODELS) + 1}"
-        streams.append({"name": name, "source": f"sim:{model}", "interval_ms": interval, "qos": qos,
-                        "unit": UNITS.get(model, "")})
+        name, source, unit = kinds[i % len(kinds)]
+        if i >= len(kinds):
+            name = f"{name}/{i // len(kinds) + 1}"
+        streams.append({"name": name, "source": source, "interval_ms": interval, "qos": qos, "unit": unit})
     return streams
 
 
@@ -187,7 +208,11 @@ class Fleet:
       overrides   extra device config keys (docs/firmware.md), e.g. {"max_inflight": 16};
                   device_id, broker_host/port, streams, batch_max and
                   min_interval_ms belong to the simulator
-      groups      instead of devices/rate/qos/prefix: a list of Group
+      sensors     what each device's streams read (default: the SimBoard models
+                  temperature, humidity, battery, door): model names and driver
+                  sources over the simulated buses, e.g. ["bme280:temperature",
+                  "ds18b20@4:temperature"] (the real drivers; docs/simulator.md)
+      groups      instead of devices/rate/qos/prefix/sensors: a list of Group
       procs       0: one selector loop in a thread of this process; N: N processes
       ramp        connections started per second (all shards together)
       shard       (i, N): run only the devices whose index % N == i (one of N hosts)
@@ -212,7 +237,7 @@ class Fleet:
                  observe: bool = True, connect_to: tuple[str, int] | None = None,
                  gateway: str | None = None, ca_file: str | None = None,
                  credentials: Mapping[str, str] | Callable[[list[str]], Mapping[str, str]] | None = None,
-                 observer_auth: tuple[str, str] | None = None) -> None:
+                 observer_auth: tuple[str, str] | None = None, sensors: Sequence[str] | None = None) -> None:
         self.address: BrokerAddress = parse_broker_url(broker_url)
         self.ca = _read_ca(ca_file, self.address)
         self.credentials = credentials
@@ -237,7 +262,7 @@ class Fleet:
                 raise SimError(f"devices {devices!r} must be an integer 1..{MAX_DEVICES}")
             if isinstance(fault_rate, bool) or not isinstance(fault_rate, (int, float)) or not 0 <= fault_rate <= 1:
                 raise SimError(f"fault_rate {fault_rate!r} must be between 0 and 1")
-            groups = [Group("default", devices, prefix, plan_streams(rate, qos), float(fault_rate),
+            groups = [Group("default", devices, prefix, plan_streams(rate, qos, sensors), float(fault_rate),
                             dict(overrides or {}))]
             self.rate = float(rate)
             self.qos = qos

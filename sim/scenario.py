@@ -27,7 +27,7 @@ from urllib.parse import quote
 
 from edgewire.boards.sim import MODELS
 from edgewire.sim.errors import SimError
-from edgewire.sim.fleet import MAX_DEVICES, MAX_INTERVAL_MS, MIN_INTERVAL_MS, UNITS, Fleet, Group
+from edgewire.sim.fleet import MAX_DEVICES, MAX_INTERVAL_MS, MIN_INTERVAL_MS, Fleet, Group, sensor_stream
 from edgewire.sim.proxy import proxy_main
 from edgewire.sim.url import parse_broker_url
 
@@ -167,10 +167,19 @@ def parse_scenario(doc: dict[str, Any], source: str = "<scenario>") -> Scenario:
             raise c.fail(f"{w}.prefix", f"{prefix!r} is not a string, or another group uses it")
         prefixes.add(prefix)
         sensors = g.get("sensors", list(MODELS))
-        if not isinstance(sensors, list) or not sensors or len(set(sensors)) != len(sensors) or \
-                any(s not in MODELS for s in sensors):
+        if not isinstance(sensors, list) or not sensors or not all(isinstance(s, str) for s in sensors) or \
+                len(set(sensors)) != len(sensors):
             raise c.fail(f"{w}.sensors", f"{sensors!r} is not a list of distinct sensor models "
-                                         f"({', '.join(MODELS)})")
+                                         f"({', '.join(MODELS)}) or driver sources (bme280:temperature, ...)")
+        kinds = []
+        for k, sensor in enumerate(sensors):
+            try:
+                kinds.append(sensor_stream(sensor))
+            except SimError as e:
+                raise c.fail(f"{w}.sensors[{k}]", f"{sensor!r} is not a sensor model ({', '.join(MODELS)}) "
+                                                  f"nor a driver source: {e}") from None
+        if len({kd[0] for kd in kinds}) != len(kinds):
+            raise c.fail(f"{w}.sensors", f"{sensors!r} names one stream twice")
         rate = c.number(g, w, "rate", 0, 1000, lo_open=True)
         interval = round(len(sensors) * 1000 / rate)
         if not MIN_INTERVAL_MS <= interval <= MAX_INTERVAL_MS:
@@ -185,8 +194,8 @@ def parse_scenario(doc: dict[str, Any], source: str = "<scenario>") -> Scenario:
         config = g.get("config", {})
         if not isinstance(config, dict):
             raise c.fail(f"{w}.config", f"expected a table of device config keys, got {config!r}")
-        streams = [{"name": m, "source": f"sim:{m}", "interval_ms": interval, "qos": int(per.get(m, qos)),
-                    "unit": UNITS.get(m, "")} for m in sensors]
+        streams = [{"name": name, "source": src, "interval_ms": interval, "qos": int(per.get(m, qos)),
+                    "unit": unit} for m, (name, src, unit) in zip(sensors, kinds)]
         groups.append(Group(gname, int(count), prefix, streams, float(fault_rate), dict(config)))
     if total > MAX_DEVICES:
         raise c.fail("group", f"{total} devices in all; at most {MAX_DEVICES}")

@@ -248,18 +248,34 @@ print('R ' + json.dumps([d.stats, rs, bme.measurements]))
     assert measurements <= len(by["t"]) + 2
 
 
-def test_simboard_sensors_are_drivers_over_simulated_buses() -> None:
-    # CPython, as in the simulator: the same drivers over SimBoard's buses
+def test_simboard_sensors_are_drivers_over_simulated_buses(monkeypatch: pytest.MonkeyPatch) -> None:
+    # CPython, as in the simulator: the same drivers over SimBoard's buses; the
+    # chips measure the board's models (drift, noise), one step per measurement
     from edgewire.boards import SensorError
     from edgewire.boards.sim import SimBoard
+    from edgewire.drivers.simbus import SimBuses
+    monkeypatch.setattr(SimBuses, "KEEP", 10)
     b = SimBoard("sim-drv", seed=5, fault_rate=0)
-    t = b.read("bme280:temperature")
-    assert abs(t - (21.0 + b._drift)) < 0.02
-    assert abs(b.read("bme280:pressure") - 1013.25) < 0.03
-    assert abs(b.read("ds18b20@4:temperature") - t) <= 0.07
-    assert abs(b.read("dht22@5:temperature") - t) <= 0.06
+    t, h, p = b.read("bme280:temperature"), b.read("bme280:humidity"), b.read("bme280:pressure")
+    buses = b._drv["sim"]
+    assert len(buses.measured) == 1   # one measurement serves all three
+    mt, mh, mp = buses.measured[0][1]
+    assert abs(t - mt) <= 0.01 and abs(h - mh) <= 0.01 and abs(p - mp) <= 0.01
+    assert abs(mt - 21) < 3 and abs(mh - (45 - 2 * (mt - 21))) < 2 and abs(mp - 1013.25) < 1
+    w = b.read("ds18b20@4:temperature")
+    assert len(buses.measured) == 2 and abs(w - buses.measured[1][1][0]) <= 1 / 16   # 12-bit resolution
+    a = b.read("dht22@5:temperature")
+    assert len(buses.measured) == 3 and abs(a - buses.measured[2][1][0]) <= 0.05    # 0.1 C frames
     b._drv["sim"].chips["i2c"].devices[0x76].present = False
     b._drv["bme280@118"][1] = None  # forget the shared measurement
     with pytest.raises(SensorError, match="does not answer"):
         b.read("bme280:humidity")
     assert b.check_source("ds18b20@4:temperature") is None
+    # a simulated fault (per measurement): the chip misses its next transfer, the read after is good
+    b.fault_rate = 1.0
+    b._drv["ds18b20@4"][1] = None  # a new conversion
+    with pytest.raises(SensorError, match="no 1-Wire device answers"):
+        b.read("ds18b20@4:temperature")
+    b.fault_rate = 0
+    assert abs(b.read("ds18b20@4:temperature") - buses.measured[-1][1][0]) <= 1 / 16
+    assert b.faults == 1

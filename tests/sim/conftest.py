@@ -31,6 +31,8 @@ class Checker:
         self.deaths: dict[str, list[str]] = {}   # device -> why
         self.refused: list[str] = []
         self.latencies: list[float] = []   # ms, one per reading of a distinct message
+        # (device, stream) -> [(value, uptime ms, error text or None)], of distinct messages
+        self.values: dict[tuple[str, str], list[tuple[Any, int, str | None]]] = {}
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"checker-{id(self)}")
         self.client.on_message = self._on_message
         self.client.connect("127.0.0.1", port)
@@ -72,6 +74,9 @@ class Checker:
                         self.seen.add(key)
                         self.readings += len(readings)
                         self.per_device[dev] = self.per_device.get(dev, 0) + 1
+                        for r in readings:
+                            self.values.setdefault((dev, r[0]), []).append(
+                                (r[1], r[2], r[3] if len(r) == 4 else None))
                         if isinstance(env.get("t"), int) and isinstance(env.get("u"), int):
                             for r in readings:
                                 self.latencies.append(now - (env["t"] - (env["u"] - r[2])))

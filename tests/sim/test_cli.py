@@ -35,6 +35,21 @@ def test_cli_json_against_mosquitto(broker: Mosquitto, checker: Checker) -> None
     assert set(checker.births) == {d["device"] for d in rep["per_device"]}
 
 
+def test_cli_sensors_run_the_drivers(broker: Mosquitto, checker: Checker) -> None:
+    p = run_sim("--devices", "2", "--rate", "6", "--qos", "1", "--broker", broker.url, "--duration", "2",
+                "--seed", "4", "--sensors", "bme280:pressure,ds18b20@4:temperature,battery", "--json")
+    assert p.returncode == 0, p.stderr
+    rep = json.loads(p.stdout)
+    assert rep["fleet"]["devices_with_errors"] == 0 and rep["fleet"]["acked"] == rep["fleet"]["messages"] > 0
+    checker.settle(expected=rep["fleet"]["acked"])
+    for dev in ("sim-0000", "sim-0001"):
+        pressure = [v for v, _, err in checker.values[(dev, "bme280/pressure")] if err is None]
+        soil = [v for v, _, err in checker.values[(dev, "ds18b20-4/temperature")] if err is None]
+        assert pressure and all(abs(v - 1013.25) < 2 for v in pressure), pressure
+        assert soil and all(abs(v - 21) < 5 and (v * 16) % 1 == 0 for v in soil), soil   # 1/16 C steps
+        assert checker.values[(dev, "battery")]
+
+
 def test_cli_table_against_mosquitto(broker: Mosquitto) -> None:
     p = run_sim("--devices", "3", "--rate", "2", "--qos", "2", "--broker", broker.url, "--duration", "1.5")
     assert p.returncode == 0, p.stderr
@@ -65,6 +80,9 @@ def test_cli_without_broker_uses_the_embedded_broker() -> None:
     (["--broker", "mqtt://localhost:99999"], "Port out of range"),
     (["--prefix", "no spaces"], "prefix 'no spaces' does not make valid device ids"),
     (["--seed", "-1"], "--seed -1: must be 0..4294967295"),
+    (["--sensors", "temperature,bme280:kelvin"],
+     "--sensors temperature,bme280:kelvin: sensor 'bme280:kelvin': bme280:kelvin: 'kelvin' is not one of"),
+    (["--sensors", "door,sim:door"], "--sensors door,sim:door: sensors ['door', 'sim:door']: expected 1..32 distinct"),
 ])
 def test_bad_arguments_exit_2_with_a_clear_message(args: list[str], message: str,
                                                    capsys: pytest.CaptureFixture[str]) -> None:

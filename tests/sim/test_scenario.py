@@ -146,7 +146,13 @@ def _outage_and_partition(broker: Mosquitto, checker: Checker) -> None:
     ({"scenario": {"duration_s": 10}, "group": [{"name": "a", "count": 1, "rate": -2}]},
      "group[0].rate", "-2 is not a number more than 0"),
     ({"scenario": {"duration_s": 10}, "group": [{"name": "a", "count": 1, "rate": 1, "sensors": ["sonar"]}]},
-     "group[0].sensors", "is not a list of distinct sensor models"),
+     "group[0].sensors[0]", "'sonar' is not a sensor model (temperature, humidity, battery, door) nor a driver"),
+    ({"scenario": {"duration_s": 10}, "group": [{"name": "a", "count": 1, "rate": 1,
+                                                 "sensors": ["temperature", "bme280@0x20:pressure"]}]},
+     "group[0].sensors[1]", "I2C address '0x20' is not 0x76 or 0x77"),
+    ({"scenario": {"duration_s": 10}, "group": [{"name": "a", "count": 1, "rate": 1,
+                                                 "sensors": ["temperature", "sim:temperature"]}]},
+     "group[0].sensors", "names one stream twice"),
     ({"scenario": {"duration_s": 10}, "group": [{"name": "a", "count": 1, "rate": 1, "qos": 3}]},
      "group[0].qos", "3 is not an integer at least 0 and at most 2"),
     ({"scenario": {"duration_s": 10}, "group": [{"name": "a", "count": 1, "rate": 1},
@@ -194,6 +200,12 @@ def test_a_bad_scenario_file_exits_2_before_anything_starts(tmp_path: Path) -> N
 def test_example_scenarios_are_valid(name: str) -> None:
     sc = load_scenario(ROOT / "sim" / "scenarios" / f"{name}.toml")
     assert sc.name == name and sc.groups and sc.events
+    if name == "greenhouse-day":   # house 1 reads a BME280 and a DS18B20 through the real drivers
+        house1 = next(g for g in sc.groups if g.name == "house1")
+        assert {s["source"] for s in house1.streams} == {"bme280:temperature", "bme280:humidity",
+                                                          "ds18b20@4:temperature"}
+        assert {s["name"] for s in house1.streams} == {"bme280/temperature", "bme280/humidity",
+                                                        "ds18b20-4/temperature"}
 
 
 EVERY_FAULT = """

@@ -294,7 +294,7 @@ class JournalConfig:
     max_bytes: int = 512 * 1024 * 1024
     max_age: float = 30 * 86400.0
     max_pending: int = 50_000
-    max_pending_bytes: int = 1 << 20
+    max_pending_bytes: int = 4 << 20
     retention_interval: float = 1.0
 
     def __post_init__(self) -> None:

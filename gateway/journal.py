@@ -188,7 +188,7 @@ class Journal:
     """See the module docstring. Nothing is opened until open()."""
 
     def __init__(self, path: str | Path, *, synchronous: str = "full", max_bytes: int = 512 * 1024 * 1024,
-                 max_age: float = 30 * 86400.0, max_pending: int = 50_000, max_pending_bytes: int = 1 << 20,
+                 max_age: float = 30 * 86400.0, max_pending: int = 50_000, max_pending_bytes: int = 4 << 20,
                  retention_interval: float = 1.0) -> None:
         if synchronous not in _SYNC:
             raise ValueError(f"synchronous {synchronous!r}: expected full, normal or off")

@@ -36,7 +36,7 @@ from typing import Any
 import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from amqp_sink import READINGS_PER_MESSAGE, fill  # noqa: E402  (the same journal content)
+from amqp_sink import READINGS_PER_MESSAGE, fill, time_sink  # noqa: E402  (the same journal content)
 
 from edgewire.gateway.grpcapi import forward_pb2_grpc as pbg  # noqa: E402
 from edgewire.gateway.grpcapi.convert import batch_of  # noqa: E402
@@ -96,16 +96,7 @@ async def baseline(target: str, batches: list[Any]) -> float:
 async def sink_phase(journal: Journal, target: str, name: str, batch_entries: int) -> float:
     sink = build_sink(validate_sink({"type": "grpc", "name": name, "target": target, "batch": batch_entries},
                                     site="bench"), journal)
-    t0 = time.perf_counter()
-    await sink.start()
-    try:
-        while sink.cursor < journal.last_id:
-            if sink.failures:
-                raise RuntimeError(f"the sink failed: {sink.last_error}")
-            await asyncio.sleep(0.005)
-        return time.perf_counter() - t0
-    finally:
-        await sink.stop()
+    return await time_sink(sink, journal)
 
 
 async def run(readings: int, repeat: int, batch_entries: int, store: bool) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import json
 import socket
 import subprocess
 import sys
+import time
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -47,14 +48,25 @@ class Target:
     tokens: Tokens
     proc: subprocess.Popen[str]
 
-    def alive(self) -> None:
-        assert self.proc.poll() is None, f"the gateway exited with {self.proc.returncode}"
+    def health(self) -> int:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
         try:
             conn.request("GET", "/healthz", headers={"Authorization": f"Bearer {self.tokens.read}"})
-            assert conn.getresponse().status == 200
+            return conn.getresponse().status
         finally:
             conn.close()
+
+    def ready(self, timeout: float) -> None:
+        """The HTTP port opens before the broker connection is up (/healthz 503 until then)."""
+        deadline = time.monotonic() + timeout
+        while self.health() != 200:
+            assert self.proc.poll() is None, f"the gateway exited with {self.proc.returncode}"
+            assert time.monotonic() < deadline, f"/healthz not 200 within {timeout} s"
+            time.sleep(0.05)  # polling a condition, bounded by the deadline
+
+    def alive(self) -> None:
+        assert self.proc.poll() is None, f"the gateway exited with {self.proc.returncode}"
+        assert self.health() == 200
 
     def stats(self) -> dict[str, Any]:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
@@ -86,7 +98,9 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
                                 stderr=subprocess.STDOUT, text=True)
     try:
         wait_port(port, timeout=20)
-        yield Target(port, tokens, proc)
+        target = Target(port, tokens, proc)
+        target.ready(timeout=30)
+        yield target
     finally:
         terminate(proc, 15)
         broker.stop()

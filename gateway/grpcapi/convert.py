@@ -8,7 +8,7 @@ from typing import Any
 from edgewire.gateway.hub import Event
 from edgewire.gateway.journal import KIND_TELEMETRY, Entry
 
-__all__ = ["batch_bytes", "batch_of", "reading_message"]
+__all__ = ["batch_bytes", "batch_head", "batch_of", "entry_bytes", "reading_message"]
 
 INT64 = 2 ** 63
 
@@ -107,80 +107,95 @@ def _text(tag: bytes, s: str) -> bytes:
     return tag + _varint(len(b)) + b
 
 
+# encoded device and stream fields, kept between calls (bounded; dict get/set are atomic under the GIL)
+_CACHE_MAX = 4096
+_DEVICES: dict[str, bytes] = {}
+_STREAMS: dict[str, bytes] = {}
+
+
+def entry_bytes(i: int, d: str, b: int | None, q: int | None, data: list[Any],
+                streams: dict[str, bytes] | None = None) -> bytes:
+    """The `readings` fields (4) of a Batch for one telemetry entry: ids i, i+1, ... of device d,
+    boot b, seq q, its readings `data` ([[stream, value, ts, error], ...]). What the journal keeps
+    for the grpc sink (its `wire` column, decision D18b) and what batch_bytes joins."""
+    if streams is None:
+        streams = _STREAMS
+        if len(streams) > _CACHE_MAX:
+            streams.clear()
+    if i < 0:
+        raise ValueError(f"{i} does not fit an unsigned 64-bit field")
+    out: list[bytes] = []
+    put = out.append
+    heads, id_small, id_low = _READING_HEAD, _ID_SMALL, _ID_LOW
+    varint = _varint
+    join = b"".join
+    dev = _DEVICES.get(d)
+    if dev is None:
+        if len(_DEVICES) > _CACHE_MAX:
+            _DEVICES.clear()
+        dev = _DEVICES[d] = _text(b"\x12", d) if d else b""
+    tail = (b"\x48" + varint(b) if b else b"") + (b"\x50" + varint(q) if q else b"")
+    # Reading fields in number order: id (1), device (2), stream (3), the value (4-7), ts (8),
+    # boot (9), seq (10), error (11). An id >= 128 is its low 7 bits (one byte, from a table)
+    # and the varint of the rest, which changes once in 128 ids: that and the device are joined once.
+    hi = i >> 7
+    hi_dev = varint(hi) + dev if hi else dev
+    last_ts: int | None = None
+    suffix = tail
+    for stream, v, ts, error in data:
+        s = streams.get(stream)
+        if s is None:
+            s = streams[stream] = _text(b"\x1a", stream) if stream else b""
+        if ts != last_ts or type(ts) is not type(last_ts):
+            if type(ts) is not int:
+                raise TypeError(f"a reading's ts must be an integer, not {type(ts).__name__}")
+            if not -INT64 <= ts < INT64:
+                raise ValueError(f"{ts} does not fit a signed 64-bit field")
+            suffix = (b"\x40" + varint(ts & _U64) if ts else b"") + tail
+            last_ts = ts
+        t = type(v)
+        if t is float:
+            val = _NUMBER(0x21, v)
+        elif t is int:
+            if -INT64 <= v < INT64:
+                val = b"\x28" + varint((v << 1) ^ (v >> 63))   # zigzag
+            else:
+                val = _NUMBER(0x21, float(v))
+        elif t is bool:
+            val = _FLAG[v]
+        elif t is str:
+            val = _text(b"\x3a", v)
+        else:
+            val = b""
+        if i >> 7 != hi:
+            hi = i >> 7
+            hi_dev = varint(hi) + dev
+        r = join((id_low[i & 127] if hi else id_small[i], hi_dev, s, val, suffix))   # join: one copy
+        if error:
+            r += _text(b"\x5a", error)
+        try:
+            put(heads[len(r)])
+        except IndexError:   # a reading of 16 KiB or more
+            put(b"\x22" + varint(len(r)))
+        put(r)
+        i += 1
+    return join(out)
+
+
+def batch_head(site: str, first: int, last: int) -> bytes:
+    """The Batch's fields before its readings: site (1), first_id (2), last_id (3)."""
+    return (_text(b"\x0a", site) if site else b"") + (b"\x10" + _varint(first) if first else b"") + \
+        (b"\x18" + _varint(last) if last else b"")
+
+
 def batch_bytes(entries: list[Entry], site: str, streams: dict[str, bytes] | None = None) -> bytes | None:
     """The serialised Batch of the readings of journal entries: what batch_of(entries, site)
     .SerializeToString() gives, without a protobuf object per reading; None when they hold no
     reading. `streams` caches each stream name's encoded field across calls."""
     if streams is None:
         streams = {}
-    devices: dict[str, bytes] = {}
-    out: list[bytes] = []
-    put = out.append
-    heads, id_small, id_low = _READING_HEAD, _ID_SMALL, _ID_LOW
-    varint = _varint
-    join = b"".join
-    last_ts: int | None = None
-    ts_field = b""
-    for entry in entries:
-        if entry.kind != KIND_TELEMETRY:
-            continue
-        i = entry.id
-        if i < 0:
-            raise ValueError(f"{i} does not fit an unsigned 64-bit field")
-        d = entry.device
-        dev = devices.get(d)
-        if dev is None:
-            dev = devices[d] = _text(b"\x12", d) if d else b""
-        b, q = entry.boot, entry.seq
-        tail = (b"\x48" + varint(b) if b else b"") + (b"\x50" + varint(q) if q else b"")
-        # Reading fields in number order: id (1), device (2), stream (3), the value (4-7), ts (8),
-        # boot (9), seq (10), error (11). An id >= 128 is its low 7 bits (one byte, from a table)
-        # and the varint of the rest, which changes once in 128 ids: that and the device are joined once.
-        hi = i >> 7
-        hi_dev = varint(hi) + dev if hi else dev
-        suffix = ts_field + tail
-        for stream, v, ts, error in entry.data:
-            s = streams.get(stream)
-            if s is None:
-                s = streams[stream] = _text(b"\x1a", stream) if stream else b""
-            if ts != last_ts:
-                if type(ts) is not int:
-                    raise TypeError(f"a reading's ts must be an integer, not {type(ts).__name__}")
-                if not -INT64 <= ts < INT64:
-                    raise ValueError(f"{ts} does not fit a signed 64-bit field")
-                ts_field = b"\x40" + varint(ts & _U64) if ts else b""
-                suffix = ts_field + tail
-                last_ts = ts
-            t = type(v)
-            if t is float:
-                val = _NUMBER(0x21, v)
-            elif t is int:
-                if -INT64 <= v < INT64:
-                    val = b"\x28" + varint((v << 1) ^ (v >> 63))   # zigzag
-                else:
-                    val = _NUMBER(0x21, float(v))
-            elif t is bool:
-                val = _FLAG[v]
-            elif t is str:
-                val = _text(b"\x3a", v)
-            else:
-                val = b""
-            if i >> 7 != hi:
-                hi = i >> 7
-                hi_dev = varint(hi) + dev
-            r = join((id_low[i & 127] if hi else id_small[i], hi_dev, s, val, suffix))   # join: one copy
-            if error:
-                r += _text(b"\x5a", error)
-            try:
-                put(heads[len(r)])
-            except IndexError:   # a reading of 16 KiB or more
-                put(b"\x22" + varint(len(r)))
-            put(r)
-            i += 1
+    out = [entry_bytes(e.id, e.device, e.boot, e.seq, e.data, streams) for e in entries
+           if e.kind == KIND_TELEMETRY and e.data]
     if not out:
         return None
-    last = entries[-1].id + entries[-1].n - 1
-    first = entries[0].id
-    head = (_text(b"\x0a", site) if site else b"") + (b"\x10" + varint(first) if first else b"") + \
-        (b"\x18" + varint(last) if last else b"")
-    return head + join(out)
+    return batch_head(site, entries[0].id, entries[-1].id + entries[-1].n - 1) + b"".join(out)

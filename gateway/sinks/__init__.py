@@ -41,7 +41,7 @@ import time
 from typing import Any, Protocol
 
 from edgewire.gateway.errors import ConfigError
-from edgewire.gateway.journal import Entry
+from edgewire.gateway.journal import Entry, JournalError
 from edgewire.gateway.aio import cancel_and_wait
 
 log = logging.getLogger("edgewire.gateway.sinks")
@@ -53,6 +53,12 @@ SINK_TYPES = {"jsonl": "edgewire.gateway.sinks.jsonl", "amqp": "edgewire.gateway
               "grpc": "edgewire.gateway.sinks.grpc"}
 
 COMMON = ("type", "name", "batch", "retry_min", "retry_max")
+
+# While a sink catches up, its durable cursor is written at most this often (seconds), and
+# always when it reaches the journal's end and when it stops: a cursor per batch was a commit
+# (an fsync) per batch. A crash repeats at most this much to the backend, which drops repeats
+# by id anyway (at least once).
+CURSOR_SAVE_INTERVAL = 0.25
 
 
 class JournalReader(Protocol):
@@ -123,6 +129,8 @@ class JournalSink:
         self.retry_min: float = table["retry_min"]
         self.retry_max: float = table["retry_max"]
         self.cursor = 0
+        self.saved_cursor = 0      # the cursor as last written to the journal
+        self._next_save = 0.0
         self.delivered_entries = 0
         self.delivered_readings = 0
         self.failures = 0
@@ -136,7 +144,7 @@ class JournalSink:
         self._wake = asyncio.Event()
         # The next batch is read from the journal (in its reader thread) while this one is delivered,
         # so the backend's round trip and the read overlap: (after, task) of that read-ahead.
-        self._ahead: tuple[int, asyncio.Task[tuple[list[Entry], int]]] | None = None
+        self._ahead: tuple[int, asyncio.Task[tuple[Any, int]]] | None = None
 
     # subclasses
     async def open(self) -> None:
@@ -154,15 +162,25 @@ class JournalSink:
         being delivered: a sink may build its messages here (the event loop is otherwise waiting
         for the backend) and find them again in deliver()."""
 
-    async def _read_ahead(self, after: int) -> tuple[list[Entry], int]:
-        entries, upto = await self.journal.read(after, self.batch)
+    async def fetch(self, after: int) -> tuple[Any, int]:
+        """The next batch after `after` and the highest id it covers. By default a list of
+        journal entries; a sink may read another shape (the grpc sink: its encoded readings,
+        decision D18b) and then also says what it holds in summary()."""
+        return await self.journal.read(after, self.batch)
+
+    def summary(self, batch: Any) -> tuple[int, int, int]:
+        """(entries, readings, received of the first entry) of a fetched batch."""
+        return len(batch), sum(e.n for e in batch if e.kind == 0), batch[0].received
+
+    async def _read_ahead(self, after: int) -> tuple[Any, int]:
+        entries, upto = await self.fetch(after)
         if entries:
             self.prepare(entries)
         return entries, upto
 
     # lifecycle
     async def start(self) -> None:
-        self.cursor = self.journal.cursors.get(self.name, 0)
+        self.cursor = self.saved_cursor = self.journal.cursors.get(self.name, 0)
         await self.open()
         self.journal.listeners.append(self.notify)
         self.state = "running"
@@ -171,6 +189,11 @@ class JournalSink:
     async def stop(self) -> None:
         await cancel_and_wait(self._task)
         self._task = None
+        if self.cursor != self.saved_cursor:
+            try:
+                self._save()
+            except JournalError as e:   # closed first: the backend sees the last batches again
+                log.warning("sink %s: cursor %d not saved: %s", self.name, self.cursor, e)
         await self.close()
         self.state = "stopped"
 
@@ -209,11 +232,11 @@ class JournalSink:
             else:
                 if ahead is not None:
                     await cancel_and_wait(ahead[1])
-                entries, upto = await j.read(self.cursor, self.batch)
+                entries, upto = await self.fetch(self.cursor)
             if entries:
                 if upto < j.last_id:
                     self._ahead = (upto, loop.create_task(self._read_ahead(upto)))
-                self.pending_since = entries[0].received
+                n_entries, n_readings, self.pending_since = self.summary(entries)
                 try:
                     await self.deliver(entries)
                 except asyncio.CancelledError:
@@ -229,12 +252,18 @@ class JournalSink:
                     continue
                 attempt = 0
                 self.state = "running"
-                self.delivered_entries += len(entries)
-                self.delivered_readings += sum(e.n for e in entries if e.kind == 0)
+                self.delivered_entries += n_entries
+                self.delivered_readings += n_readings
                 self.last_delivery = time.time()
             self.cursor = upto
             self.pending_since = None
-            j.save_cursor(self.name, upto)
+            if upto >= j.last_id or loop.time() >= self._next_save:
+                self._save()
+                self._next_save = loop.time() + CURSOR_SAVE_INTERVAL
+
+    def _save(self) -> None:
+        self.journal.save_cursor(self.name, self.cursor)
+        self.saved_cursor = self.cursor
 
     def lag_seconds(self) -> float:
         """How long the oldest entry the backend has not confirmed has waited (0 when none waits)."""
@@ -251,6 +280,7 @@ class JournalSink:
 
     def stats(self) -> dict[str, Any]:
         return {"name": self.name, "type": self.type, "state": self.state, "cursor": self.cursor,
+                "saved_cursor": self.saved_cursor,
                 "lag": max(0, self.journal.last_id - self.cursor), "lag_seconds": self.lag_seconds(),
                 "delivered_entries": self.delivered_entries, "delivered_readings": self.delivered_readings,
                 "failures": self.failures, "lost_to_retention": self.lost_to_retention,

@@ -17,9 +17,13 @@ TLS: `ca_file` (or `tls = true` for the system's CAs) verifies the backend's
 certificate for the target's host (or `server_name`); `cert_file`/`key_file`
 present a client certificate (gateway/sinks/tls.py).
 
-Each Batch is encoded straight from the journal entries into its wire bytes
-(convert.batch_bytes: the bytes protobuf would make, without a message object
-per reading) and handed to grpcio as they are (decision D18a)."""
+Each Batch's bytes are made by hand (convert: the bytes protobuf would make,
+without a message object per reading; decision D18a) and handed to grpcio as
+they are. The readings' part is made once, when the journal commits them: with
+this sink configured, the journal's writer stores each telemetry entry's
+encoded readings beside it, and the sink reads them back joined, so a batch is
+a few header bytes plus one SQLite read (decision D18b). Entries written before
+the sink was configured are encoded when read, on the journal's reader thread."""
 from __future__ import annotations
 
 import asyncio
@@ -27,8 +31,8 @@ import logging
 from typing import Any
 
 from edgewire.gateway.errors import ConfigError
-from edgewire.gateway.grpcapi.convert import batch_bytes
-from edgewire.gateway.journal import Entry
+from edgewire.gateway.grpcapi.convert import batch_bytes, batch_head, entry_bytes
+from edgewire.gateway.journal import Encoded
 from edgewire.gateway.sinks import JournalReader, JournalSink
 from edgewire.gateway.sinks.tls import TLS_KEYS, read_pem, validate_tls
 
@@ -89,8 +93,10 @@ class Sink(JournalSink):
         self._creds: Any = None
         self._channel: Any = None
         self._call: Any = None
-        self._ready: tuple[list[Entry], tuple[bytes, int] | None] | None = None   # built while the last one waited
         self._streams: dict[str, bytes] = {}   # stream name -> its encoded field
+        # D18b: the journal's writer keeps each telemetry entry's readings encoded for this sink
+        if hasattr(journal, "encoder"):
+            journal.encoder = entry_bytes  # type: ignore[attr-defined]
 
     async def open(self) -> None:
         import grpc
@@ -132,40 +138,48 @@ class Sink(JournalSink):
             except (Exception, asyncio.TimeoutError):
                 pass
 
-    def batch_message(self, entries: list[Entry]) -> tuple[bytes, int] | None:
-        """The serialised Batch for entries and its last_id (None when they hold no reading);
-        built ahead by prepare() when it can."""
-        ready, self._ready = self._ready, None
-        if ready is not None and ready[0] is entries:
-            return ready[1]
-        return self._encode(entries)
+    async def fetch(self, after: int) -> tuple[Any, int]:
+        """The next batch's readings as the journal keeps them encoded (D18b); a journal
+        without encodings (a reader that cannot) gives entries, encoded here."""
+        read = getattr(self.journal, "read_encoded", None)
+        if read is None:
+            return await super().fetch(after)
+        return await read(after, self.batch, entry_bytes)
 
-    def _encode(self, entries: list[Entry]) -> tuple[bytes, int] | None:
+    def summary(self, batch: Any) -> tuple[int, int, int]:
+        if isinstance(batch, Encoded):
+            return batch.entries, batch.readings, batch.received
+        return super().summary(batch)
+
+    def batch_message(self, batch: Any) -> tuple[bytes, int] | None:
+        """The serialised Batch and its last_id (None when it holds no reading)."""
+        if isinstance(batch, Encoded):
+            if batch.error and not batch.entries:
+                raise ValueError(batch.error)
+            if not batch.data:
+                return None
+            return batch_head(self.site, batch.first_id, batch.last_id) + batch.data, batch.last_id
         if len(self._streams) > _STREAM_CACHE:
             self._streams.clear()
-        data = batch_bytes(entries, self.site, self._streams)
-        return None if data is None else (data, entries[-1].id + entries[-1].n - 1)
+        data = batch_bytes(batch, self.site, self._streams)
+        return None if data is None else (data, batch[-1].id + batch[-1].n - 1)
 
-    def prepare(self, entries: list[Entry]) -> None:
-        try:
-            self._ready = (entries, self._encode(entries))
-        except Exception:   # an entry it cannot encode: deliver() meets it again and counts the failure
-            self._ready = None
-
-    async def deliver(self, entries: list[Entry]) -> None:
+    async def deliver(self, entries: Any) -> None:
         batch = self.batch_message(entries)
         if batch is None:
             return
         data, last = batch
         try:
             call = await self._stream()
-            await asyncio.wait_for(call.write(data), self.ack_timeout)
-            while True:
-                ack = await asyncio.wait_for(call.read(), self.ack_timeout)
-                if ack is None or not hasattr(ack, "last_id"):
-                    raise ConnectionError("the backend ended the stream")
-                if ack.last_id >= last:
-                    break
+            # one timeout for the write and its Ack (asyncio.timeout: no task per await, as wait_for makes)
+            async with asyncio.timeout(self.ack_timeout):
+                await call.write(data)
+                while True:
+                    ack = await call.read()
+                    if ack is None or not hasattr(ack, "last_id"):
+                        raise ConnectionError("the backend ended the stream")
+                    if ack.last_id >= last:
+                        break
         except asyncio.CancelledError:
             await self._drop()
             raise

@@ -124,3 +124,85 @@ async def test_an_entry_it_cannot_encode_is_a_counted_failure_not_a_dead_sink(tm
     finally:
         await journal.close()
         await server.stop(None)
+
+
+async def test_the_journal_keeps_the_same_bytes_for_the_sink(tmp_path: Path) -> None:
+    """Decision D18b: with the grpc sink's encoder set, the journal's writer stores each telemetry
+    entry's readings encoded, and read_encoded() joins them. Entries written before the encoder was
+    set (stored without), births and results between them, and a duplicate refused by the unique key
+    (a gap in the ids) give, batch by batch, exactly the bytes batch_bytes makes of read()."""
+    from edgewire.gateway.grpcapi.convert import batch_head, entry_bytes
+    from edgewire.gateway.journal import KIND_BIRTH, Journal, Row, pack
+
+    journal = Journal(tmp_path / "j.db")
+    journal.open()
+    try:
+        now = int(time.time() * 1000)
+        values: list[Any] = [1.5, -3, 2 ** 64 - 1, True, "on", None, 0, 128, -(2 ** 63)]
+
+        def add(seq: int, readings: int) -> None:
+            data = [[f"s/{k}", values[(seq + k) % len(values)], 1796153863590 + k, "bad" if k == 2 else None]
+                    for k in range(readings)]
+            journal.append([Row(journal.reserve(readings), readings, KIND_TELEMETRY, f"dev-{seq % 3}", 7, seq,
+                                now, pack(data))])
+
+        for seq in range(40):
+            add(seq, 1 + seq % 4)
+            if seq == 20:
+                journal.encoder = entry_bytes       # a grpc sink configured from here on
+            if seq % 7 == 0:
+                journal.append([Row(journal.reserve(1), 1, KIND_BIRTH, "dev-1", None, None, now, pack({"fw": "1"}))])
+        add(5, 2)   # a redelivery of (dev-2, 7, 5): refused, its ids are a gap
+        add(40, 3)
+        await journal.flush()
+        assert journal.duplicates == 1 and journal.encode_errors == 0
+        for limit in (1, 3, 7, 500):
+            after, seen = 0, 0
+            while after < journal.last_id:
+                got, upto = await journal.read_encoded(after, limit, entry_bytes)
+                entries, upto2 = await journal.read(after, limit)
+                assert upto == upto2
+                want = batch_bytes(entries, "site")
+                if want is None:
+                    assert got is None or not got.data
+                else:
+                    assert got is not None and not got.error
+                    assert batch_head("site", got.first_id, got.last_id) + got.data == want
+                    assert got.readings == sum(e.n for e in entries if e.kind == KIND_TELEMETRY)
+                    seen += got.readings
+                after = upto
+            assert seen == journal.appended_ids - 6   # all but the 6 births, each reading once
+    finally:
+        await journal.close()
+
+
+async def test_a_journal_from_before_d18b_gets_the_column(tmp_path: Path) -> None:
+    """A journal written by a gateway before D18b (no `wire` column) opens, gets the column, and its
+    entries reach the sink encoded on read."""
+    import sqlite3
+
+    from edgewire.gateway.grpcapi.convert import batch_head, entry_bytes
+    from edgewire.gateway.journal import SCHEMA, Journal, pack
+
+    old = SCHEMA.replace("body BLOB NOT NULL,", "body BLOB NOT NULL").replace(
+        "    wire BLOB                   -- telemetry, when a sink asked for it: its readings as that sink sends "
+        "them (D18b)\n", "")
+    assert "wire" not in old
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(old)
+    conn.execute("INSERT INTO meta(key, value) VALUES ('schema', 1)")
+    conn.execute("INSERT INTO journal(id, n, kind, device, boot, seq, received, body) VALUES (1, 2, 0, 'd', 1, 1, ?, ?)",
+                 (int(time.time() * 1000), pack([["a", 1, 5, None], ["b", 2.5, 5, None]])))
+    conn.commit()
+    conn.close()
+    journal = Journal(path)
+    journal.open()
+    try:
+        journal.encoder = entry_bytes
+        got, upto = await journal.read_encoded(0, 10, entry_bytes)
+        entries, _ = await journal.read(0, 10)
+        assert upto == 2 and got is not None and got.readings == 2
+        assert batch_head("", got.first_id, got.last_id) + got.data == batch_bytes(entries, "")
+    finally:
+        await journal.close()

@@ -126,13 +126,21 @@ async def test_an_entry_it_cannot_encode_is_a_counted_failure_not_a_dead_sink(tm
         await server.stop(None)
 
 
-async def test_the_journal_keeps_the_same_bytes_for_the_sink(tmp_path: Path) -> None:
+@pytest.mark.parametrize("where", ["loop", "reader thread"])
+async def test_the_journal_keeps_the_same_bytes_for_the_sink(tmp_path: Path, where: str,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """Decision D18b: with the grpc sink's encoder set, the journal's writer stores each telemetry
     entry's readings encoded, and read_encoded() joins them. Entries written before the encoder was
     set (stored without), births and results between them, and a duplicate refused by the unique key
-    (a gap in the ids) give, batch by batch, exactly the bytes batch_bytes makes of read()."""
+    (a gap in the ids) give, batch by batch, exactly the bytes batch_bytes makes of read(): read on
+    the event loop, and on the reader thread where slow reads on the loop send them (here every
+    read counts as slow)."""
+    from edgewire.gateway import journal as jm
     from edgewire.gateway.grpcapi.convert import batch_head, entry_bytes
     from edgewire.gateway.journal import KIND_BIRTH, Journal, Row, pack
+
+    if where == "reader thread":
+        monkeypatch.setattr(jm, "LOOP_READ_MAX", -1.0)
 
     journal = Journal(tmp_path / "j.db")
     journal.open()
@@ -172,6 +180,8 @@ async def test_the_journal_keeps_the_same_bytes_for_the_sink(tmp_path: Path) -> 
                     seen += got.readings
                 after = upto
             assert seen == journal.appended_ids - 6   # all but the 6 births, each reading once
+        if where == "reader thread":
+            assert journal.slow_loop_reads == jm.LOOP_READ_SLOW_IN_A_ROW and journal._thread_reads_until > 0
     finally:
         await journal.close()
 

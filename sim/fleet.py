@@ -18,6 +18,11 @@ Rate: each device gets streams (temperature, humidity, battery, door, ... from
 the SimBoard's sensor models) at QoS `qos` whose sampling adds up to `rate`
 readings per second, and sends each reading as its own telemetry message
 (batch_max = 1), so `rate` is telemetry messages per second per device.
+With `batch` = N > 1 a device samples its streams N at a time (same interval,
+same phase) and sends the N readings in one message (batch_max = N): `rate`
+messages per second of N readings each, `rate` x N readings per second (a
+device that samples several quantities together, and the load a gateway sees
+at high reading rates).
 """
 from __future__ import annotations
 
@@ -76,25 +81,36 @@ def sensor_stream(sensor: str) -> tuple[str, str, str]:
     return sensor.replace("@", "-").replace(":", "/"), sensor, UNITS.get(quantity, "C")
 
 
-def plan_streams(rate: float, qos: int, sensors: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """Streams whose sampling adds up to `rate` readings per second at `qos`.
+def plan_streams(rate: float, qos: int, sensors: Sequence[str] | None = None,
+                 batch: int = 1) -> list[dict[str, Any]]:
+    """Streams whose sampling adds up to `rate` x `batch` readings per second
+    at `qos` (`rate` messages per second of `batch` readings each).
 
     One stream per sensor (default: the four SimBoard models) while each can
     sample at least every 10 ms; more streams (temperature/2, ...) beyond that
-    (400 msg/s with the four models)."""
+    (400 msg/s with the four models), and at least `batch` of them, a multiple
+    of `batch` (the Fleet samples them `batch` at a time)."""
     if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not math.isfinite(rate) or rate <= 0:
         shown = f"{rate:g}" if isinstance(rate, (int, float)) else repr(rate)
         raise SimError(f"rate {shown} must be a positive number of messages per second per device")
-    if rate > MAX_RATE:
-        raise SimError(f"rate {rate:g} is above the {MAX_RATE:g} messages per second one simulated device "
+    if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= min(MAX_STREAMS, wire.MAX_READINGS):
+        raise SimError(f"batch {batch!r} must be 1..{min(MAX_STREAMS, wire.MAX_READINGS)} readings per message")
+    if rate * batch > MAX_RATE:
+        what = f"rate {rate:g}" if batch == 1 else f"rate {rate:g} x batch {batch} = {rate * batch:g} readings/s"
+        raise SimError(f"{what} is above the {MAX_RATE:g} messages per second one simulated device "
                        f"can send ({MAX_STREAMS} streams at {MIN_INTERVAL_MS} ms); use more devices instead")
+    readings = rate * batch
     if isinstance(qos, bool) or qos not in (0, 1, 2):
         raise SimError(f"qos {qos!r} is not 0, 1 or 2")
     kinds = [sensor_stream(x) for x in (sensors if sensors is not None else MODELS)]
     if not kinds or len({k[0] for k in kinds}) != len(kinds) or len(kinds) > MAX_STREAMS:
         raise SimError(f"sensors {list(sensors or [])!r}: expected 1..{MAX_STREAMS} distinct sensors")
-    n = max(len(kinds), math.ceil(rate * MIN_INTERVAL_MS / 1000))
-    interval = round(n * 1000 / rate)
+    n = max(len(kinds), batch, math.ceil(readings * MIN_INTERVAL_MS / 1000))
+    n = -(-n // batch) * batch
+    if n > MAX_STREAMS:
+        raise SimError(f"rate {rate:g} with batch {batch} needs {n} streams, more than {MAX_STREAMS}; "
+                       f"use more devices instead")
+    interval = round(n * 1000 / readings)
     if interval > MAX_INTERVAL_MS:
         raise SimError(f"rate {rate:g} is too slow: a stream samples at most once a day "
                        f"(the slowest rate is {len(kinds) * 1000 / MAX_INTERVAL_MS:.6f} msg/s)")
@@ -118,7 +134,9 @@ class Group:
     """Devices that share a configuration: `count` of them, ids '<prefix>-0000', ...
 
     streams: the device config's streams (name, source sim:<model>, interval_ms,
-    qos, unit); overrides: other device config keys (docs/firmware.md)."""
+    qos, unit); overrides: other device config keys (docs/firmware.md);
+    batch: readings per telemetry message (the streams are sampled `batch` at a
+    time, each run of `batch` streams with one phase; give them one interval)."""
 
     name: str
     count: int
@@ -126,10 +144,12 @@ class Group:
     streams: list[dict[str, Any]]
     fault_rate: float = 0.01
     overrides: dict[str, Any] = field(default_factory=dict)
+    batch: int = 1
 
     @property
     def rate(self) -> float:
-        return configured_rate(self.streams)
+        """Telemetry messages per second per device."""
+        return configured_rate(self.streams) / self.batch
 
     def ids(self) -> list[str]:
         width = max(4, len(str(self.count - 1)))
@@ -212,7 +232,10 @@ class Fleet:
                   temperature, humidity, battery, door): model names and driver
                   sources over the simulated buses, e.g. ["bme280:temperature",
                   "ds18b20@4:temperature"] (the real drivers; docs/simulator.md)
-      groups      instead of devices/rate/qos/prefix/sensors: a list of Group
+      batch       readings per telemetry message (default 1): each device samples
+                  its streams `batch` at a time and sends them together, `rate`
+                  messages per second of `batch` readings (1..32)
+      groups      instead of devices/rate/qos/prefix/sensors/batch: a list of Group
       procs       0: one selector loop in a thread of this process; N: N processes
       ramp        connections started per second (all shards together)
       shard       (i, N): run only the devices whose index % N == i (one of N hosts)
@@ -237,7 +260,8 @@ class Fleet:
                  observe: bool = True, connect_to: tuple[str, int] | None = None,
                  gateway: str | None = None, ca_file: str | None = None,
                  credentials: Mapping[str, str] | Callable[[list[str]], Mapping[str, str]] | None = None,
-                 observer_auth: tuple[str, str] | None = None, sensors: Sequence[str] | None = None) -> None:
+                 observer_auth: tuple[str, str] | None = None, sensors: Sequence[str] | None = None,
+                 batch: int = 1) -> None:
         self.address: BrokerAddress = parse_broker_url(broker_url)
         self.ca = _read_ca(ca_file, self.address)
         self.credentials = credentials
@@ -262,11 +286,15 @@ class Fleet:
                 raise SimError(f"devices {devices!r} must be an integer 1..{MAX_DEVICES}")
             if isinstance(fault_rate, bool) or not isinstance(fault_rate, (int, float)) or not 0 <= fault_rate <= 1:
                 raise SimError(f"fault_rate {fault_rate!r} must be between 0 and 1")
-            groups = [Group("default", devices, prefix, plan_streams(rate, qos, sensors), float(fault_rate),
-                            dict(overrides or {}))]
+            groups = [Group("default", devices, prefix, plan_streams(rate, qos, sensors, batch), float(fault_rate),
+                            dict(overrides or {}), batch)]
             self.rate = float(rate)
             self.qos = qos
         else:
+            for g in groups:
+                if isinstance(g.batch, bool) or not isinstance(g.batch, int) or not 1 <= g.batch <= wire.MAX_READINGS:
+                    raise SimError(f"group {g.name!r}: batch {g.batch!r} must be 1..{wire.MAX_READINGS} readings "
+                                   f"per message")
             self.rate = sum(g.rate * g.count for g in groups) / max(1, sum(g.count for g in groups))
             self.qos = max(max(s.get("qos", 1) for s in g.streams) for g in groups)
         self.groups = list(groups)
@@ -312,7 +340,7 @@ class Fleet:
             cfg_in: dict[str, Any] = {"keepalive_s": 30, "backoff_min_ms": 200, "backoff_max_ms": 5000}
             cfg_in.update(g.overrides)
             cfg_in.update({"device_id": ids[0], "broker_host": host, "broker_port": port,
-                           "streams": [dict(s) for s in g.streams], "batch_max": 1,
+                           "streams": [dict(s) for s in g.streams], "batch_max": g.batch,
                            "min_interval_ms": MIN_INTERVAL_MS})
             if self.ca is not None:
                 cfg_in["tls_ca"] = self.ca[0]
@@ -325,13 +353,17 @@ class Fleet:
                     cfg = dict(base)
                     cfg["device_id"] = did
                     # Spread phases: each stream first samples at a random point of
-                    # its interval, so a fleet is a steady load from the start.
+                    # its interval, so a fleet is a steady load from the start;
+                    # with batch > 1, each run of `batch` streams shares one phase
+                    # (sampled together, sent in one message).
                     rng = random.Random(self.seed * 7_919 + index)
-                    cfg["streams"] = [dict(s, phase_ms=rng.randrange(max(1, s["interval_ms"])))
-                                      for s in base["streams"]]
+                    bs = base["streams"]
+                    phases = [rng.randrange(max(1, min(s["interval_ms"] for s in bs[j:j + g.batch])))
+                              for j in range(0, len(bs), g.batch)]
+                    cfg["streams"] = [dict(s, phase_ms=phases[j // g.batch]) for j, s in enumerate(bs)]
                     files = {self.ca[0]: self.ca[1]} if self.ca is not None else {}
                     self.specs.append(DeviceSpec(did, g.name, self._device_seed(index), g.fault_rate, cfg, files))
-                    self.total_rate += g.rate
+                    self.total_rate += configured_rate(g.streams)
                     self.max_interval_s = max(self.max_interval_s, max(st["interval_ms"] for st in g.streams) / 1000)
                     self.device_ids.append(did)
                     self.stream_qos[did] = qos_of
@@ -355,7 +387,8 @@ class Fleet:
 
     @property
     def configured_rate(self) -> float:
-        return configured_rate(self.streams)
+        """Telemetry messages per second per device (the first group's)."""
+        return self.groups[0].rate
 
     def _thread_shard(self) -> Shard:
         if self.procs or len(self._shards) != 1:

@@ -113,6 +113,34 @@ def test_reboot_command_starts_a_new_boot(broker: Mosquitto, checker: Checker) -
     assert checker.received == d.acked == d.messages  # counters span both boots
 
 
+def test_batch_sends_several_readings_per_message(broker: Mosquitto, checker: Checker) -> None:
+    # 5 readings sampled together, one message of 5: 4 messages/s, 20 readings/s per device.
+    fleet = Fleet(broker.url, devices=3, rate=4, qos=1, seed=11, fault_rate=0, batch=5)
+    assert [len(s.cfg["streams"]) for s in fleet.specs] == [5, 5, 5]
+    assert all(len({st["phase_ms"] for st in s.cfg["streams"]}) == 1 for s in fleet.specs)
+    assert fleet.configured_rate == 4.0 and fleet.total_rate == 60.0
+    with fleet:
+        time.sleep(2.5)
+    rep = fleet.report()
+    t = rep.totals
+    checker.settle(expected=t["acked"])
+    assert t["messages"] >= 3 * 4 * 2 and t["unacked"] == 0
+    assert t["readings"] == 5 * t["messages"]
+    assert checker.received == t["messages"] and checker.readings == t["readings"]
+
+
+def test_stream_plan_batches() -> None:
+    for rate, batch in ((1, 2), (10, 10), (50, 4), (100, 10), (3, 7)):
+        streams = plan_streams(rate, 1, batch=batch)
+        assert len(streams) % batch == 0 and len(streams) >= batch
+        assert abs(configured_rate(streams) - rate * batch) / (rate * batch) < 0.01, (rate, batch)
+        assert len({s["interval_ms"] for s in streams}) == 1
+    with pytest.raises(SimError, match="batch 0 must be 1..32"):
+        plan_streams(1, 1, batch=0)
+    with pytest.raises(SimError, match=r"rate 200 x batch 20 = 4000 readings/s is above the 3200"):
+        plan_streams(200, 1, batch=20)
+
+
 def test_stream_plan_adds_up_to_the_rate() -> None:
     for rate in (0.5, 1, 3, 10, 100, 400, 1000, 3200):
         streams = plan_streams(rate, 1)

@@ -234,6 +234,8 @@ def gateway_figures(port: int) -> dict[str, Any]:
             "journal_append_to_commit_ms_p99": j.get("append_to_commit_ms_p99"),
             "sink_failures": sink.get("failures"), "sink_published_messages": msgs,
             "sink_delivered_entries": sink.get("delivered_entries"), "sink_delivered_readings": readings,
+            "sink_deliveries": sink.get("deliveries"), "sink_deliver_ms_avg": sink.get("deliver_ms_avg"),
+            "sink_read_wait_ms_total": sink.get("read_wait_ms_total"),
             "sink_readings_per_message": round(readings / msgs, 2) if msgs else None}
 
 

@@ -133,6 +133,9 @@ class JournalSink:
         self._next_save = 0.0
         self.delivered_entries = 0
         self.delivered_readings = 0
+        self.deliveries = 0          # batches the backend confirmed
+        self.deliver_seconds = 0.0   # in deliver(), for those
+        self.read_seconds = 0.0      # waiting for the journal read (not hidden by the read-ahead)
         self.failures = 0
         self.lost_to_retention = 0
         self.last_error = ""
@@ -226,6 +229,7 @@ class JournalSink:
                 log.warning("sink %s: %d ids were removed by retention before the backend confirmed them",
                             self.name, lost)
                 self.cursor = first - 1
+            t_read = loop.time()
             ahead, self._ahead = self._ahead, None
             if ahead is not None and ahead[0] == self.cursor:
                 entries, upto = await ahead[1]
@@ -237,6 +241,8 @@ class JournalSink:
                 if upto < j.last_id:
                     self._ahead = (upto, loop.create_task(self._read_ahead(upto)))
                 n_entries, n_readings, self.pending_since = self.summary(entries)
+                t_deliver = loop.time()
+                self.read_seconds += t_deliver - t_read
                 try:
                     await self.deliver(entries)
                 except asyncio.CancelledError:
@@ -252,6 +258,8 @@ class JournalSink:
                     continue
                 attempt = 0
                 self.state = "running"
+                self.deliveries += 1
+                self.deliver_seconds += loop.time() - t_deliver
                 self.delivered_entries += n_entries
                 self.delivered_readings += n_readings
                 self.last_delivery = time.time()
@@ -283,5 +291,8 @@ class JournalSink:
                 "saved_cursor": self.saved_cursor,
                 "lag": max(0, self.journal.last_id - self.cursor), "lag_seconds": self.lag_seconds(),
                 "delivered_entries": self.delivered_entries, "delivered_readings": self.delivered_readings,
+                "deliveries": self.deliveries,
+                "deliver_ms_avg": round(1000 * self.deliver_seconds / self.deliveries, 3) if self.deliveries else 0.0,
+                "read_wait_ms_total": round(1000 * self.read_seconds, 3),
                 "failures": self.failures, "lost_to_retention": self.lost_to_retention,
                 "last_error": self.last_error, "last_delivery": self.last_delivery}

@@ -381,9 +381,16 @@ class Hub:
         ring.extend(events)
         ids.extend([e.id for e in events])
         if len(ring) > self.ring_size + (self.ring_size >> 2):  # trimmed at 1.25x: less memory, rare enough
-            # never below this commit's events: a live client whose queue this commit
-            # overflowed reads them from here, not back from SQLite (a flood's large commits)
-            cut = len(ring) - max(self.ring_size, len(events))
+            # Never below this commit's events, nor (up to twice the ring) below what a
+            # client catching up has still to read: in a flood, commits are large and a
+            # client whose queue overflowed reads them from here. Read back from SQLite
+            # instead, a page costs the reader thread one GIL hand-off per row, and under
+            # a busy loop such a client fell further behind than it caught up.
+            keep = max(self.ring_size, len(events))
+            behind = [s.cursor for s in self.subscribers.values() if not s.live]
+            if behind:
+                keep = max(keep, min(self.last_id - min(behind), 2 * self.ring_size))
+            cut = len(ring) - keep
             if cut > 0:
                 self._ring_floor = ids[cut - 1] + 1
                 del ring[:cut]

@@ -35,6 +35,10 @@ class CandidateBatch(list[Message]):
     def needs_ack(self) -> bool:
         return bool(self._acks)
 
+    @property
+    def ack_handle(self) -> Callable[[], None] | None:
+        return self.ack if self._acks else None
+
     def ack(self) -> None:
         acks, self._acks = self._acks, []
         for a in acks:

@@ -112,8 +112,7 @@ async def run(messages: int, qos: int, workdir: str, synchronous: str = "full") 
     async def consume() -> None:
         assert ingest.client is not None
         async for batch in ingest.client.batches():
-            ingest.handle(batch)
-            core.commit(batch.ack)
+            ingest.take(batch)
             await core.ready()
 
     async def websocket() -> None:

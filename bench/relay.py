@@ -646,8 +646,15 @@ def phase_gateway(workdir: Path, load: Load, client: str = "ours", journal: str 
         res.gateway_counters = loss_counters(gstats)
         if isinstance(gstats, dict):
             j = gstats.get("journal", {})
+            clients = hub.get("clients") or [{}]
             res.gateway_memory = {"journal_backlog_bytes_max": int(j.get("backlog_bytes_max", 0)),
-                                  "hub_ring": int(hub.get("ring", 0))}
+                                  "hub_ring": int(hub.get("ring", 0)),
+                                  # how the WebSocket client was fed: live, from the ring, or read back from SQLite
+                                  "hub_ring_reads": int(hub.get("ring_reads", 0)),
+                                  "hub_journal_reads": int(hub.get("journal_reads", 0)),
+                                  "client_overflows": int(clients[0].get("overflows", 0)),
+                                  "journal_commits": int(j.get("commits", 0)),
+                                  "journal_space_waits": int(j.get("space_waits", 0))}
         if final.get("gaps"):
             res.note = f"the WebSocket client was sent {final['gaps']} gap events"
         return res

@@ -17,6 +17,7 @@ did not catch) is counted as a duplicate and never published."""
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable, Sequence
 
 import msgpack
@@ -45,6 +46,7 @@ MESSAGE_COST = ROW_COST + ID_COST
 # each time). Same bytes as journal.pack (use_bin_type=True); not thread-safe,
 # so never call it from the journal's writer thread.
 _pack_body = msgpack.Packer(use_bin_type=True).pack
+_intern = sys.intern
 _tuple_new = tuple.__new__  # Row(...) without the namedtuple's Python-level __new__: hot path
 
 
@@ -64,7 +66,6 @@ class Core:
         self._rows: list[Row] = []
         self._events: list[Event] = []
         self._results: list[Result] = []
-        self._counted: list[Row] = []  # telemetry rows of this batch (for duplicates the journal refuses)
         self._dirty: set[str] = set()
         self._cost = 0                # memory the rows of this batch hold until committed (Journal.cost)
 
@@ -103,11 +104,11 @@ class Core:
         first = i = journal.next_id
         rows = self._rows
         add_row = rows.append
-        add_counted = self._counted.append
         add = self._events.append
-        dirty = self._dirty
+        mark = self._dirty.add
         last_adapter = self.last_adapter
         new = _tuple_new
+        intern = _intern
         cost = 0
         accepted = 0
         readings = 0
@@ -116,12 +117,12 @@ class Core:
                 device = t["device"]
                 try:
                     if not reg_telemetry(t, received_ms):
-                        dirty.add(device)
+                        mark(device)
                         continue  # duplicate: counted by the registry, never forwarded
                 except RegistryFull as e:
                     self.refuse("capacity", str(e))
                     continue
-                dirty.add(device)
+                mark(device)
                 if last_adapter.get(device) != adapter:
                     last_adapter[device] = adapter
                 accepted += 1
@@ -136,6 +137,7 @@ class Core:
                 row_id = i
                 body = []
                 for stream, value, up, error in rs:
+                    stream = intern(stream)  # one string per stream name, not one per reading held
                     ts = base + up
                     ev = Event(device, stream, value, error, ts, boot, seq)
                     ev.id = i
@@ -151,7 +153,6 @@ class Core:
                 cost += len(packed)
                 row = new(Row, (row_id, n, KIND_TELEMETRY, device, boot, seq, received_ms, packed))
                 add_row(row)
-                add_counted(row)  # the row, not the decoded message: less held while the commit is pending
                 readings += len(rs)
         finally:
             if i > first:
@@ -193,8 +194,8 @@ class Core:
     def commit(self, ack: Ack | None = None) -> None:
         """Queue what was accepted since the last commit for the journal; after
         its COMMIT, publish, resolve results, then call `ack` (see module doc)."""
-        rows, events, results, counted, cost = self._rows, self._events, self._results, self._counted, self._cost
-        self._rows, self._events, self._results, self._counted, self._cost = [], [], [], [], 0
+        rows, events, results, cost = self._rows, self._events, self._results, self._cost
+        self._rows, self._events, self._results, self._cost = [], [], [], 0
         devices = self.registry.devices
         evicted = self.registry.evicted_ids
         if evicted:
@@ -209,7 +210,7 @@ class Core:
         def durable(refused: set[int]) -> None:
             evs = events
             if refused:
-                evs = self._refused(refused, events, counted)
+                evs = self._refused(refused, events, rows)
             hub.publish(evs, upto)
             for r in results:
                 if not self.commands.resolve(r):
@@ -222,12 +223,12 @@ class Core:
         meta = [("registry", registry_state(self.registry))] if rows or states else []
         self.journal.append(rows, devices=states, meta=meta, then=durable, cost=cost)
 
-    def _refused(self, refused: set[int], events: list[Event], counted: list[Row]) -> list[Event]:
+    def _refused(self, refused: set[int], events: list[Event], rows: list[Row]) -> list[Event]:
         """Messages the journal already held: take them back out of the counts."""
         gone: set[int] = set()
         reg = self.registry
-        for row in counted:
-            if row.id in refused:
+        for row in rows:
+            if row.id in refused and row.kind == KIND_TELEMETRY:  # only telemetry has a unique key
                 gone.update(range(row.id, row.id + row.n))
                 dev = reg.devices.get(row.device)
                 if dev is not None:

@@ -9,6 +9,7 @@ reference one. Topic parsing and stream-name checks are memoized in bounded
 caches; the rules stay in wire."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple, TypedDict, cast
 
 import msgpack
@@ -56,59 +57,59 @@ class Result(NamedTuple):
     error: str | None
 
 
-class Decoder:
-    """Stateless apart from its bounded memo caches."""
+class _Memo(dict[Any, Any]):
+    """A bounded memo of a pure function of one hashable argument. Calling
+    `memo[key]` is the whole lookup: a hit is one C-level dict access, with no
+    Python frame (the hot path passes `memo.__getitem__` as the function).
+    A miss computes, stores and returns; what the function raises is not
+    stored. An unhashable key raises TypeError (the telemetry fast path then
+    hands the message to the reference decoder, which names the error)."""
 
-    __slots__ = ("_topics", "_streams", "_ids")
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[[Any], Any]) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def __missing__(self, key: Any) -> Any:
+        value = self.fn(key)
+        if len(self) >= _CACHE_MAX:
+            self.clear()
+        self[key] = value
+        return value
+
+
+def _parse_topic(topic: bytes) -> tuple[str, str]:
+    try:
+        text = topic.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError("topic", f"topic {topic[:120]!r} is not UTF-8") from None
+    device, kind = rx.parse_topic(text)
+    return str(device), str(kind)
+
+
+class Decoder:
+    """Stateless apart from its bounded memo caches. `topic(topic_bytes)` ->
+    (device, kind), ProtocolError('topic') otherwise; a topic seen before
+    costs one dict lookup and gives the same device string object each time
+    (so what waits for the journal or sits in the live ring shares it)."""
+
+    __slots__ = ("topic", "_stream_ok", "_id_ok")
 
     def __init__(self) -> None:
-        self._topics: dict[bytes, tuple[str, str]] = {}
-        self._streams: dict[str, bool] = {}
-        self._ids: dict[str, bool] = {}
-
-    def topic(self, topic: bytes) -> tuple[str, str]:
-        """-> (device, kind); ProtocolError('topic') otherwise."""
-        hit = self._topics.get(topic)
-        if hit is not None:
-            return hit
-        try:
-            text = topic.decode("utf-8")
-        except UnicodeDecodeError:
-            raise ProtocolError("topic", f"topic {topic[:120]!r} is not UTF-8") from None
-        device, kind = rx.parse_topic(text)
-        parsed = (str(device), str(kind))
-        if len(self._topics) >= _CACHE_MAX:
-            self._topics.clear()
-        self._topics[topic] = parsed
-        return parsed
-
-    def _stream_ok(self, name: object) -> bool:
-        if type(name) is not str:
-            return bool(wire.valid_stream(name))
-        hit = self._streams.get(name)
-        if hit is None:
-            hit = bool(wire.valid_stream(name))
-            if len(self._streams) >= _CACHE_MAX:
-                self._streams.clear()
-            self._streams[name] = hit
-        return hit
-
-    def _id_ok(self, name: object) -> bool:
-        if type(name) is not str:
-            return bool(wire.valid_id(name))
-        hit = self._ids.get(name)
-        if hit is None:
-            hit = bool(wire.valid_id(name))
-            if len(self._ids) >= _CACHE_MAX:
-                self._ids.clear()
-            self._ids[name] = hit
-        return hit
+        self.topic: Callable[[bytes], tuple[str, str]] = _Memo(_parse_topic).__getitem__
+        self._stream_ok: Callable[[object], bool] = _Memo(lambda name: bool(wire.valid_stream(name))).__getitem__
+        self._id_ok: Callable[[object], bool] = _Memo(lambda name: bool(wire.valid_id(name))).__getitem__
 
     def telemetry(self, payload: bytes, device: str) -> Telemetry:
         if len(payload) <= wire.MAX_PAYLOAD:
             try:
-                env = _unpackb(payload)
-                return _decode_env(env, device, self._stream_ok, self._id_ok)  # type: ignore[no-any-return]
+                t: Telemetry = _decode_env(_unpackb(payload), device, self._stream_ok, self._id_ok)
+                # the topic's device string (equal, checked above), shared by every message of the
+                # device, instead of the one msgpack made for this payload
+                if device is not None:
+                    t["device"] = device
+                return t
             except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError,
                     RecursionError):
                 pass  # fall through to the reference decoder for the exact error

@@ -37,6 +37,7 @@ from edgewire import wire_rx as rx  # the receiver half of the protocol code
 __all__ = ["Event", "EventSource", "Gap", "Hub", "HubFull", "Subscription", "events_of", "valid_filter"]
 
 _json_str = json.JSONEncoder(ensure_ascii=False).encode
+_float_repr = float.__repr__
 
 
 def _json_value(v: Any) -> str:
@@ -83,8 +84,13 @@ class Event:
         if j is None:
             # device and stream are validated by wire: [A-Za-z0-9_./-] only, no escaping needed
             err = "" if self.error is None else ',"error":' + _json_str(self.error)
+            v = self.value
+            if type(v) is float and v - v == 0.0:  # finite: the common case, without a call
+                value = _float_repr(v)
+            else:
+                value = _json_value(v)
             j = self._json = (f'{{"id":{self.id},"device":"{self.device}","stream":"{self.stream}",'
-                              f'"value":{_json_value(self.value)},"ts":{self.ts},"boot":{self.boot},'
+                              f'"value":{value},"ts":{self.ts},"boot":{self.boot},'
                               f'"seq":{self.seq}{err}}}')
         return j
 
@@ -375,10 +381,20 @@ class Hub:
         ring.extend(events)
         ids.extend([e.id for e in events])
         if len(ring) > self.ring_size + (self.ring_size >> 2):  # trimmed at 1.25x: less memory, rare enough
-            cut = len(ring) - self.ring_size
-            self._ring_floor = ids[cut - 1] + 1
-            del ring[:cut]
-            del ids[:cut]
+            # Never below this commit's events, nor (up to twice the ring) below what a
+            # client catching up has still to read: in a flood, commits are large and a
+            # client whose queue overflowed reads them from here. Read back from SQLite
+            # instead, a page costs the reader thread one GIL hand-off per row, and under
+            # a busy loop such a client fell further behind than it caught up.
+            keep = max(self.ring_size, len(events))
+            behind = [s.cursor for s in self.subscribers.values() if not s.live]
+            if behind:
+                keep = max(keep, min(self.last_id - min(behind), 2 * self.ring_size))
+            cut = len(ring) - keep
+            if cut > 0:
+                self._ring_floor = ids[cut - 1] + 1
+                del ring[:cut]
+                del ids[:cut]
         for sub in self.subscribers.values():
             if sub.live:
                 sub.offer(events)

@@ -15,7 +15,7 @@ from edgewire.gateway.config import GatewayConfig, read_password
 from edgewire.gateway.core import MESSAGE_COST, Core
 from edgewire.gateway.decode import Decoder, ProtocolError, Telemetry
 from edgewire.gateway.errors import MqttNotConnected
-from edgewire.gateway.mqtt import Message, MqttClient
+from edgewire.gateway.mqtt import Batch, Message, MqttClient
 from edgewire.gateway.aio import cancel_and_wait
 
 log = logging.getLogger("edgewire.gateway.ingest.mqtt")
@@ -130,9 +130,15 @@ class MqttIngest:
         core = self.core
         assert self.client is not None
         async for batch in self.client.batches():
-            self.handle(batch)
-            core.commit(batch.ack)
+            self.take(batch)
             await core.ready()  # journal backlog full: stop reading (the broker holds the rest)
+
+    def take(self, batch: Batch) -> None:
+        """One batch: accounted, then handed to the journal with its ack
+        handle alone (not the batch: what waits for the commit keeps no
+        payloads alive; at QoS 0 there is nothing to acknowledge)."""
+        self.handle(batch)
+        self.core.commit(batch.ack_handle)
 
     def handle(self, batch: Sequence[Message]) -> None:
         now_ms = int(time.time() * 1000)

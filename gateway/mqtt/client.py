@@ -48,7 +48,7 @@ from edgewire.gateway.aio import cancel_and_wait
 
 log = logging.getLogger("edgewire.gateway.mqtt")
 
-__all__ = ["Batch", "Message", "MqttClient", "MqttStats", "backoff_delay"]
+__all__ = ["AckHandle", "Batch", "Message", "MqttClient", "MqttStats", "backoff_delay"]
 
 
 Message = P.Publish
@@ -56,27 +56,49 @@ Message = P.Publish
 with an empty payload for a packet larger than max_packet (refused unread)."""
 
 
-class Batch(list[Message]):
-    """Messages of one read, in order, with their acknowledgement handle."""
+class AckHandle:
+    """The acknowledgement of one read: the PUBACK/PUBREC of its messages.
+    Calling it sends them (once; later calls do nothing). It holds the packet
+    ids alone, not the messages, so a pipeline that keeps it until a commit
+    keeps no payloads alive meanwhile."""
 
     __slots__ = ("_client", "_conn", "_acks")
 
-    def __init__(self, messages: list[Message], client: MqttClient, conn: _Conn, acks: list[tuple[int, int]]) -> None:
-        super().__init__(messages)
+    def __init__(self, client: MqttClient, conn: _Conn, acks: list[tuple[int, int]]) -> None:
         self._client = client
         self._conn = conn
         self._acks = acks
 
+    def __call__(self) -> None:
+        acks, self._acks = self._acks, []
+        if acks:
+            self._client._send_acks(self._conn, acks)
+
+
+class Batch(list[Message]):
+    """Messages of one read, in order, with their acknowledgement handle."""
+
+    __slots__ = ("_handle",)
+
+    def __init__(self, messages: list[Message], client: MqttClient, conn: _Conn, acks: list[tuple[int, int]]) -> None:
+        super().__init__(messages)
+        self._handle = AckHandle(client, conn, acks) if acks else None
+
     @property
     def needs_ack(self) -> bool:
-        return bool(self._acks)
+        return self._handle is not None and bool(self._handle._acks)
+
+    @property
+    def ack_handle(self) -> AckHandle | None:
+        """What `ack()` calls, apart from the messages (None: nothing to
+        acknowledge, e.g. a read of QoS 0 messages only)."""
+        return self._handle
 
     def ack(self) -> None:
         """Send this batch's PUBACK/PUBREC. Call it only once what the batch
         carries is durable. Idempotent."""
-        acks, self._acks = self._acks, []
-        if acks:
-            self._client._send_acks(self._conn, acks)
+        if self._handle is not None:
+            self._handle()
 
 
 @dataclass(slots=True)

@@ -201,7 +201,13 @@ class PacketReader:
                 break
             b = buf[i]
             length = b & 0x7F
-            if b & 0x80:
+            if b < 0x80:
+                start = i + 1
+            elif i + 1 < n and buf[i + 1] < 0x80:
+                # two bytes: 128 B - 16 KiB, the size of most telemetry (a short path, no loop)
+                length |= buf[i + 1] << 7
+                start = i + 2
+            else:
                 mult = 128
                 complete = False
                 for _ in range(3):
@@ -218,7 +224,7 @@ class PacketReader:
                     raise MqttProtocolError("remaining length longer than 4 bytes")
                 if not complete:
                     break
-            start = i + 1
+                start = i + 1
             end = start + length
             ptype = first >> 4
             if ptype == PUBLISH:

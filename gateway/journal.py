@@ -847,7 +847,7 @@ _WIDTH = len(Row._fields)
 _BODY = Row._fields.index("body")
 
 
-def _insert(conn: sqlite3.Connection, rows: list[Any], inserts: dict[int, str], width: int) -> None:
+def _insert(conn: sqlite3.Connection, rows: list[Any], inserts: dict[int, str] = _INSERTS, width: int = _WIDTH) -> None:
     """INSERT OR IGNORE the rows (Rows, or Rows plus their `wire` when width is
     _WIDTH + 1), in order, many per statement (_CHUNKS)."""
     limit = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // width

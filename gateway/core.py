@@ -52,15 +52,17 @@ _intern = sys.intern
 # timestamp past 2**32 ms (any real date): the packed stream name (kept per name) and
 # 11 bytes from one struct call, the very bytes _pack_body makes ([[stream, value, ts,
 # nil]]: fixarray 1, fixarray 4, str, float 64, uint 64, nil) at a fraction of its cost.
+# The head is a bytearray, so the body is one too: the journal's writer binds it as it
+# is instead of copying it into one (journal._insert).
 _one_float = struct.Struct(">BdBQB").pack
-_heads: dict[str, bytes] = {}
+_heads: dict[str, bytearray] = {}
 _TS_LO, _TS_HI = 1 << 32, (1 << 64) - 1
 
 
-def _head(stream: str) -> bytes:
+def _head(stream: str) -> bytearray:
     if len(_heads) >= 65536:
         _heads.clear()
-    h = _heads[stream] = b"\x91\x94" + _pack_body(stream)
+    h = _heads[stream] = bytearray(b"\x91\x94" + _pack_body(stream))
     return h
 
 

@@ -136,7 +136,7 @@ class Core:
         readings = 0
         try:
             for t in batch:
-                device = t["device"]
+                device, boot, seq, up, tm, rs = t
                 try:
                     dev = reg_telemetry(t, received_ms)
                 except RegistryFull as e:
@@ -148,17 +148,13 @@ class Core:
                 if last_adapter.get(device) != adapter:
                     last_adapter[device] = adapter
                 accepted += 1
-                boot = t["boot"]
-                seq = t["seq"]
-                tm = t["time"]
-                base = (received_ms if tm is None else tm) - t["uptime"]
+                base = (received_ms if tm is None else tm) - up
                 values = dev.values
-                rs = t["readings"]
                 k = len(rs)
                 row_id = i
-                for stream, value, up, error in rs:
+                for stream, value, r_up, error in rs:
                     stream = intern(stream)  # one string per stream name, not one per reading held
-                    ts = base + up
+                    ts = base + r_up
                     ev = alloc(Event)  # new_event(...) inline: the hot path's one call per reading saved
                     ev.id = i
                     ev.device = device

@@ -320,23 +320,21 @@ class Registry:
 
     def telemetry(self, t: Telemetry, now_ms: int) -> Device | None:
         """Account one message: its device, or None if it is a duplicate to drop."""
-        device = t["device"]
+        device, boot, seq, up, _, readings = t
         dev = self.devices.get(device)
         if dev is None:
             dev = self._device(device, now_ms)
         dev.last_seen = now_ms
-        boot = t["boot"]
         win = dev.boots.get(boot)
         if win is None:
             win = dev.boots[boot] = SeqWindow(self.window)
             while len(dev.boots) > self.boots_kept:
                 dev.boots.popitem(last=False)
         high = win.high
-        if not win.accept(t["seq"]):
+        if not win.accept(seq):
             dev.duplicates += 1
             self.duplicates += 1
             return None
-        up = t["uptime"]
         if dev.online is False and boot == dev.boot and win.high > high and (
                 dev.death_up is None or up > dev.death_up + REVIVE_MARGIN_MS):
             # telemetry the session sent after a death that named it: it was not
@@ -348,7 +346,7 @@ class Registry:
         if dev.boot is None or boot == dev.boot:
             dev.offset_boot, dev.offset = boot, now_ms - up
         dev.messages += 1
-        dev.readings += len(t["readings"])
+        dev.readings += len(readings)
         return dev
 
     def status(self, s: Status, now_ms: int, *, retained: bool = False) -> str:

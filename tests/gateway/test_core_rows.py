@@ -12,6 +12,7 @@ from typing import Any
 
 from edgewire.gateway.commands import Commands
 from edgewire.gateway.core import Core
+from edgewire.gateway.decode import Telemetry
 from edgewire.gateway.hub import Hub, readings_frame
 from edgewire.gateway.journal import Journal, pack, unpack
 from edgewire.gateway.refusals import Refusals
@@ -43,11 +44,10 @@ async def test_bodies_are_journal_pack_bytes(tmp_path: Path) -> None:
                 journal=journal)
     sub = hub.open(["#"], kind="ws", peer="test")
     try:
-        batch = []
+        batch: list[Telemetry] = []
         for seq, (readings, tm) in enumerate(CASES, 1):
-            batch.append({"device": "dev-1", "boot": 1, "seq": seq, "uptime": 100, "time": tm,
-                          "readings": list(readings)})
-        core.accept_telemetry(batch, NOW)  # type: ignore[arg-type]
+            batch.append(("dev-1", 1, seq, 100, tm, list(readings)))
+        core.accept_telemetry(batch, NOW)
         core.commit()
         await journal.flush()
         db = sqlite3.connect(journal.path)

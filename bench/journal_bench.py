@@ -113,7 +113,9 @@ def _bare(jm: Any, path: Path, synchronous: str, seconds: float) -> dict[str, An
             rows = _rows(jm, n + 1, BARE_BATCH, n, int(time.time() * 1000))
             conn.execute("BEGIN")
             insert = getattr(jm, "_insert", None)
-            if insert is not None:
+            if insert is not None and hasattr(jm, "_INSERTS"):  # since D18b: the statements and the row width
+                insert(conn, rows, jm._INSERTS, jm._WIDTH)  # noqa: SLF001
+            elif insert is not None:
                 insert(conn, rows)
             else:
                 conn.executemany(jm._INSERT, rows)  # noqa: SLF001

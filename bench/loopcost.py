@@ -84,7 +84,7 @@ def stream(messages: int, qos: int, devices: int = 10) -> list[bytes]:
 async def run(messages: int, qos: int, workdir: str, synchronous: str = "full") -> dict[str, Any]:
     from edgewire.gateway.commands import Commands
     from edgewire.gateway.core import Core
-    from edgewire.gateway.hub import Hub
+    from edgewire.gateway.hub import Hub, readings_frame
     from edgewire.gateway.ingest.mqtt import MqttIngest
     from edgewire.gateway.journal import Journal
     from edgewire.gateway.mqtt.client import MqttClient, _Conn
@@ -121,7 +121,7 @@ async def run(messages: int, qos: int, workdir: str, synchronous: str = "full") 
             await sub.wait(0.1)
             evs = await sub.next(sub.maxlen)
             if evs:  # the frame http/ws.py sends
-                text = '{"type":"readings","events":[' + ",".join([e.json for e in evs]) + "]}"
+                text = readings_frame(evs)
                 frames += len(text) > 0
                 events += len(evs)
                 progress.set()

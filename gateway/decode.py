@@ -3,14 +3,14 @@ validated by the one protocol implementation (edgewire.wire, whose receiver
 half is edgewire.wire_rx).
 
 Telemetry takes a fast path: the C msgpack decoder, then
-`rx.decode_telemetry_env` (the same rules). Whatever that refuses is decoded
+`rx.telemetry_fields` (decode_telemetry_env's rules, as a tuple). Whatever that refuses is decoded
 again by the reference `decode_telemetry` on the bytes, so the error kind is exactly the
 reference one. Topic parsing and stream-name checks are memoized in bounded
 caches; the rules stay in wire."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple, TypedDict, cast
+from typing import Any, NamedTuple
 
 import msgpack
 
@@ -22,19 +22,16 @@ from edgewire.wire import ProtocolError
 __all__ = ["Decoder", "ProtocolError", "Telemetry", "Status", "Result"]
 
 _CACHE_MAX = 65536
+_MAX_PAYLOAD = wire.MAX_PAYLOAD
 _unpackb = msgpack.unpackb
-_decode_env = rx.decode_telemetry_env
+_fields = rx.telemetry_fields
 
 
-class Telemetry(TypedDict):
-    """wire.decode_telemetry's result, as is (no copy on the hot path)."""
-
-    device: str
-    boot: int
-    seq: int
-    uptime: int
-    time: int | None
-    readings: list[tuple[str, Any, int, str | None]]
+Telemetry = tuple[str, int, int, int, int | None, list[tuple[str, Any, int, str | None]]]
+"""One telemetry message as decoded: (device, boot, seq, uptime, time,
+readings), readings [(stream, value, uptime, error)]. A plain tuple, read by
+unpacking: the per-message hot path builds and reads it with no dict (D23,
+second pass); `wire_rx.decode_telemetry` gives the same fields as a dict."""
 
 
 class Status(NamedTuple):
@@ -102,20 +99,20 @@ class Decoder:
         self._id_ok: Callable[[object], bool] = _Memo(lambda name: bool(wire.valid_id(name))).__getitem__
 
     def telemetry(self, payload: bytes, device: str) -> Telemetry:
-        if len(payload) <= wire.MAX_PAYLOAD:
+        """The message's fields; its device is the topic's string (equal to the payload's,
+        checked), shared by every message of the device, not the one msgpack made."""
+        if len(payload) <= _MAX_PAYLOAD:
             try:
-                t: Telemetry = _decode_env(_unpackb(payload), device, self._stream_ok, self._id_ok)
-                # the topic's device string (equal, checked above), shared by every message of the
-                # device, instead of the one msgpack made for this payload
-                if device is not None:
-                    t["device"] = device
+                t: Telemetry = _fields(_unpackb(payload), device, self._stream_ok, self._id_ok)
                 return t
             except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError,
                     RecursionError):
                 pass  # fall through to the reference decoder for the exact error
         # The reference decoder: raises the canonical error, or (should the fast
         # path ever refuse what the reference accepts) the reference wins.
-        return cast(Telemetry, rx.decode_telemetry(payload, device))
+        d = rx.decode_telemetry(payload, device)
+        return (device if device is not None else d["device"], d["boot"], d["seq"], d["uptime"], d["time"],
+                d["readings"])
 
     @staticmethod
     def status(payload: bytes, device: str) -> Status:

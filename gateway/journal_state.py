@@ -3,9 +3,11 @@ written in the same transaction as the messages that changed it, and read
 back at start (so `GET /api/v1/devices` after a restart, even after SIGKILL,
 says what it said before).
 
-The encoding follows the objects' `__slots__`, so a counter added to
-`Device` or `SeqWindow` is kept without touching this module. Integers that
-do not fit msgpack (a window's bitmap) travel as {"~int": bytes}."""
+The encoding follows `Device`'s `__slots__`, so a counter added to it is
+kept without touching this module; `SeqWindow` names what it keeps in its
+`STATE` (a counter added to it goes there too), its bitmap as the int `bits`,
+the form journals have always held. Integers that do not fit msgpack (that
+bitmap) travel as {"~int": bytes}."""
 from __future__ import annotations
 
 import collections
@@ -37,6 +39,12 @@ def _dec(v: Any) -> Any:
 
 @functools.cache
 def _slots(cls: type) -> list[str]:
+    """The fields of cls that the journal keeps: its STATE when it names them
+    (SeqWindow: its bitmap as the `bits` int, not the ring it works on), else
+    its __slots__."""
+    state = cls.__dict__.get("STATE")
+    if state is not None:
+        return list(state)
     out: list[str] = []
     for k in reversed(cls.__mro__):
         s = k.__dict__.get("__slots__", ())
@@ -118,8 +126,10 @@ def restore_registry(reg: Registry, devices: dict[str, Any], meta: Any,
                 for b, wd in v:
                     w = SeqWindow(int(wd.get("window", reg.window)))
                     for k, wv in wd.items():
-                        if k in win_slots:
+                        if k in win_slots and k != "bits":
                             setattr(w, k, _dec(wv))
+                    if "bits" in wd:  # relative to `high`: after it (also from journals that stored `mask`)
+                        w.bits = _dec(wd["bits"])
                     boots[b] = w
                 v = boots
             elif name == "values":

@@ -93,11 +93,19 @@ def decode_telemetry(payload, device_id=None):
 
 def decode_telemetry_env(env, device_id=None, stream_ok=valid_stream, id_ok=valid_id):
     """decode_telemetry for an envelope some other msgpack decoder already
-    unpacked (the gateway's C fast path): the same rules, version included.
-    Whatever it accepts, decode_telemetry accepts too; on a refusal, run
-    decode_telemetry on the bytes for the canonical error kind. `stream_ok`
-    and `id_ok` may be memoized valid_stream and valid_id (the gateway caches
-    them).
+    unpacked: the same rules, version included. Whatever it accepts,
+    decode_telemetry accepts too; on a refusal, run decode_telemetry on the
+    bytes for the canonical error kind."""
+    d, boot, seq, up, t, out = telemetry_fields(env, device_id, stream_ok, id_ok)
+    return {"device": d, "boot": boot, "seq": seq, "uptime": up, "time": t, "readings": out}
+
+
+def telemetry_fields(env, device_id=None, stream_ok=valid_stream, id_ok=valid_id):
+    """decode_telemetry_env's checks, its result as the tuple (device, boot,
+    seq, uptime, time, readings): what the gateway's C fast path takes, with
+    no dict to build and read back. With `device_id` (which the payload's
+    must equal) the device is that very string. `stream_ok` and `id_ok` may
+    be memoized valid_stream and valid_id (the gateway caches them).
 
     This is the gateway's per-message hot path: each field is first checked
     by exact type (what a msgpack decoder produces), and only what that quick
@@ -154,7 +162,7 @@ def decode_telemetry_env(env, device_id=None, stream_ok=valid_stream, id_ok=vali
             err = err[:MAX_TEXT]
         out.append((name, value, rup, err))
         i += 1
-    return {"device": d, "boot": boot, "seq": seq, "uptime": up, "time": t, "readings": out}
+    return (d if device_id is None else device_id, boot, seq, up, t, out)
 
 
 def decode_status(payload, device_id=None):

@@ -33,7 +33,7 @@ from edgewire.gateway.auth import Principal
 from edgewire.gateway.http.access import PRINCIPAL
 from edgewire.gateway.http.common import (ACCESS, GATEWAY, BadJson, GatewayView, check_filter, dumps, live_refusal,
                                           loads)
-from edgewire.gateway.hub import HubFull, Subscription
+from edgewire.gateway.hub import HubFull, Subscription, readings_frame
 
 log = logging.getLogger("edgewire.gateway.http.ws")
 
@@ -100,7 +100,7 @@ class _Session:
             if gap is not None:
                 await send('{"type":"gap",' + gap.json[1:])
             if events:
-                await send('{"type":"readings","events":[' + ",".join([e.json for e in events]) + "]}")
+                await send(readings_frame(events))
 
     def handle(self, text: str) -> None:
         try:

@@ -121,14 +121,17 @@ _INSERT = "INSERT OR IGNORE INTO journal(id, n, kind, device, boot, seq, receive
 _CHUNKS = (1024, 256, 64, 16, 4, 1)
 
 
-def _insert_sql(k: int) -> str:
-    return _INSERT.split(" VALUES ")[0] + " VALUES " + ",".join(["(?,?,?,?,?,?,?,?)"] * k)
+def _insert_sql(k: int, wire: bool = False) -> str:
+    head = _INSERT.split(" VALUES ")[0]
+    if wire:
+        head = head.replace("body)", "body, wire)")
+    row = "(" + ",".join("?" * (9 if wire else 8)) + ")"
+    return head + " VALUES " + ",".join([row] * k)
 
 
 _INSERTS = {k: _insert_sql(k) for k in _CHUNKS}
 # ... and with each telemetry row's `wire` (when the journal has an encoder, D18b)
-_INSERTS_WIRE = {k: _INSERT.replace("body)", "body, wire)").split(" VALUES ")[0] + " VALUES " +
-                 ",".join(["(?,?,?,?,?,?,?,?,?)"] * k) for k in _CHUNKS}
+_INSERTS_WIRE = {k: _insert_sql(k, wire=True) for k in _CHUNKS}
 
 
 class Encoded(NamedTuple):
@@ -696,8 +699,8 @@ class Journal:
     async def read_encoded(self, after: int, limit: int, encode: Callable[[int, str, int | None, int | None, Any], bytes],
                            *, hi: int | None = None) -> tuple[Encoded | None, int]:
         """Like read(), for a sink with an encoder (D18b): the entries' stored encodings joined
-        in one bytes object, on the reader thread; a telemetry entry stored without one (written
-        before the sink was configured) is encoded there with `encode`. None when no entry."""
+        in one bytes object; a telemetry entry stored without one (written before the sink was
+        configured) is encoded with `encode`, on the reader thread. None when no entry."""
         if self._reader is None:
             raise JournalError("journal is not open")
         top = self.last_id if hi is None else min(hi, self.last_id)

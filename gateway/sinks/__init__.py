@@ -41,7 +41,7 @@ import time
 from typing import Any, Protocol
 
 from edgewire.gateway.errors import ConfigError
-from edgewire.gateway.journal import Entry, JournalError
+from edgewire.gateway.journal import Encoded, Entry, JournalError
 from edgewire.gateway.aio import cancel_and_wait
 
 log = logging.getLogger("edgewire.gateway.sinks")
@@ -74,6 +74,12 @@ class JournalReader(Protocol):
     listeners: list[Any]
 
     async def read(self, after: int, limit: int, *, hi: int | None = None) -> tuple[list[Entry], int]: ...
+
+    # D18b: a sink that sends one fixed encoding sets `encoder` and reads with read_encoded()
+    encoder: Any
+
+    async def read_encoded(self, after: int, limit: int, encode: Any, *,
+                           hi: int | None = None) -> tuple[Encoded | None, int]: ...
 
     def save_cursor(self, name: str, last_id: int, *, then: Any = None) -> None: ...
 
@@ -145,8 +151,8 @@ class JournalSink:
         self.gateway: Any = None  # set by build_sink
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
-        # The next batch is read from the journal (in its reader thread) while this one is delivered,
-        # so the backend's round trip and the read overlap: (after, task) of that read-ahead.
+        # The next batch is read from the journal while this one is delivered, so the backend's
+        # round trip and the read overlap: (after, task) of that read-ahead.
         self._ahead: tuple[int, asyncio.Task[tuple[Any, int]]] | None = None
 
     # subclasses

@@ -31,7 +31,7 @@ import logging
 from typing import Any
 
 from edgewire.gateway.errors import ConfigError
-from edgewire.gateway.grpcapi.convert import batch_bytes, batch_head, entry_bytes
+from edgewire.gateway.grpcapi.convert import batch_head, entry_bytes
 from edgewire.gateway.journal import Encoded
 from edgewire.gateway.sinks import JournalReader, JournalSink
 from edgewire.gateway.sinks.tls import TLS_KEYS, read_pem, validate_tls
@@ -41,7 +41,6 @@ __all__ = ["Sink", "validate"]
 log = logging.getLogger("edgewire.gateway.sinks.grpc")
 
 FORWARD = "/edgewire.v1.Backend/Forward"   # protos/edgewire/v1/forward.proto: service Backend, rpc Forward
-_STREAM_CACHE = 4096   # encoded stream-name fields kept between batches
 
 _KNOWN = ("target", "tls", "server_name", "connect_timeout", "ack_timeout", *TLS_KEYS)
 
@@ -93,10 +92,8 @@ class Sink(JournalSink):
         self._creds: Any = None
         self._channel: Any = None
         self._call: Any = None
-        self._streams: dict[str, bytes] = {}   # stream name -> its encoded field
         # D18b: the journal's writer keeps each telemetry entry's readings encoded for this sink
-        if hasattr(journal, "encoder"):
-            journal.encoder = entry_bytes  # type: ignore[attr-defined]
+        journal.encoder = entry_bytes
 
     async def open(self) -> None:
         import grpc
@@ -138,33 +135,22 @@ class Sink(JournalSink):
             except (Exception, asyncio.TimeoutError):
                 pass
 
-    async def fetch(self, after: int) -> tuple[Any, int]:
-        """The next batch's readings as the journal keeps them encoded (D18b); a journal
-        without encodings (a reader that cannot) gives entries, encoded here."""
-        read = getattr(self.journal, "read_encoded", None)
-        if read is None:
-            return await super().fetch(after)
-        return await read(after, self.batch, entry_bytes)
+    async def fetch(self, after: int) -> tuple[Encoded | None, int]:
+        """The next batch's readings as the journal keeps them encoded (D18b)."""
+        return await self.journal.read_encoded(after, self.batch, entry_bytes)
 
-    def summary(self, batch: Any) -> tuple[int, int, int]:
-        if isinstance(batch, Encoded):
-            return batch.entries, batch.readings, batch.received
-        return super().summary(batch)
+    def summary(self, batch: Encoded) -> tuple[int, int, int]:
+        return batch.entries, batch.readings, batch.received
 
-    def batch_message(self, batch: Any) -> tuple[bytes, int] | None:
+    def batch_message(self, batch: Encoded) -> tuple[bytes, int] | None:
         """The serialised Batch and its last_id (None when it holds no reading)."""
-        if isinstance(batch, Encoded):
-            if batch.error and not batch.entries:
-                raise ValueError(batch.error)
-            if not batch.data:
-                return None
-            return batch_head(self.site, batch.first_id, batch.last_id) + batch.data, batch.last_id
-        if len(self._streams) > _STREAM_CACHE:
-            self._streams.clear()
-        data = batch_bytes(batch, self.site, self._streams)
-        return None if data is None else (data, batch[-1].id + batch[-1].n - 1)
+        if batch.error and not batch.entries:
+            raise ValueError(batch.error)
+        if not batch.data:
+            return None
+        return batch_head(self.site, batch.first_id, batch.last_id) + batch.data, batch.last_id
 
-    async def deliver(self, entries: Any) -> None:
+    async def deliver(self, entries: Encoded) -> None:
         batch = self.batch_message(entries)
         if batch is None:
             return
